@@ -1,0 +1,118 @@
+//! The command line: every flag is defined and documented here, once.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kci-pull-agent",
+    version,
+    about = "Writes a container instance's host aliases and DNS config, then pulls its images",
+    long_about = "Runs inside a container instance (one VM per pod) at boot. Writes the pod's \
+        injected host aliases into <root>/etc/hosts and its DNS config into \
+        <root>/etc/resolv.conf, and decides per registry (matching host and port exactly) \
+        whether to use plain HTTP (k8s.ksyun.com/kci-http-registry), HTTPS without \
+        certificate verification (k8s.ksyun.com/kci-insecure-registry) or verified HTTPS.\n\n\
+        Virtual-kubelet level settings come from the environment (KCI_HOST_ALIASES, \
+        KCI_DNS_CONFIG); pod level settings from the annotations of --spec or the flags that \
+        stand in for them. The pod level wins.\n\n\
+        Exit codes: 0 success, 2 invalid input or usage (nothing written), 3 a network file \
+        could not be written, 4 an image failed to pull."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The pod as JSON (`kubectl get pod -o json`); its annotations and container images are used.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+
+    /// Pod-level host aliases, JSON array of HostAlias; replaces the
+    /// k8s.ksyun.com/kci-host-aliases annotation.
+    #[arg(long, global = true, value_name = "JSON")]
+    pub host_aliases: Option<String>,
+
+    /// Pod-level DNS config, JSON PodDNSConfig; replaces the k8s.ksyun.com/kci-dns-config
+    /// annotation.
+    #[arg(long, global = true, value_name = "JSON")]
+    pub dns_config: Option<String>,
+
+    /// Registries (host[:port], comma-separated, repeatable) pulled over plain HTTP; replaces
+    /// the k8s.ksyun.com/kci-http-registry annotation. An empty value clears it.
+    #[arg(long, global = true, value_name = "LIST")]
+    pub http_registry: Option<Vec<String>>,
+
+    /// Registries (host[:port], comma-separated, repeatable) pulled over HTTPS without
+    /// certificate verification; replaces the k8s.ksyun.com/kci-insecure-registry annotation.
+    #[arg(long, global = true, value_name = "LIST")]
+    pub insecure_registry: Option<Vec<String>>,
+
+    /// The file system root the network files and certs.d are under.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// The OCI image layout images are pulled into.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/lib/kci/images"
+    )]
+    pub store: PathBuf,
+
+    /// The platform to pick from multi-platform images: os/arch[/variant] (default: this
+    /// machine's).
+    #[arg(long, global = true, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+
+    /// Log format on stderr (json: one object per line, for the journal).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log detail (-q warnings and errors only, -qq errors only).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write <root>/etc/hosts and <root>/etc/resolv.conf from the merged host aliases and DNS
+    /// config.
+    Network {
+        /// Print the files that would be written, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show, per image, the normalised reference, registry, transport and the list entry that
+    /// matched.
+    Explain {
+        /// Images to explain (default: the images of --spec).
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+        /// text, or json (one object per line).
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}

@@ -1,0 +1,159 @@
+//! The pod object (`kubectl get pod -o json`): annotations and container images. Unknown
+//! fields are ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{InputError, Origin};
+
+#[derive(Debug, Default, Deserialize)]
+struct PodJson {
+    metadata: Option<MetaJson>,
+    spec: Option<SpecJson>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MetaJson {
+    name: Option<String>,
+    namespace: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecJson {
+    init_containers: Option<Vec<ContainerJson>>,
+    containers: Option<Vec<ContainerJson>>,
+    ephemeral_containers: Option<Vec<ContainerJson>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContainerJson {
+    name: Option<String>,
+    image: Option<String>,
+}
+
+/// A container image as the pod lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodImage {
+    /// e.g. `spec.containers[1]` (`app`).
+    pub field: String,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pod {
+    /// `namespace/name`, for logs.
+    pub name: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+    /// initContainers, then containers, then ephemeralContainers, in pod order.
+    pub images: Vec<PodImage>,
+}
+
+impl Pod {
+    pub fn parse(text: &str, path: &Path) -> Result<Pod, InputError> {
+        let origin = |field: &str| Origin::Spec {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+        };
+        let raw: PodJson = serde_json::from_str(text).map_err(|e| {
+            InputError::new(
+                origin(""),
+                format!("not a Kubernetes Pod object in JSON ({e})"),
+            )
+        })?;
+        let meta = raw.metadata.unwrap_or_default();
+        let name = match (meta.namespace, meta.name) {
+            (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+            (None, Some(n)) => Some(n),
+            _ => None,
+        };
+        let spec = raw.spec.unwrap_or_default();
+        let mut images = Vec::new();
+        for (list, containers) in [
+            ("initContainers", spec.init_containers),
+            ("containers", spec.containers),
+            ("ephemeralContainers", spec.ephemeral_containers),
+        ] {
+            for (i, c) in containers.unwrap_or_default().into_iter().enumerate() {
+                let field = match &c.name {
+                    Some(n) => format!("spec.{list}[{i}] ({n})"),
+                    None => format!("spec.{list}[{i}]"),
+                };
+                match c.image {
+                    Some(image) if !image.is_empty() => images.push(PodImage { field, image }),
+                    _ => {
+                        return Err(InputError::new(
+                            origin(&field),
+                            "the container has no image",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Pod {
+            name,
+            annotations: meta.annotations.unwrap_or_default(),
+            images,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Pod, InputError> {
+        Pod::parse(text, Path::new("/run/kci/pod.json"))
+    }
+
+    #[test]
+    fn reads_images_in_order_and_annotations() {
+        let pod = parse(
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"prod",
+               "annotations":{"k8s.ksyun.com/kci-http-registry":"10.0.0.5:5000","other":"x"},
+               "labels":{"a":"b"}},
+               "spec":{"containers":[{"name":"app","image":"10.0.0.5:5000/app:v1","ports":[]}],
+                       "initContainers":[{"name":"init","image":"busybox"}],
+                       "ephemeralContainers":[{"name":"debug","image":"alpine"}]},
+               "status":{"phase":"Pending"}}"#,
+        )
+        .unwrap();
+        assert_eq!(pod.name.as_deref(), Some("prod/web"));
+        assert_eq!(
+            pod.images
+                .iter()
+                .map(|i| i.image.as_str())
+                .collect::<Vec<_>>(),
+            vec!["busybox", "10.0.0.5:5000/app:v1", "alpine"]
+        );
+        assert_eq!(pod.images[1].field, "spec.containers[0] (app)");
+        assert_eq!(
+            pod.annotations["k8s.ksyun.com/kci-http-registry"],
+            "10.0.0.5:5000"
+        );
+        assert_eq!(parse("{}").unwrap(), Pod::default());
+    }
+
+    #[test]
+    fn rejects_malformed_pods() {
+        let cases = [
+            ("", "not a Kubernetes Pod"),
+            ("[]", "not a Kubernetes Pod"),
+            (r#"{"metadata":{"annotations":{"a":5}}}"#, "invalid type"),
+            (
+                r#"{"spec":{"containers":[{"name":"a"}]}}"#,
+                "spec.containers[0] (a)",
+            ),
+            (r#"{"spec":{"containers":[{"image":""}]}}"#, "no image"),
+            (r#"{"spec":{"containers":{"image":"x"}}}"#, "invalid type"),
+        ];
+        for (text, want) in cases {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(msg.contains("/run/kci/pod.json"), "{msg}");
+            assert!(msg.contains(want), "{text}: {msg}");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! kci-pull-agent: the boot-time agent of a container instance.
+//!
+//! A pure core (configuration, network-file planning, registry policy) and a thin shell
+//! (`main.rs`, file writes). See `README.md` for how operators use it.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod explain;
+pub mod netfiles;
+pub mod platform;
+pub mod registry;
+pub mod run;

@@ -1,0 +1,237 @@
+//! Crash-safe file replacement, and symlinks resolved inside `--root`.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Mode of every file the agent writes.
+pub const MODE: u32 = 0o644;
+
+/// How a file was replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Temporary file, fsync, rename, fsync of the directory: readers see old or new.
+    Renamed,
+    /// The file could not be replaced by rename (a bind mount gives `EBUSY`, a read-only
+    /// directory with a writable bind-mounted file `EROFS`): overwritten in place with one
+    /// write, then truncated and fsynced.
+    InPlace,
+}
+
+/// Writes `content` to `path` crash-safely (see [`WriteMode`]). `in_place_target` is where an
+/// in-place write goes when rename is impossible: the symlink target when `path` is a symlink.
+pub fn write_file(path: &Path, in_place_target: &Path, content: &[u8]) -> io::Result<WriteMode> {
+    write_with(path, in_place_target, content, |from, to| {
+        fs::rename(from, to)
+    })
+}
+
+/// Errors that mean "this path cannot be replaced by a rename", not "this cannot be written".
+fn needs_in_place(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ResourceBusy
+            | ErrorKind::CrossesDevices
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::PermissionDenied
+    )
+}
+
+pub(crate) fn write_with(
+    path: &Path,
+    in_place_target: &Path,
+    content: &[u8],
+    rename: impl Fn(&Path, &Path) -> io::Result<()>,
+) -> io::Result<WriteMode> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.kci-tmp-{}", std::process::id()));
+    let created = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(MODE)
+        .open(&tmp);
+    let mut file = match created {
+        Ok(f) => f,
+        Err(e) if needs_in_place(&e) && in_place_target.exists() => {
+            write_in_place(in_place_target, content)?;
+            return Ok(WriteMode::InPlace);
+        }
+        Err(e) => return Err(e),
+    };
+    let result = (|| {
+        file.write_all(content)?;
+        file.set_permissions(fs::Permissions::from_mode(MODE))?;
+        file.sync_all()
+    })();
+    drop(file);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    match rename(&tmp, path) {
+        Ok(()) => {
+            // Make the rename itself durable.
+            fs::File::open(dir)?.sync_all()?;
+            Ok(WriteMode::Renamed)
+        }
+        Err(e) if needs_in_place(&e) && in_place_target.exists() => {
+            let _ = fs::remove_file(&tmp);
+            write_in_place(in_place_target, content)?;
+            Ok(WriteMode::InPlace)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_in_place(path: &Path, content: &[u8]) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    // One positioned write of the whole content, then cut the old tail: a reader sees the old
+    // file, the new one, or (between the two calls) the new content followed by old bytes.
+    file.write_all_at(content, 0)?;
+    file.set_len(content.len() as u64)?;
+    // A bind-mounted file may belong to a file system that refuses chmod; the content matters.
+    let _ = file.set_permissions(fs::Permissions::from_mode(MODE));
+    file.sync_all()
+}
+
+/// Follows symlinks at `root/rel` the way a chroot into `root` would: absolute targets are
+/// taken relative to `root`, and `..` never climbs above it. Returns the final path (which may
+/// not exist) and whether `root/rel` itself was a symlink.
+pub fn resolve_in_root(root: &Path, rel: &Path) -> io::Result<(PathBuf, bool)> {
+    let mut inside: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut inside, rel);
+    let mut was_link = false;
+    for _ in 0..40 {
+        let path = join(root, &inside);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                was_link = true;
+                let target = fs::read_link(&path)?;
+                inside.pop();
+                if target.is_absolute() {
+                    inside.clear();
+                }
+                push_components(&mut inside, &target);
+            }
+            _ => return Ok((path, was_link)),
+        }
+    }
+    Err(io::Error::other(format!(
+        "too many levels of symbolic links at {}",
+        root.join(rel).display()
+    )))
+}
+
+fn push_components(inside: &mut Vec<std::ffi::OsString>, p: &Path) {
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => inside.push(n.to_os_string()),
+            Component::ParentDir => {
+                inside.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+}
+
+fn join(root: &Path, inside: &[std::ffi::OsString]) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in inside {
+        p.push(c);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn replaces_with_mode_0644_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hosts");
+        fs::write(&p, "old").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(write_file(&p, &p, b"new\n").unwrap(), WriteMode::Renamed);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new\n");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn falls_back_to_in_place_when_rename_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resolv.conf");
+        fs::write(&p, "a much longer old content that must not survive\n").unwrap();
+        let busy = |_: &Path, _: &Path| Err(io::Error::from(ErrorKind::ResourceBusy));
+        assert_eq!(
+            write_with(&p, &p, b"short\n", busy).unwrap(),
+            WriteMode::InPlace
+        );
+        assert_eq!(fs::read_to_string(&p).unwrap(), "short\n");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file removed"
+        );
+    }
+
+    #[test]
+    fn other_rename_errors_are_reported_and_nothing_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hosts");
+        fs::write(&p, "old").unwrap();
+        let broken = |_: &Path, _: &Path| Err(io::Error::from(ErrorKind::StorageFull));
+        assert!(write_with(&p, &p, b"new", broken).is_err());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::create_dir_all(r.join("run/systemd/resolve")).unwrap();
+        fs::write(
+            r.join("run/systemd/resolve/stub-resolv.conf"),
+            "nameserver 127.0.0.53\n",
+        )
+        .unwrap();
+        symlink(
+            "/run/systemd/resolve/stub-resolv.conf",
+            r.join("etc/resolv.conf"),
+        )
+        .unwrap();
+        let (p, link) = resolve_in_root(r, Path::new("etc/resolv.conf")).unwrap();
+        assert!(link);
+        assert_eq!(p, r.join("run/systemd/resolve/stub-resolv.conf"));
+
+        symlink(
+            "../../../../../../run/systemd/resolve/stub-resolv.conf",
+            r.join("etc/rel"),
+        )
+        .unwrap();
+        let (p, _) = resolve_in_root(r, Path::new("etc/rel")).unwrap();
+        assert_eq!(p, r.join("run/systemd/resolve/stub-resolv.conf"));
+
+        symlink("loop", r.join("etc/loop")).unwrap();
+        assert!(resolve_in_root(r, Path::new("etc/loop")).is_err());
+
+        let (p, link) = resolve_in_root(r, Path::new("etc/hosts")).unwrap();
+        assert_eq!((p, link), (r.join("etc/hosts"), false));
+    }
+}

@@ -1,0 +1,5 @@
+//! Registries: references, exact `host[:port]` identity, and the transport policy.
+
+pub mod host;
+pub mod policy;
+pub mod reference;
