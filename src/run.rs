@@ -84,7 +84,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 let _ = stdout.write_all(netfiles::describe(&plan, root).as_bytes());
             } else {
                 for r in netfiles::apply(&plan)? {
-                    info!(path = %r.path.display(), action = r.action, "network file {}", r.action);
+                    info!(path = %r.path.display(), action = r.action, "network file");
                 }
             }
         }

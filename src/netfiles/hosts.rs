@@ -79,9 +79,16 @@ pub fn render(existing: &str, entries: &[HostsEntry], notes: &mut Notes) -> Resu
 
     let new_block = block(entries);
     let at = first_block_at.unwrap_or_else(|| {
-        kept.iter()
+        let comments = kept
+            .iter()
             .take_while(|l| l.trim_start().starts_with('#'))
-            .count()
+            .count();
+        // Never after a last line that has no newline: removing the block later must give
+        // back the file byte for byte.
+        match kept.last() {
+            Some(last) if comments == kept.len() && !last.ends_with('\n') => comments - 1,
+            _ => comments,
+        }
     });
     let mut out = String::with_capacity(existing.len() + new_block.len());
     for (i, line) in kept.iter().enumerate() {
@@ -174,9 +181,16 @@ mod tests {
         assert!(with.starts_with(&format!("# c\n{BEGIN}\n")));
         assert!(with.ends_with("\nlast-without-newline"));
         assert_eq!(render_ok(&with, &[]), odd);
-        // A file of comments only, without a final newline, gets the block after it.
-        let comments = render_ok("# only", &[entry("10.0.0.1", &["x"])]);
-        assert_eq!(comments, format!("# only\n{BEGIN}\n10.0.0.1\tx\n{END}\n"));
+        // A file of comments only, without a final newline, gets the block before its last
+        // line, so that removing the block restores it exactly.
+        let comments = render_ok("# a\n# only", &[entry("10.0.0.1", &["x"])]);
+        assert_eq!(
+            comments,
+            format!("# a\n{BEGIN}\n10.0.0.1\tx\n{END}\n# only")
+        );
+        assert_eq!(render_ok(&comments, &[]), "# a\n# only");
+        let comments = render_ok("# a\n", &[entry("10.0.0.1", &["x"])]);
+        assert_eq!(comments, format!("# a\n{BEGIN}\n10.0.0.1\tx\n{END}\n"));
         assert_eq!(
             render_ok("", &[entry("10.0.0.1", &["x"])]),
             block(&[entry("10.0.0.1", &["x"])])

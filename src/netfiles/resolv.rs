@@ -88,8 +88,8 @@ pub fn render(
     notes: &mut Notes,
 ) -> String {
     let mut out = format!(
-        "{HEADER} from the pod's DNS config and the base file\n\
-         # {base_file}. Edit that file, not this one: this one is rewritten on every run.\n"
+        "{HEADER}: the pod's DNS config merged over the base file\n\
+         # {base_file}. Edit the base file, not this one, then rerun the agent.\n"
     );
 
     let mut servers: Vec<(String, Option<IpAddr>)> = Vec::new();

@@ -256,15 +256,20 @@ impl Policy {
             ));
         }
         for list in [&self.http, &self.insecure] {
-            for e in list.entries.iter().filter(|e| *e != registry) {
-                if e.same_host(registry) {
-                    notes.push(format!(
-                        "{} lists {e}, which does not match {registry}: matching is \
-                         port-exact (no port is not :443 or :80); add {registry} to the list \
-                         if it should apply",
-                        list.kind.short()
-                    ));
-                }
+            let near: Vec<String> = list
+                .entries
+                .iter()
+                .filter(|e| *e != registry && e.same_host(registry))
+                .map(|e| e.to_string())
+                .collect();
+            if !near.is_empty() {
+                notes.push(format!(
+                    "{} lists {}, which {} not match {registry}: matching is port-exact (no \
+                     port is not :443 or :80); add {registry} to the list if it should apply",
+                    list.kind.short(),
+                    near.join(" and "),
+                    if near.len() == 1 { "does" } else { "do" }
+                ));
             }
         }
         Route {

@@ -1,0 +1,112 @@
+//! Helpers for the integration tests: run the built binary against a temporary root.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kci-pull-agent")
+}
+
+/// A command for the agent with a clean environment: no VK-level variables leak in from the
+/// machine running the tests.
+pub fn agent(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env_remove("KCI_HOST_ALIASES")
+        .env_remove("KCI_DNS_CONFIG")
+        .env_remove("REGISTRY_AUTH_FILE");
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run kci-pull-agent");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A temporary root with `etc/hosts` and `etc/resolv.conf`.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+}
+
+impl Root {
+    pub fn new(hosts: &str, resolv: &str) -> Root {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/hosts"), hosts).unwrap();
+        fs::write(dir.path().join("etc/resolv.conf"), resolv).unwrap();
+        Root { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn arg(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.file(rel)).unwrap()
+    }
+    /// Every file under the root with its content, for "nothing changed" checks.
+    pub fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        walk(self.path(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            out.push((p.clone(), Vec::new()));
+            walk(&p, out);
+        } else if m.file_type().is_symlink() {
+            out.push((
+                p.clone(),
+                fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            ));
+        } else {
+            out.push((p.clone(), fs::read(&p).unwrap()));
+        }
+    }
+}
+
+/// Parses a systemd `EnvironmentFile` the simple way the test data uses it: `KEY=value` or
+/// `KEY='value'`, `#` comments.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=value");
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(v);
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
