@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the test suite and the demo need on a fresh Debian machine (run as root).
+# Idempotent: packages already present are not touched. Never starts system services.
+set -euo pipefail
+
+need_pkgs=()
+need() { # need COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2")
+}
+need unshare util-linux
+need mount mount
+need systemd-analyze systemd
+
+if ((${#need_pkgs[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing ${need_pkgs[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need_pkgs[*]}" >&2
+  # Keep package scripts from starting services (Debian's docker-registry would listen on
+  # :5000 on every interface): policy-rc.d exit 101 forbids starts during installation.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created_policy=1
+  fi
+  trap '[[ $created_policy == 1 ]] && rm -f "$policy"' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; this project needs Rust 1.85 or newer (rustup)" >&2
+  exit 1
+fi
