@@ -10,6 +10,9 @@ need() { # need COMMAND PACKAGE
 need unshare util-linux
 need mount mount
 need systemd-analyze systemd
+need docker-registry docker-registry   # the CNCF distribution registry, for integration tests
+need openssl openssl
+need htpasswd apache2-utils            # bcrypt htpasswd files for the Basic-auth registry
 
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -28,6 +31,11 @@ if ((${#need_pkgs[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+# Debian's docker-registry ships a service listening on :5000 on every interface; the tests
+# run their own instances on loopback, so keep the packaged one off.
+if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -53,6 +53,10 @@ pub struct Common {
     #[arg(long, global = true, value_name = "LIST")]
     pub insecure_registry: Option<Vec<String>>,
 
+    /// Registry credentials in Docker config.json form (default: $REGISTRY_AUTH_FILE).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+
     /// The file system root the network files and certs.d are under.
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
@@ -105,6 +109,17 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Pull images (default: the images of --spec) into the store.
+    Pull {
+        /// Images to pull (default: the images of --spec).
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+        /// Write the JSON report here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        tuning: PullTuning,
+    },
     /// Show, per image, the normalised reference, registry, transport and the list entry that
     /// matched.
     Explain {
@@ -115,4 +130,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+}
+
+/// Knobs of the pull engine.
+#[derive(Debug, Clone, Args)]
+pub struct PullTuning {
+    /// Blob downloads in flight at once, over all images.
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_concurrent_downloads: u16,
+    /// Seconds to wait for a TCP/TLS connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub connect_timeout: u64,
+    /// Seconds of silence after which a download is considered stalled and retried.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub read_timeout: u64,
 }

@@ -21,6 +21,8 @@ pub enum Origin {
     ImageArg,
     /// `--platform`.
     Platform,
+    /// The registry auth file (`--auth-file` or `REGISTRY_AUTH_FILE`).
+    AuthFile(PathBuf),
 }
 
 impl fmt::Display for Origin {
@@ -37,6 +39,7 @@ impl fmt::Display for Origin {
             Origin::Spec { path, field } => write!(f, "{field} in pod file {}", path.display()),
             Origin::ImageArg => write!(f, "IMAGE argument"),
             Origin::Platform => write!(f, "flag --platform"),
+            Origin::AuthFile(p) => write!(f, "auth file {}", p.display()),
         }
     }
 }
@@ -80,6 +83,9 @@ pub enum Error {
     Usage(String),
     #[error(transparent)]
     NetFile(#[from] NetFileError),
+    /// At least one image failed (each is explained in the log and the report).
+    #[error("{0}")]
+    Pull(String),
 }
 
 impl Error {
@@ -88,6 +94,7 @@ impl Error {
         match self {
             Error::Input(_) | Error::Usage(_) => 2,
             Error::NetFile(_) => 3,
+            Error::Pull(_) => 4,
         }
     }
 
@@ -99,6 +106,10 @@ impl Error {
             }
             Error::Usage(_) => "see `kci-pull-agent --help`; nothing was written".to_string(),
             Error::NetFile(e) => e.hint.clone(),
+            Error::Pull(_) => {
+                "each failed image is explained above (and in the report, if one was asked for)"
+                    .to_string()
+            }
         }
     }
 }

@@ -9,5 +9,8 @@ pub mod error;
 pub mod explain;
 pub mod netfiles;
 pub mod platform;
+pub mod pull;
 pub mod registry;
+pub mod report;
 pub mod run;
+pub mod store;

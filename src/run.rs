@@ -10,6 +10,19 @@ use crate::config::{Config, ENV_DNS_CONFIG, ENV_HOST_ALIASES, Sources};
 use crate::error::{Error, InputError, Notes, Origin};
 use crate::explain;
 use crate::netfiles;
+use crate::pull::{self, PullOptions};
+use crate::registry::transport::NetOptions;
+use crate::report::{self, Status};
+use std::time::{Duration, Instant};
+
+/// The async runtime for pulls: two workers (the instances are small).
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Pull(format!("cannot start the async runtime: {e}")))
+}
 
 /// Reads an environment variable; unset and empty are the same (an `EnvironmentFile` line
 /// `KCI_DNS_CONFIG=` means "none").
@@ -42,7 +55,26 @@ pub fn sources(common: &Common, images: &[String]) -> Result<Sources, Error> {
         }
         None => None,
     };
+    let auth_path = match &common.auth_file {
+        Some(p) => Some(p.clone()),
+        None => std::env::var_os("REGISTRY_AUTH_FILE")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from),
+    };
+    let auth_file = match auth_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                InputError::new(
+                    Origin::AuthFile(path.clone()),
+                    format!("cannot read it: {e}"),
+                )
+            })?;
+            Some((path, text))
+        }
+        None => None,
+    };
     Ok(Sources {
+        auth_file,
         env_host_aliases: env_var(ENV_HOST_ALIASES)?,
         env_dns_config: env_var(ENV_DNS_CONFIG)?,
         spec,
@@ -67,7 +99,7 @@ pub fn log_notes(notes: &Notes) {
 /// Runs the command; the caller maps the error to an exit code.
 pub fn run(cli: &Cli) -> Result<(), Error> {
     let images: &[String] = match &cli.command {
-        Command::Explain { images, .. } => images,
+        Command::Explain { images, .. } | Command::Pull { images, .. } => images,
         Command::Network { .. } => &[],
     };
     let src = sources(&cli.common, images)?;
@@ -86,6 +118,45 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 for r in netfiles::apply(&plan)? {
                     info!(path = %r.path.display(), action = r.action, "network file");
                 }
+            }
+        }
+        Command::Pull { report, tuning, .. } => {
+            if cfg.images.is_empty() {
+                return Err(Error::Usage(
+                    "no images to pull: give IMAGE arguments, or --spec with a pod that has \
+                     containers"
+                        .into(),
+                ));
+            }
+            let opts = PullOptions {
+                root: root.clone(),
+                store: cli.common.store.clone(),
+                platform: cfg.platform.clone(),
+                max_concurrent_downloads: tuning.max_concurrent_downloads as usize,
+                net: NetOptions {
+                    connect_timeout: Duration::from_secs(tuning.connect_timeout),
+                    read_timeout: Duration::from_secs(tuning.read_timeout),
+                },
+            };
+            let started = Instant::now();
+            let images = runtime()?.block_on(pull::pull_all(&cfg, &cfg.auth, &opts));
+            let seconds = started.elapsed().as_secs_f64();
+            if let Some(path) = report {
+                let json = report::to_json(&images, seconds, None);
+                if let Err(e) = report::write(path, &json) {
+                    return Err(Error::Pull(format!(
+                        "cannot write the report {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+            info!("{}", report::summary(&images, seconds));
+            let failed = images.iter().filter(|i| i.status == Status::Failed).count();
+            if failed > 0 {
+                return Err(Error::Pull(format!(
+                    "{failed} of {} image(s) failed to pull",
+                    images.len()
+                )));
             }
         }
         Command::Explain { output, .. } => {

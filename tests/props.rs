@@ -85,6 +85,7 @@ fn config(hosts: Vec<HostsEntry>, dns: DnsConfig) -> Config {
         policy: Policy::default(),
         images: Vec::new(),
         platform: Platform::host(),
+        auth: Default::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! instance) and the pod level (annotations of `--spec`, or the flags that stand in for them).
 //! The pod level wins on conflict.
 
+pub mod auth;
 pub mod dns;
 pub mod hostalias;
 pub mod names;
@@ -15,6 +16,7 @@ use crate::error::{InputError, Notes, Origin};
 use crate::platform::Platform;
 use crate::registry::policy::{ListKind, Policy, RegistryList};
 use crate::registry::reference::Reference;
+use auth::{AuthFile, parse_auth_file};
 use dns::{DnsConfig, merge_dns, parse_dns_config};
 use hostalias::{HostsEntry, merge_host_aliases, parse_host_aliases};
 use pod::Pod;
@@ -38,6 +40,8 @@ pub struct Sources {
     /// IMAGE arguments; when empty, the pod's images are used.
     pub images: Vec<String>,
     pub platform: Option<String>,
+    /// The auth file (`--auth-file` or `REGISTRY_AUTH_FILE`) and its content.
+    pub auth_file: Option<(PathBuf, String)>,
 }
 
 /// An image to pull, as given and normalised.
@@ -60,6 +64,7 @@ pub struct Config {
     /// Distinct images, in pull order (init containers, containers, ephemeral containers).
     pub images: Vec<ImageRequest>,
     pub platform: Platform,
+    pub auth: AuthFile,
 }
 
 impl Config {
@@ -190,9 +195,15 @@ impl Config {
             None => Platform::host(),
         };
 
+        let auth = match &src.auth_file {
+            Some((path, text)) => parse_auth_file(text, path, &mut notes)?,
+            None => AuthFile::default(),
+        };
+
         Ok((
             Config {
                 pod_name: pod.and_then(|(_, p)| p.name),
+                auth,
                 hosts,
                 dns,
                 policy,

@@ -1,5 +1,7 @@
 //! Registries: references, exact `host[:port]` identity, and the transport policy.
 
+pub mod dns;
 pub mod host;
 pub mod policy;
 pub mod reference;
+pub mod transport;

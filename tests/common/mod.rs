@@ -110,3 +110,31 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+pub mod images;
+pub mod registry;
+pub mod token;
+
+/// Every blob under `store/blobs/sha256` hashes to its name; returns how many there are.
+pub fn verify_store(store: &Path) -> usize {
+    let dir = store.join("blobs/sha256");
+    let mut n = 0;
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for e in entries {
+            let p = e.unwrap().path();
+            let want = format!("sha256:{}", p.file_name().unwrap().to_str().unwrap());
+            assert_eq!(
+                images::sha256(&fs::read(&p).unwrap()),
+                want,
+                "corrupt blob in store"
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The `index.json` of a store.
+pub fn store_index(store: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(store.join("index.json")).unwrap()).unwrap()
+}

@@ -1,0 +1,805 @@
+//! One registry's session: the distribution API over the transport the policy chose, with
+//! authentication (anonymous, Basic, Bearer tokens), redirects, retries and resumable blobs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RANGE,
+    RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Client, Method, Response, StatusCode, Url};
+use tokio::sync::mpsc;
+
+use super::manifest::{ACCEPT, Descriptor, MAX_MANIFEST};
+use super::{Failure, PullError};
+use crate::config::auth::Credentials;
+use crate::registry::policy::{Route, Transport};
+use crate::registry::transport::Transports;
+use crate::store::{IngestFile, Store, digest_of};
+
+/// Retries after the first attempt, for transient failures (resets, timeouts, 5xx, 429).
+pub const RETRIES: u32 = 4;
+const MAX_REDIRECTS: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Challenge {
+    Anonymous,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+#[derive(Default)]
+struct AuthState {
+    challenge: Option<Challenge>,
+    /// Bearer tokens by scope.
+    tokens: HashMap<String, String>,
+}
+
+pub struct Session {
+    pub route: Route,
+    base: Url,
+    client: Client,
+    transports: Arc<Transports>,
+    creds: Option<Credentials>,
+    auth: tokio::sync::Mutex<AuthState>,
+}
+
+/// Back-off before retry `attempt` (1-based): 250 ms doubling, jittered, at most 8 s, or what
+/// the server asked for in `Retry-After` (at most 60 s).
+pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    if let Some(d) = retry_after {
+        return d.min(Duration::from_secs(60));
+    }
+    let base = 250u64 << (attempt.saturating_sub(1)).min(5);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let jitter = nanos % (base / 2 + 1);
+    Duration::from_millis((base + jitter).min(8000))
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The whole error chain of a reqwest error, for classification and messages.
+fn chain(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+impl Session {
+    pub fn new(
+        route: Route,
+        transports: Arc<Transports>,
+        creds: Option<Credentials>,
+    ) -> Result<Session, PullError> {
+        let client = transports.for_route(&route).map_err(|e| PullError {
+            message: e,
+            hint: Some(format!(
+                "fix or remove the CA files in {}",
+                transports.certs_dir(&route.registry).display()
+            )),
+        })?;
+        let base = Url::parse(&route.endpoint()).map_err(|e| PullError {
+            message: format!("invalid endpoint {}: {e}", route.endpoint()),
+            hint: None,
+        })?;
+        Ok(Session {
+            route,
+            base,
+            client,
+            transports,
+            creds,
+            auth: tokio::sync::Mutex::new(AuthState::default()),
+        })
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut u = self.base.clone();
+        u.set_path(path);
+        u
+    }
+
+    fn same_origin(&self, u: &Url) -> bool {
+        u.scheme() == self.base.scheme()
+            && u.host_str() == self.base.host_str()
+            && u.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// Explains a transport-level failure to the operator: what went wrong and what to change.
+    fn transport_failure(&self, url: &Url, e: &reqwest::Error) -> Failure {
+        let text = chain(e);
+        let reg = &self.route.registry;
+        let lower = text.to_ascii_lowercase();
+        let certs = self.transports.certs_dir(reg);
+        let near: Vec<&String> = self
+            .route
+            .notes
+            .iter()
+            .filter(|n| n.contains("port-exact"))
+            .collect();
+        let near = if near.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Note: {}",
+                near.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        };
+        if lower.contains("certificate")
+            || lower.contains("unknownissuer")
+            || lower.contains("notvalidforname")
+        {
+            return Failure::Fatal(PullError {
+                message: format!(
+                    "TLS certificate of {} not accepted: {text}",
+                    url.authority()
+                ),
+                hint: Some(format!(
+                    "put the registry's CA certificate in {}/ca.crt, or, to skip verification \
+                     for this registry, list exactly {reg} in k8s.ksyun.com/kci-insecure-registry.{near}",
+                    certs.display()
+                )),
+            });
+        }
+        if self.route.transport != Transport::Http
+            && (lower.contains("invalidcontenttype")
+                || lower.contains("corrupt message")
+                || lower.contains("wrong version"))
+        {
+            return Failure::Fatal(PullError {
+                message: format!("TLS handshake with {} failed: {text}", url.authority()),
+                hint: Some(format!(
+                    "the registry seems to speak plain HTTP; if that is intended, list exactly \
+                     {reg} in k8s.ksyun.com/kci-http-registry (the agent never falls back to \
+                     HTTP by itself).{near}"
+                )),
+            });
+        }
+        if lower.contains("dns") || lower.contains("resolve") || lower.contains("hosts file") {
+            return Failure::Fatal(PullError {
+                message: format!("cannot resolve {}: {text}", url.host_str().unwrap_or("")),
+                hint: Some(
+                    "add a host alias (k8s.ksyun.com/kci-host-aliases or KCI_HOST_ALIASES) or a \
+                     DNS config that resolves it"
+                        .into(),
+                ),
+            });
+        }
+        Failure::Retry {
+            message: format!(
+                "{} {}: {text}",
+                e.url().map(|u| u.as_str()).unwrap_or(url.as_str()),
+                if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "failed"
+                }
+            ),
+            after: None,
+        }
+    }
+
+    /// Sends one request, following redirects: to any host, never from HTTPS to plain HTTP,
+    /// and with credentials only for the registry itself.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        auth: Option<&str>,
+    ) -> Result<Response, Failure> {
+        let mut url = url;
+        let mut client = self.client.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(a) = auth.filter(|_| self.same_origin(&url)) {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| self.transport_failure(&url, &e))?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let Some(loc) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
+                return Ok(resp);
+            };
+            let next = url.join(loc).map_err(|e| {
+                Failure::Fatal(PullError {
+                    message: format!("{url} redirected to an invalid location {loc:?}: {e}"),
+                    hint: None,
+                })
+            })?;
+            if url.scheme() == "https" && next.scheme() != "https" {
+                return Err(Failure::Fatal(PullError {
+                    message: format!("refused a redirect from HTTPS ({url}) to {next}"),
+                    hint: Some("the registry or its storage redirects to plain HTTP; fix its configuration (the agent never downgrades)".into()),
+                }));
+            }
+            client = if self.same_origin(&next) {
+                self.client.clone()
+            } else if next.scheme() == "https" {
+                self.transports.verified(None).map_err(|e| {
+                    Failure::Fatal(PullError {
+                        message: e,
+                        hint: None,
+                    })
+                })?
+            } else if next.scheme() == "http" {
+                self.transports.plain().map_err(|e| {
+                    Failure::Fatal(PullError {
+                        message: e,
+                        hint: None,
+                    })
+                })?
+            } else {
+                return Err(Failure::Fatal(PullError {
+                    message: format!("refused a redirect to {next}"),
+                    hint: None,
+                }));
+            };
+            tracing::debug!(from = %url, to = %next, "following redirect");
+            url = next;
+        }
+        Err(Failure::Fatal(PullError {
+            message: format!("too many redirects from {url}"),
+            hint: None,
+        }))
+    }
+
+    /// Learns how the registry authenticates (`GET /v2/`), once per run.
+    async fn challenge(&self) -> Result<Challenge, Failure> {
+        if let Some(c) = &self.auth.lock().await.challenge {
+            return Ok(c.clone());
+        }
+        let resp = self
+            .send(Method::GET, self.url("/v2/"), HeaderMap::new(), None)
+            .await?;
+        let c = match resp.status() {
+            s if s.is_success() => Challenge::Anonymous,
+            StatusCode::UNAUTHORIZED => parse_challenge(resp.headers()).ok_or_else(|| {
+                Failure::Fatal(PullError {
+                    message: format!(
+                        "{} answered 401 without a usable WWW-Authenticate challenge",
+                        self.route.registry
+                    ),
+                    hint: None,
+                })
+            })?,
+            s => {
+                return Err(status_failure(
+                    s,
+                    resp.headers(),
+                    &format!("GET {}", self.url("/v2/")),
+                    &self.route,
+                ));
+            }
+        };
+        self.auth.lock().await.challenge = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The `Authorization` value for a repository, fetching a token if needed.
+    async fn authorization(&self, repo: &str, refresh: bool) -> Result<Option<String>, Failure> {
+        match self.challenge().await? {
+            Challenge::Anonymous => Ok(None),
+            Challenge::Basic => Ok(self.creds.as_ref().map(|c| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{}:{}", c.username, c.password))
+                )
+            })),
+            Challenge::Bearer { realm, service } => {
+                let scope = format!("repository:{repo}:pull");
+                if !refresh && let Some(t) = self.auth.lock().await.tokens.get(&scope) {
+                    return Ok(Some(format!("Bearer {t}")));
+                }
+                let token = self.fetch_token(&realm, service.as_deref(), &scope).await?;
+                self.auth.lock().await.tokens.insert(scope, token.clone());
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<String, Failure> {
+        let fatal = |m: String, h: Option<String>| {
+            Failure::Fatal(PullError {
+                message: m,
+                hint: h,
+            })
+        };
+        let mut url = Url::parse(realm)
+            .map_err(|e| fatal(format!("invalid token realm {realm:?}: {e}"), None))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let client = if self.same_origin(&url) {
+            self.client.clone()
+        } else if url.scheme() == "https" {
+            self.transports.verified(None).map_err(|e| fatal(e, None))?
+        } else if url.scheme() == "http" && self.route.transport == Transport::Http {
+            self.transports.plain().map_err(|e| fatal(e, None))?
+        } else {
+            return Err(fatal(
+                format!(
+                    "refused the token realm {realm}: plain HTTP for a registry reached over HTTPS"
+                ),
+                Some("the registry's token service must use HTTPS".into()),
+            ));
+        };
+        let mut req = client.get(url.clone());
+        if let Some(c) = &self.creds {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_failure(&url, &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(status_failure(
+                status,
+                resp.headers(),
+                &format!("token request to {realm}"),
+                &self.route,
+            ));
+        }
+        let body = resp.bytes().await.map_err(|e| Failure::Retry {
+            message: format!("reading token: {e}"),
+            after: None,
+        })?;
+        #[derive(serde::Deserialize)]
+        struct Tok {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let t: Tok = serde_json::from_slice(&body).map_err(|e| {
+            fatal(
+                format!("token service {realm} sent invalid JSON: {e}"),
+                None,
+            )
+        })?;
+        t.token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| fatal(format!("token service {realm} sent no token"), None))
+    }
+
+    /// A GET (or HEAD) on the registry with authentication; on 401 the token is refreshed once.
+    async fn get(
+        &self,
+        method: Method,
+        repo: &str,
+        url: Url,
+        headers: HeaderMap,
+    ) -> Result<Response, Failure> {
+        let mut refreshed = false;
+        loop {
+            let auth = self.authorization(repo, refreshed).await?;
+            let resp = self
+                .send(
+                    method.clone(),
+                    url.clone(),
+                    headers.clone(),
+                    auth.as_deref(),
+                )
+                .await?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !refreshed {
+                if let Some(c) = parse_challenge(resp.headers()) {
+                    self.auth.lock().await.challenge = Some(c);
+                }
+                refreshed = true;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Runs `op` with retries on transient failures.
+    async fn retrying<T>(
+        &self,
+        what: &str,
+        mut op: impl AsyncFnMut() -> Result<T, Failure>,
+    ) -> Result<T, PullError> {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry { message, after }) => {
+                    attempt += 1;
+                    if attempt > RETRIES {
+                        return Err(PullError {
+                            message: format!(
+                                "{what}: {message} (gave up after {} attempts)",
+                                attempt
+                            ),
+                            hint: Some(format!(
+                                "check that {} is reachable and healthy, then rerun",
+                                self.route.registry
+                            )),
+                        });
+                    }
+                    let wait = backoff(attempt, after);
+                    tracing::warn!(registry = %self.route.registry, "{what}: {message}; retrying in {} ms", wait.as_millis());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// `HEAD` of a manifest: its digest, if the registry says it (`Docker-Content-Digest`).
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<String>, PullError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
+        self.retrying("HEAD manifest", async || {
+            let resp = self.get(Method::HEAD, repo, url.clone(), h.clone()).await?;
+            if !resp.status().is_success() {
+                return Err(status_failure(
+                    resp.status(),
+                    resp.headers(),
+                    &format!("HEAD {url}"),
+                    &self.route,
+                ));
+            }
+            Ok(resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string))
+        })
+        .await
+    }
+
+    /// GETs a manifest or index; returns its bytes and `Content-Type`. The caller verifies the
+    /// digest; a `Docker-Content-Digest` that disagrees with the content is an error here.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Option<String>), PullError> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
+        self.retrying("GET manifest", async || {
+            let mut resp = self.get(Method::GET, repo, url.clone(), h.clone()).await?;
+            if !resp.status().is_success() {
+                return Err(status_failure(resp.status(), resp.headers(), &format!("GET {url}"), &self.route));
+            }
+            let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| Failure::Retry { message: format!("reading {url}: {}", chain(&e)), after: None })? {
+                body.extend_from_slice(&chunk);
+                if body.len() as u64 > MAX_MANIFEST {
+                    return Err(Failure::Fatal(PullError {
+                        message: format!("manifest {url} is larger than {MAX_MANIFEST} bytes"),
+                        hint: None,
+                    }));
+                }
+            }
+            if let Some(c) = claimed.filter(|c| crate::store::check_digest(c).is_ok()) {
+                let actual = digest_of(&body, &c);
+                if actual != c {
+                    return Err(Failure::Fatal(PullError {
+                        message: format!("{url}: the registry says the manifest is {c} but its content is {actual}"),
+                        hint: Some("the registry or something between it and this instance altered the content".into()),
+                    }));
+                }
+            }
+            Ok((body, ct))
+        })
+        .await
+    }
+
+    /// Streams a blob into the store: hashed and written on a blocking thread, capped at the
+    /// declared size, resumed with `Range` after a transient failure, verified before it is
+    /// renamed into `blobs/`. Returns the bytes received over the network.
+    pub async fn fetch_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        store: &Store,
+    ) -> Result<u64, PullError> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{}", desc.digest));
+        let mut fresh_start_left = 1; // one full retry after a digest mismatch
+        loop {
+            let path = store.ingest_path(&desc.digest);
+            let result = self.fetch_blob_once(repo, desc, &url, &path).await;
+            match result {
+                Ok(net) => {
+                    store.commit(&path, &desc.digest).map_err(|e| PullError {
+                        message: e.to_string(),
+                        hint: Some(format!(
+                            "check free space and permissions of {}",
+                            store.root().display()
+                        )),
+                    })?;
+                    return Ok(net);
+                }
+                Err((e, mismatch)) => {
+                    let _ = std::fs::remove_file(&path);
+                    if mismatch && fresh_start_left > 0 {
+                        fresh_start_left -= 1;
+                        tracing::warn!(digest = %desc.digest, "{}; downloading it again", e.message);
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn fetch_blob_once(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        url: &Url,
+        path: &std::path::Path,
+    ) -> Result<u64, (PullError, bool)> {
+        enum Msg {
+            Data(bytes::Bytes),
+            Reset,
+        }
+        let (tx, mut rx) = mpsc::channel::<Msg>(64);
+        let (p, d) = (path.to_path_buf(), desc.digest.clone());
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+            let mut f = IngestFile::create(&p, &d)?;
+            while let Some(m) = rx.blocking_recv() {
+                match m {
+                    Msg::Data(b) => f.write(&b)?,
+                    Msg::Reset => f.reset()?,
+                }
+            }
+            f.finish()
+        });
+        let size = desc.size;
+        let mut received: u64 = 0;
+        let mut network: u64 = 0;
+        let writer_gone = || {
+            Failure::Fatal(PullError {
+                message: "the blob writer stopped".into(),
+                hint: None,
+            })
+        };
+        let streamed = self
+            .retrying(&format!("blob {}", desc.digest), async || {
+                let mut h = HeaderMap::new();
+                if received > 0 {
+                    h.insert(RANGE, HeaderValue::from_str(&format!("bytes={received}-")).expect("ascii"));
+                }
+                let mut resp = self.get(Method::GET, repo, url.clone(), h).await?;
+                match resp.status() {
+                    StatusCode::OK => {
+                        if received > 0 {
+                            tx.send(Msg::Reset).await.map_err(|_| writer_gone())?;
+                            received = 0;
+                        }
+                    }
+                    StatusCode::PARTIAL_CONTENT => {
+                        let start = resp
+                            .headers()
+                            .get(CONTENT_RANGE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("bytes "))
+                            .and_then(|v| v.split('-').next())
+                            .and_then(|v| v.parse::<u64>().ok());
+                        if start != Some(received) {
+                            tx.send(Msg::Reset).await.map_err(|_| writer_gone())?;
+                            received = 0;
+                            return Err(Failure::Retry { message: "the registry answered a Range request with another range".into(), after: None });
+                        }
+                    }
+                    StatusCode::RANGE_NOT_SATISFIABLE if received == size => return Ok(()),
+                    s => return Err(status_failure(s, resp.headers(), &format!("GET {url}"), &self.route)),
+                }
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(b)) => {
+                            if received + b.len() as u64 > size {
+                                return Err(Failure::Fatal(PullError {
+                                    message: format!("blob {} is larger than its declared size of {size} bytes; the download was stopped at the limit", desc.digest),
+                                    hint: Some("the registry serves content that does not match the manifest".into()),
+                                }));
+                            }
+                            received += b.len() as u64;
+                            network += b.len() as u64;
+                            tx.send(Msg::Data(b)).await.map_err(|_| writer_gone())?;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            return Err(Failure::Retry {
+                                message: format!("download interrupted at {received} of {size} bytes: {}", chain(&e)),
+                                after: None,
+                            });
+                        }
+                    }
+                }
+                if received < size {
+                    return Err(Failure::Retry { message: format!("body ended at {received} of {size} bytes"), after: None });
+                }
+                Ok(())
+            })
+            .await;
+        drop(tx);
+        let written = writer.await.map_err(|e| {
+            (
+                PullError {
+                    message: format!("blob writer failed: {e}"),
+                    hint: None,
+                },
+                false,
+            )
+        })?;
+        let (digest, n) = match (streamed, written) {
+            (Ok(()), Ok(v)) => v,
+            (_, Err(io)) => {
+                return Err((
+                    PullError {
+                        message: format!("cannot write blob {}: {io}", desc.digest),
+                        hint: Some("check free space and permissions of the store".into()),
+                    },
+                    false,
+                ));
+            }
+            (Err(e), Ok(_)) => return Err((e, false)),
+        };
+        if digest != desc.digest || n != size {
+            return Err((
+                PullError {
+                    message: format!(
+                        "blob content does not match: expected {} ({size} bytes), got {digest} ({n} bytes)",
+                        desc.digest
+                    ),
+                    hint: Some(format!(
+                        "{} or something in between served wrong bytes; nothing was stored",
+                        self.route.registry
+                    )),
+                },
+                true,
+            ));
+        }
+        Ok(network)
+    }
+}
+
+fn parse_challenge(headers: &HeaderMap) -> Option<Challenge> {
+    let mut basic = false;
+    for v in headers.get_all(WWW_AUTHENTICATE) {
+        let Ok(text) = v.to_str() else { continue };
+        let Ok(challenges) = http_auth::parse_challenges(text) else {
+            continue;
+        };
+        for c in challenges {
+            if c.scheme.eq_ignore_ascii_case("bearer") {
+                let param = |name: &str| {
+                    c.params
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.to_unescaped())
+                };
+                if let Some(realm) = param("realm") {
+                    return Some(Challenge::Bearer {
+                        realm,
+                        service: param("service"),
+                    });
+                }
+            } else if c.scheme.eq_ignore_ascii_case("basic") {
+                basic = true;
+            }
+        }
+    }
+    basic.then_some(Challenge::Basic)
+}
+
+/// Turns an unexpected status into a retry (429, 5xx) or an explained error.
+fn status_failure(status: StatusCode, headers: &HeaderMap, what: &str, route: &Route) -> Failure {
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Failure::Retry {
+            message: format!("{what}: {status}"),
+            after: retry_after(headers),
+        };
+    }
+    let reg = &route.registry;
+    let hint = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => format!(
+            "check the credentials for exactly {reg} in the auth file (--auth-file or \
+             REGISTRY_AUTH_FILE; keys are host[:port], port-exact) and that they may pull this \
+             repository"
+        ),
+        StatusCode::NOT_FOUND => {
+            "check the repository and tag or digest: the registry does not have them".to_string()
+        }
+        StatusCode::BAD_REQUEST if route.transport == Transport::Http => format!(
+            "the registry may expect HTTPS: remove {reg} from k8s.ksyun.com/kci-http-registry"
+        ),
+        _ => format!("see the registry's logs for {reg}"),
+    };
+    Failure::Fatal(PullError {
+        message: format!("{what}: {status}"),
+        hint: Some(hint),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let mut h = HeaderMap::new();
+        h.append(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a:pull""#));
+        assert_eq!(
+            parse_challenge(&h),
+            Some(Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("reg".into())
+            })
+        );
+        let mut h = HeaderMap::new();
+        h.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="registry""#),
+        );
+        assert_eq!(parse_challenge(&h), Some(Challenge::Basic));
+        assert_eq!(parse_challenge(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        assert!(backoff(1, None) >= Duration::from_millis(250));
+        assert!(backoff(3, None) >= Duration::from_millis(1000));
+        assert!(backoff(30, None) <= Duration::from_secs(8));
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(600))),
+            Duration::from_secs(60)
+        );
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+    }
+}

@@ -1,0 +1,295 @@
+//! Manifests and indexes, OCI and Docker schema 2: just the fields a puller needs, and the
+//! platform choice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::platform::Platform;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1";
+
+/// The `Accept` header for manifest requests.
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// Largest manifest accepted (the distribution spec suggests registries cap at 4 MiB).
+pub const MAX_MANIFEST: u64 = 8 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformJson {
+    pub os: String,
+    pub architecture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(rename = "os.version", skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+}
+
+/// An OCI content descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Any {
+    schema_version: Option<u32>,
+    media_type: Option<String>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    manifests: Option<Vec<Descriptor>>,
+}
+
+/// A parsed manifest document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Document {
+    Manifest {
+        media_type: String,
+        config: Box<Descriptor>,
+        layers: Vec<Descriptor>,
+    },
+    Index {
+        media_type: String,
+        manifests: Vec<Descriptor>,
+    },
+}
+
+/// Parses a manifest or index; `content_type` is the response's `Content-Type`, used when the
+/// document has no `mediaType` of its own.
+pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document, String> {
+    let ct = content_type
+        .map(|c| c.split(';').next().unwrap_or("").trim())
+        .filter(|c| !c.is_empty());
+    if ct.is_some_and(|c| c.starts_with(DOCKER_SCHEMA1)) {
+        return Err(
+            "the registry serves a Docker schema 1 manifest, which is deprecated and not \
+             supported; push the image again with a current client"
+                .into(),
+        );
+    }
+    let doc: Any =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest JSON: {e}"))?;
+    if doc.schema_version == Some(1) {
+        return Err("Docker schema 1 manifests are not supported; push the image again".into());
+    }
+    let media_type = doc
+        .media_type
+        .clone()
+        .or_else(|| ct.map(str::to_string))
+        .unwrap_or_default();
+    match (doc.manifests, doc.config, doc.layers) {
+        (Some(manifests), None, _) => {
+            let media_type = if media_type.is_empty() || media_type == "application/json" {
+                OCI_INDEX.to_string()
+            } else {
+                media_type
+            };
+            if media_type != OCI_INDEX && media_type != DOCKER_LIST {
+                return Err(format!("unsupported index media type {media_type:?}"));
+            }
+            Ok(Document::Index {
+                media_type,
+                manifests,
+            })
+        }
+        (None, Some(config), layers) => {
+            let media_type = if media_type.is_empty() || media_type == "application/json" {
+                OCI_MANIFEST.to_string()
+            } else {
+                media_type
+            };
+            if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
+                return Err(format!("unsupported manifest media type {media_type:?}"));
+            }
+            let layers = layers.unwrap_or_default();
+            for d in std::iter::once(&config).chain(&layers) {
+                crate::store::check_digest(&d.digest)?;
+            }
+            Ok(Document::Manifest {
+                media_type,
+                config: Box::new(config),
+                layers,
+            })
+        }
+        _ => Err("the document is neither an image manifest nor an index".into()),
+    }
+}
+
+/// The architecture's default variant, as containerd normalises it.
+fn default_variant(arch: &str) -> Option<&'static str> {
+    match arch {
+        "arm64" => Some("v8"),
+        "arm" => Some("v7"),
+        _ => None,
+    }
+}
+
+/// Picks the manifest for `want` from an index: os and architecture must match; a variant
+/// asked for must match (an absent variant counts as the architecture's default, so
+/// `linux/arm64` is `linux/arm64/v8`). Attestation manifests (`unknown/unknown`) never match.
+pub fn choose<'a>(manifests: &'a [Descriptor], want: &Platform) -> Option<&'a Descriptor> {
+    let want_variant = want
+        .variant
+        .as_deref()
+        .or_else(|| default_variant(&want.architecture));
+    let candidates = manifests.iter().filter(|d| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
+            && (d.media_type == OCI_MANIFEST || d.media_type == DOCKER_MANIFEST)
+    });
+    let mut fallback = None;
+    for d in candidates {
+        let p = d.platform.as_ref().expect("filtered");
+        let variant = p
+            .variant
+            .as_deref()
+            .or_else(|| default_variant(&p.architecture));
+        if variant == want_variant {
+            return Some(d);
+        }
+        // Nothing asked for and the architecture has no default: any variant will do.
+        if want_variant.is_none() && fallback.is_none() {
+            fallback = Some(d);
+        }
+    }
+    fallback
+}
+
+/// The platforms an index offers, for an error message.
+pub fn offered(manifests: &[Descriptor]) -> String {
+    let list: Vec<String> = manifests
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .map(|p| match &p.variant {
+            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+            None => format!("{}/{}", p.os, p.architecture),
+        })
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(os: &str, arch: &str, variant: Option<&str>, n: u8) -> Descriptor {
+        Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: format!("sha256:{}", format!("{n:02x}").repeat(32)),
+            size: 1,
+            platform: Some(PlatformJson {
+                os: os.into(),
+                architecture: arch.into(),
+                variant: variant.map(str::to_string),
+                os_version: None,
+            }),
+            annotations: None,
+            urls: None,
+        }
+    }
+
+    fn pick(list: &[Descriptor], want: &str) -> Option<u8> {
+        let want: Platform = want.parse().unwrap();
+        choose(list, &want).map(|d| u8::from_str_radix(&d.digest[7..9], 16).unwrap())
+    }
+
+    #[test]
+    fn platform_table() {
+        let list = vec![
+            desc("unknown", "unknown", None, 0),
+            desc("linux", "amd64", None, 1),
+            desc("linux", "arm", Some("v6"), 2),
+            desc("linux", "arm", Some("v7"), 3),
+            desc("linux", "arm64", None, 4),
+            desc("windows", "amd64", None, 5),
+            desc("linux", "ppc64le", None, 6),
+        ];
+        assert_eq!(pick(&list, "linux/amd64"), Some(1));
+        assert_eq!(pick(&list, "linux/arm/v6"), Some(2));
+        assert_eq!(pick(&list, "linux/arm/v7"), Some(3));
+        assert_eq!(pick(&list, "linux/arm"), Some(3), "arm means arm/v7");
+        assert_eq!(pick(&list, "linux/arm64"), Some(4));
+        assert_eq!(
+            pick(&list, "linux/arm64/v8"),
+            Some(4),
+            "absent variant is v8"
+        );
+        assert_eq!(pick(&list, "linux/arm64/v9"), None);
+        assert_eq!(pick(&list, "windows/amd64"), Some(5));
+        assert_eq!(pick(&list, "linux/s390x"), None);
+        let only_v6 = vec![desc("linux", "arm", Some("v6"), 2)];
+        assert_eq!(
+            pick(&only_v6, "linux/arm"),
+            None,
+            "arm/v7 wanted, v6 offered"
+        );
+        let amd_variants = vec![desc("linux", "amd64", Some("v3"), 7)];
+        assert_eq!(pick(&amd_variants, "linux/amd64"), Some(7));
+        assert_eq!(pick(&amd_variants, "linux/amd64/v2"), None);
+        assert!(offered(&list).contains("linux/arm/v7"));
+    }
+
+    #[test]
+    fn parses_both_formats() {
+        let d = "sha256:".to_string() + &"a".repeat(64);
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"x","digest":"{d}","size":3}},"layers":[{{"mediaType":"y","digest":"{d}","size":4}}]}}"#
+        );
+        match parse(m.as_bytes(), None).unwrap() {
+            Document::Manifest {
+                media_type, layers, ..
+            } => {
+                assert_eq!(media_type, DOCKER_MANIFEST);
+                assert_eq!(layers.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let oci_no_type = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":3}},"layers":[]}}"#
+        );
+        assert!(matches!(
+            parse(oci_no_type.as_bytes(), Some(OCI_MANIFEST)).unwrap(),
+            Document::Manifest { .. }
+        ));
+        let idx = r#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(matches!(
+            parse(idx.as_bytes(), Some(DOCKER_LIST)),
+            Ok(Document::Index { media_type, .. }) if media_type == DOCKER_LIST
+        ));
+        assert!(
+            parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, None)
+                .unwrap_err()
+                .contains("schema 1")
+        );
+        assert!(
+            parse(
+                b"{}",
+                Some("application/vnd.docker.distribution.manifest.v1+prettyjws")
+            )
+            .is_err()
+        );
+        assert!(parse(b"not json", None).is_err());
+        let bad_digest = r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:../../etc","size":3},"layers":[]}"#;
+        assert!(parse(bad_digest.as_bytes(), None).is_err());
+    }
+}

@@ -1,0 +1,454 @@
+//! Pulling images into the store: every image concurrently, the blobs of an image
+//! concurrently (bounded by one semaphore for the whole run), each blob fetched once per run.
+
+pub mod client;
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{Mutex, OnceCell, Semaphore};
+
+use crate::config::auth::AuthFile;
+use crate::config::{Config, ImageRequest};
+use crate::platform::Platform;
+use crate::registry::dns::RootResolver;
+use crate::registry::host::RegistryHost;
+use crate::registry::policy::Policy;
+use crate::registry::transport::{NetOptions, Transports};
+use crate::report::{ImageReport, Status};
+use crate::store::{REF_NAME, RESOLVED, Store, check_digest, digest_of};
+use client::Session;
+use manifest::{Descriptor, Document, PlatformJson};
+
+/// Why an image failed, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for PullError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "; hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl PullError {
+    fn new(message: impl Into<String>) -> Self {
+        PullError {
+            message: message.into(),
+            hint: None,
+        }
+    }
+}
+
+/// The outcome of one attempt at a request.
+#[derive(Debug)]
+pub enum Failure {
+    /// Worth another try (reset, timeout, 5xx, 429), after `after` if the server said so.
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
+    Fatal(PullError),
+}
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    pub root: PathBuf,
+    pub store: PathBuf,
+    pub platform: Platform,
+    /// Blob downloads in flight at once, over all images.
+    pub max_concurrent_downloads: usize,
+    pub net: NetOptions,
+}
+
+struct Shared {
+    store: Store,
+    transports: Arc<Transports>,
+    policy: Policy,
+    auth: AuthFile,
+    platform: Platform,
+    sessions: Mutex<HashMap<RegistryHost, Arc<Session>>>,
+    inflight: std::sync::Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    downloads: Semaphore,
+    index: Mutex<()>,
+}
+
+/// Pulls every image of `cfg`; one failure does not stop the others.
+pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<ImageReport> {
+    let started = Instant::now();
+    let store_root = opts.store.clone();
+    let store = match tokio::task::spawn_blocking(move || Store::open(&store_root)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return failed_all(cfg, &format!("cannot open the image store: {e}"), started);
+        }
+        Err(e) => return failed_all(cfg, &format!("cannot open the image store: {e}"), started),
+    };
+    let resolver = Arc::new(RootResolver::from_root(&opts.root));
+    let shared = Arc::new(Shared {
+        store,
+        transports: Arc::new(Transports::new(&opts.root, resolver, opts.net)),
+        policy: cfg.policy.clone(),
+        auth: auth.clone(),
+        platform: opts.platform.clone(),
+        sessions: Mutex::new(HashMap::new()),
+        inflight: std::sync::Mutex::new(HashMap::new()),
+        downloads: Semaphore::new(opts.max_concurrent_downloads.max(1)),
+        index: Mutex::new(()),
+    });
+    // All images on this task: their time goes to the network (connection tasks) and to the
+    // blob writer threads, so no spawning is needed to overlap them.
+    join_all(
+        cfg.images
+            .iter()
+            .map(|req| pull_one(&shared, req))
+            .collect(),
+    )
+    .await
+}
+
+fn failure_report(policy: &Policy, req: &ImageRequest, msg: &str, started: Instant) -> ImageReport {
+    let route = policy.route(&req.reference.registry);
+    ImageReport {
+        image: req.image.clone(),
+        reference: req.reference.to_string(),
+        registry: route.registry.to_string(),
+        transport: route.transport.as_str(),
+        digest: None,
+        bytes: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        status: Status::Failed,
+        error: Some(msg.to_string()),
+    }
+}
+
+fn failed_all(cfg: &Config, msg: &str, started: Instant) -> Vec<ImageReport> {
+    cfg.images
+        .iter()
+        .map(|req| failure_report(&cfg.policy, req, msg, started))
+        .collect()
+}
+
+async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
+    let started = Instant::now();
+    let route = shared.policy.route(&req.reference.registry);
+    let mut report = ImageReport {
+        image: req.image.clone(),
+        reference: req.reference.to_string(),
+        registry: route.registry.to_string(),
+        transport: route.transport.as_str(),
+        digest: None,
+        bytes: 0,
+        seconds: 0.0,
+        status: Status::Failed,
+        error: None,
+    };
+    let bytes = AtomicU64::new(0);
+    match pull_image(shared, req, &bytes).await {
+        Ok((status, digest)) => {
+            report.status = status;
+            report.digest = Some(digest);
+            tracing::info!(
+                image = %req.image,
+                registry = %report.registry,
+                digest = report.digest.as_deref().unwrap_or(""),
+                bytes = bytes.load(Ordering::Relaxed),
+                duration = started.elapsed().as_secs_f64(),
+                status = status.as_str(),
+                "image {}", status.as_str()
+            );
+        }
+        Err(e) => {
+            let message = format!(
+                "pulling {} from {} over {}: {e}",
+                req.reference, route.registry, route.transport
+            );
+            tracing::error!(image = %req.image, registry = %report.registry, "{message}");
+            report.error = Some(message);
+        }
+    }
+    report.bytes = bytes.load(Ordering::Relaxed);
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+async fn session(shared: &Shared, registry: &RegistryHost) -> Result<Arc<Session>, PullError> {
+    let mut map = shared.sessions.lock().await;
+    if let Some(s) = map.get(registry) {
+        return Ok(s.clone());
+    }
+    let route = shared.policy.route(registry);
+    let creds = shared.auth.lookup(registry).cloned();
+    let s = Arc::new(Session::new(route, shared.transports.clone(), creds)?);
+    map.insert(registry.clone(), s.clone());
+    Ok(s)
+}
+
+/// Whether the manifest `digest` and every blob it references are in the store.
+fn complete(store: &Store, digest: &str) -> bool {
+    let Ok(bytes) = store.read_blob(digest) else {
+        return false;
+    };
+    if digest_of(&bytes, digest) != digest {
+        return false;
+    }
+    match manifest::parse(&bytes, None) {
+        Ok(Document::Manifest { config, layers, .. }) => std::iter::once(&*config)
+            .chain(&layers)
+            .all(|d| store.has_blob(&d.digest, d.size)),
+        _ => false,
+    }
+}
+
+fn resolved_of(d: &Descriptor) -> Option<&str> {
+    d.annotations.as_ref()?.get(RESOLVED)?.as_str()
+}
+
+async fn pull_image(
+    shared: &Shared,
+    req: &ImageRequest,
+    bytes: &AtomicU64,
+) -> Result<(Status, String), PullError> {
+    let r = &req.reference;
+    let name = r.to_string();
+    let store = &shared.store;
+    let stored = store.find_ref(&name).map_err(|e| PullError {
+        message: format!("cannot read the store's index: {e}"),
+        hint: Some("run the store check, or move index.json aside".into()),
+    })?;
+    // Usable as is: complete, and (for an image picked from an index) of the platform asked for.
+    let stored_ok = stored.as_ref().filter(|d| {
+        complete(store, &d.digest)
+            && (d.platform.is_none()
+                || manifest::choose(std::slice::from_ref(*d), &shared.platform).is_some())
+    });
+
+    // Pinned by digest and already complete: nothing to ask the registry.
+    if let (Some(d), Some(s)) = (&r.digest, stored_ok)
+        && resolved_of(s) == Some(d.as_str())
+    {
+        return Ok((Status::Present, s.digest.clone()));
+    }
+    let sess = session(shared, &r.registry).await?;
+    let tag_or_digest = r
+        .digest
+        .clone()
+        .or_else(|| r.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    if r.digest.is_none()
+        && let Some(s) = stored_ok
+        && let Some(head) = sess.head_manifest(&r.repository, &tag_or_digest).await?
+        && Some(head.as_str()) == resolved_of(s)
+    {
+        return Ok((Status::Present, s.digest.clone()));
+    }
+
+    let (top, ct) = sess.get_manifest(&r.repository, &tag_or_digest).await?;
+    bytes.fetch_add(top.len() as u64, Ordering::Relaxed);
+    let top_digest = match &r.digest {
+        Some(d) => {
+            let actual = digest_of(&top, d);
+            if &actual != d {
+                return Err(PullError {
+                    message: format!("the manifest served for {d} has digest {actual}"),
+                    hint: Some("the registry served wrong content; nothing was stored".into()),
+                });
+            }
+            actual
+        }
+        None => digest_of(&top, "sha256:"),
+    };
+    let doc = manifest::parse(&top, ct.as_deref()).map_err(PullError::new)?;
+    let (manifest_bytes, mut desc, index_bytes) = match doc {
+        Document::Manifest { ref media_type, .. } => (
+            top.clone(),
+            Descriptor {
+                media_type: media_type.clone(),
+                digest: top_digest.clone(),
+                size: top.len() as u64,
+                platform: None,
+                annotations: None,
+                urls: None,
+            },
+            None,
+        ),
+        Document::Index { manifests, .. } => {
+            let chosen =
+                manifest::choose(&manifests, &shared.platform).ok_or_else(|| PullError {
+                    message: format!(
+                        "no manifest for platform {} (the image offers {})",
+                        shared.platform,
+                        manifest::offered(&manifests)
+                    ),
+                    hint: Some("choose another platform with --platform, or another image".into()),
+                })?;
+            check_digest(&chosen.digest).map_err(PullError::new)?;
+            let (child, _) = sess.get_manifest(&r.repository, &chosen.digest).await?;
+            bytes.fetch_add(child.len() as u64, Ordering::Relaxed);
+            let actual = digest_of(&child, &chosen.digest);
+            if actual != chosen.digest || child.len() as u64 != chosen.size {
+                return Err(PullError {
+                    message: format!(
+                        "the manifest served for {} has digest {actual} ({} bytes, {} declared)",
+                        chosen.digest,
+                        child.len(),
+                        chosen.size
+                    ),
+                    hint: Some("the registry served wrong content; nothing was stored".into()),
+                });
+            }
+            let mut d = chosen.clone();
+            d.annotations = None;
+            d.platform = d.platform.map(|p| PlatformJson {
+                os_version: p.os_version,
+                ..p
+            });
+            (child, d, Some(top.clone()))
+        }
+    };
+    let child_ct = if index_bytes.is_some() {
+        Some(desc.media_type.as_str())
+    } else {
+        ct.as_deref()
+    };
+    let (config, layers) =
+        match manifest::parse(&manifest_bytes, child_ct).map_err(PullError::new)? {
+            Document::Manifest { config, layers, .. } => (config, layers),
+            Document::Index { .. } => {
+                return Err(PullError::new(
+                    "an index points to another index; nested indexes are not supported",
+                ));
+            }
+        };
+
+    // Blobs: concurrently, each once.
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    for d in std::iter::once(*config).chain(layers) {
+        if !blobs.iter().any(|b| b.digest == d.digest) {
+            blobs.push(d);
+        }
+    }
+    let results = join_all(
+        blobs
+            .iter()
+            .map(|d| fetch_shared(shared, &sess, &r.repository, d))
+            .collect(),
+    )
+    .await;
+    for r in results {
+        bytes.fetch_add(r?, Ordering::Relaxed);
+    }
+
+    // Manifests, then the index entry that makes the image visible.
+    let put = |d: &str, b: &[u8]| {
+        store.put_small(d, b).map_err(|e| PullError {
+            message: format!("cannot store manifest {d}: {e}"),
+            hint: Some(format!(
+                "check free space and permissions of {}",
+                store.root().display()
+            )),
+        })
+    };
+    put(&desc.digest, &manifest_bytes)?;
+    if let Some(ib) = &index_bytes {
+        put(&top_digest, ib)?;
+    }
+    store
+        .sync_blobs()
+        .map_err(|e| PullError::new(format!("cannot sync the store: {e}")))?;
+    let mut ann = serde_json::Map::new();
+    ann.insert(REF_NAME.into(), Value::from(name.clone()));
+    ann.insert(RESOLVED.into(), Value::from(top_digest.clone()));
+    desc.annotations = Some(ann);
+    let status = match &stored {
+        Some(s) if s.digest == desc.digest => Status::Present,
+        _ => Status::Pulled,
+    };
+    {
+        let _g = shared.index.lock().await;
+        store
+            .set_refs(std::slice::from_ref(&desc))
+            .map_err(|e| PullError {
+                message: format!("cannot update the store's index.json: {e}"),
+                hint: Some(format!(
+                    "check free space and permissions of {}",
+                    store.root().display()
+                )),
+            })?;
+    }
+    Ok((status, desc.digest))
+}
+
+/// Fetches a blob unless it is present; concurrent requests for the same digest (from other
+/// images of this run) wait for the first one instead of downloading it again.
+async fn fetch_shared(
+    shared: &Shared,
+    sess: &Session,
+    repo: &str,
+    d: &Descriptor,
+) -> Result<u64, PullError> {
+    check_digest(&d.digest).map_err(PullError::new)?;
+    if shared.store.has_blob(&d.digest, d.size) {
+        return Ok(0);
+    }
+    let cell = {
+        let mut map = shared.inflight.lock().expect("poisoned");
+        map.entry(d.digest.clone()).or_default().clone()
+    };
+    let fetched = AtomicU64::new(0);
+    cell.get_or_try_init(|| async {
+        let _permit = shared
+            .downloads
+            .acquire()
+            .await
+            .map_err(|e| PullError::new(e.to_string()))?;
+        if !shared.store.has_blob(&d.digest, d.size) {
+            let n = sess.fetch_blob(repo, d, &shared.store).await?;
+            fetched.store(n, Ordering::Relaxed);
+        }
+        Ok::<(), PullError>(())
+    })
+    .await?;
+    Ok(fetched.load(Ordering::Relaxed))
+}
+
+/// Polls futures concurrently on the current task and returns their outputs in order. The
+/// blob futures spend their time waiting on the network and on writer threads, so one task
+/// drives them all; the download semaphore bounds how many are active.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (f, out) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("polled to completion"))
+        .collect()
+}

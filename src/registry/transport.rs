@@ -1,0 +1,246 @@
+//! The three transports (plain HTTP, HTTPS without verification, verified HTTPS) as reqwest
+//! clients over rustls with the ring provider, all resolving names through [`RootResolver`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use reqwest::Client;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::dns::{ReqwestResolver, RootResolver};
+use super::host::RegistryHost;
+use super::policy::{Route, Transport};
+
+/// Timeouts for every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct NetOptions {
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response (a stalled body).
+    pub read_timeout: Duration,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts any certificate and host name, but still checks that the server holds the key of
+/// the certificate it presented (the handshake signature). For `kci-insecure-registry` only.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Builds and caches the clients of one run.
+pub struct Transports {
+    root: PathBuf,
+    resolver: Arc<RootResolver>,
+    opts: NetOptions,
+    system_roots: OnceLock<Result<Arc<RootCertStore>, String>>,
+    plain: OnceLock<Result<Client, String>>,
+    insecure: OnceLock<Result<Client, String>>,
+    /// Verified clients: "" for the system roots alone, else the certs.d directory used.
+    verified: Mutex<HashMap<PathBuf, Client>>,
+}
+
+impl Transports {
+    pub fn new(root: &Path, resolver: Arc<RootResolver>, opts: NetOptions) -> Transports {
+        Transports {
+            root: root.to_path_buf(),
+            resolver,
+            opts,
+            system_roots: OnceLock::new(),
+            plain: OnceLock::new(),
+            insecure: OnceLock::new(),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, tls: ClientConfig) -> Result<Client, String> {
+        Client::builder()
+            .tls_backend_preconfigured(tls)
+            .dns_resolver(ReqwestResolver(self.resolver.clone()))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(self.opts.connect_timeout)
+            .read_timeout(self.opts.read_timeout)
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(16)
+            .user_agent(concat!("kci-pull-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    }
+
+    fn tls_with_roots(roots: RootCertStore) -> Result<ClientConfig, String> {
+        let mut c = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(c)
+    }
+
+    fn system_roots(&self) -> Result<Arc<RootCertStore>, String> {
+        self.system_roots
+            .get_or_init(|| {
+                let found = rustls_native_certs::load_native_certs();
+                let mut roots = RootCertStore::empty();
+                let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    tracing::warn!(
+                        errors = ?found.errors,
+                        "no system CA certificates found; only certs.d CAs are trusted"
+                    );
+                }
+                Ok(Arc::new(roots))
+            })
+            .clone()
+    }
+
+    /// Plain HTTP. Its TLS configuration trusts nothing: it is never used for `https://`.
+    pub fn plain(&self) -> Result<Client, String> {
+        self.plain
+            .get_or_init(|| self.client(Self::tls_with_roots(RootCertStore::empty())?))
+            .clone()
+    }
+
+    fn insecure(&self) -> Result<Client, String> {
+        self.insecure
+            .get_or_init(|| {
+                let p = provider();
+                let mut c = ClientConfig::builder_with_provider(p.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(p)))
+                    .with_no_client_auth();
+                c.alpn_protocols = vec![b"http/1.1".to_vec()];
+                self.client(c)
+            })
+            .clone()
+    }
+
+    /// The directory of extra CAs for a registry: `<root>/etc/kci/certs.d/<host[:port]>`.
+    pub fn certs_dir(&self, registry: &RegistryHost) -> PathBuf {
+        self.root.join("etc/kci/certs.d").join(registry.to_string())
+    }
+
+    /// Verified HTTPS with the system roots plus the `*.crt` files of `certs_dir` (if any).
+    pub fn verified(&self, certs_dir: Option<&Path>) -> Result<Client, String> {
+        let extra = match certs_dir {
+            Some(dir) => read_ca_dir(dir)?,
+            None => Vec::new(),
+        };
+        let key = if extra.is_empty() {
+            PathBuf::new()
+        } else {
+            certs_dir.map(Path::to_path_buf).unwrap_or_default()
+        };
+        let mut cache = self.verified.lock().expect("poisoned");
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut roots = (*self.system_roots()?).clone();
+        for (path, cert) in extra {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+        }
+        let client = self.client(Self::tls_with_roots(roots)?)?;
+        cache.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The client the policy chose for this registry.
+    pub fn for_route(&self, route: &Route) -> Result<Client, String> {
+        match route.transport {
+            Transport::Http => self.plain(),
+            Transport::HttpsInsecure => self.insecure(),
+            Transport::Https => self.verified(Some(&self.certs_dir(&route.registry))),
+        }
+    }
+}
+
+/// Reads every `*.crt` (PEM, one or more certificates) of a certs.d directory. A missing
+/// directory is no CA; an unreadable or malformed file is an error naming it.
+fn read_ca_dir(dir: &Path) -> Result<Vec<(PathBuf, CertificateDer<'static>)>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: not a PEM certificate file: {e}", p.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", p.display()));
+        }
+        out.extend(certs.into_iter().map(|c| (p.clone(), c)));
+    }
+    Ok(out)
+}

@@ -1,0 +1,377 @@
+//! The image store: an OCI image layout (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`).
+//!
+//! Blobs stream into `ingest/` while they are hashed and are renamed into `blobs/` only after
+//! their size and digest match, so every file under `blobs/` is verified content.
+//! `index.json` is replaced atomically. An exclusive lock (`.lock`) keeps two runs apart.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, ErrorKind, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use ring::digest;
+use serde_json::{Value, json};
+
+use crate::netfiles::atomic::write_file;
+use crate::pull::manifest::{Descriptor, OCI_INDEX};
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// What the reference resolved to at the registry (the index for a multi-platform image):
+/// lets a later pull of a tag decide "present" from a HEAD request alone.
+pub const RESOLVED: &str = "com.ksyun.kci.resolved-digest";
+
+/// Checks that `d` is `sha256:<64 hex>` or `sha512:<128 hex>` (lower case): digests come from
+/// registries and become file names, so nothing else may pass.
+pub fn check_digest(d: &str) -> Result<(), String> {
+    let ok = match d.split_once(':') {
+        Some(("sha256", hex)) => hex.len() == 64,
+        Some(("sha512", hex)) => hex.len() == 128,
+        _ => false,
+    } && d.split_once(':').is_some_and(|(_, h)| {
+        h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid digest {d:?} (expected sha256:<64 hex> or sha512:<128 hex>)"
+        ))
+    }
+}
+
+/// A streaming hash for a digest's algorithm.
+pub fn hasher_for(d: &str) -> digest::Context {
+    if d.starts_with("sha512:") {
+        digest::Context::new(&digest::SHA512)
+    } else {
+        digest::Context::new(&digest::SHA256)
+    }
+}
+
+pub fn finish_hex(ctx: digest::Context) -> String {
+    let alg = if ctx.algorithm() == &digest::SHA512 {
+        "sha512"
+    } else {
+        "sha256"
+    };
+    let d = ctx.finish();
+    let mut s = String::with_capacity(7 + d.as_ref().len() * 2);
+    s.push_str(alg);
+    s.push(':');
+    for b in d.as_ref() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+pub fn sha256_of(bytes: &[u8]) -> String {
+    let mut c = digest::Context::new(&digest::SHA256);
+    c.update(bytes);
+    finish_hex(c)
+}
+
+pub fn digest_of(bytes: &[u8], like: &str) -> String {
+    let mut c = hasher_for(like);
+    c.update(bytes);
+    finish_hex(c)
+}
+
+/// An open, locked store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+fn ctx(path: &Path, what: &str) -> impl FnOnce(io::Error) -> io::Error {
+    let p = path.display().to_string();
+    let what = what.to_string();
+    move |e| io::Error::new(e.kind(), format!("{what} {p}: {e}"))
+}
+
+impl Store {
+    /// Opens (creating if needed) the layout at `root` and takes its lock, waiting for another
+    /// run that holds it. Leftovers of an interrupted run in `ingest/` are removed.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        fs::create_dir_all(root.join("blobs/sha256")).map_err(ctx(root, "cannot create"))?;
+        fs::create_dir_all(root.join("ingest")).map_err(ctx(root, "cannot create"))?;
+        let lock_path = root.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(ctx(&lock_path, "cannot open"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                tracing::info!(
+                    store = %root.display(),
+                    "another kci-pull-agent run holds the store lock; waiting for it"
+                );
+                lock.lock().map_err(ctx(&lock_path, "cannot lock"))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(ctx(&lock_path, "cannot lock")(e)),
+        }
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            write_file(&layout, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(ctx(&layout, "cannot write"))?;
+        }
+        for e in fs::read_dir(root.join("ingest"))?.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let (alg, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
+        self.root.join("blobs").join(alg).join(hex)
+    }
+
+    /// Whether a verified blob of that digest and size is present.
+    pub fn has_blob(&self, digest: &str, size: u64) -> bool {
+        fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    pub fn ingest_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+        self.root
+            .join("ingest")
+            .join(format!("{hex}.{}.partial", std::process::id()))
+    }
+
+    /// Moves a verified ingest file into `blobs/`.
+    pub fn commit(&self, ingest: &Path, digest: &str) -> io::Result<()> {
+        let dest = self.blob_path(digest);
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::rename(ingest, &dest).map_err(ctx(&dest, "cannot move blob to"))
+    }
+
+    /// Stores a small blob held in memory (a manifest), after checking its digest.
+    pub fn put_small(&self, digest: &str, bytes: &[u8]) -> io::Result<()> {
+        if digest_of(bytes, digest) != digest {
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("refusing to store {digest}: content does not match"),
+            ));
+        }
+        if self.has_blob(digest, bytes.len() as u64) {
+            return Ok(());
+        }
+        let dest = self.blob_path(digest);
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        write_file(&dest, &dest, bytes)
+            .map(|_| ())
+            .map_err(ctx(&dest, "cannot write"))
+    }
+
+    pub fn read_blob(&self, digest: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.blob_path(digest))
+    }
+
+    /// Makes the renames into `blobs/` durable.
+    pub fn sync_blobs(&self) -> io::Result<()> {
+        for dir in fs::read_dir(self.root.join("blobs"))?.flatten() {
+            File::open(dir.path())?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn read_index(&self) -> io::Result<Value> {
+        let path = self.root.join("index.json");
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    io::Error::new(
+                        ErrorKind::InvalidData,
+                        format!(
+                            "{} is not valid JSON ({e}); move it aside to start a fresh index",
+                            path.display()
+                        ),
+                    )
+                })?;
+                if !v.get("manifests").is_some_and(Value::is_array) {
+                    return Err(io::Error::new(
+                        ErrorKind::InvalidData,
+                        format!("{} has no manifests array", path.display()),
+                    ));
+                }
+                Ok(v)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [],
+            })),
+            Err(e) => Err(ctx(&path, "cannot read")(e)),
+        }
+    }
+
+    /// The descriptor stored for a reference name.
+    pub fn find_ref(&self, name: &str) -> io::Result<Option<Descriptor>> {
+        let index = self.read_index()?;
+        let found = index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["annotations"][REF_NAME] == name)
+            .cloned();
+        Ok(found.and_then(|m| serde_json::from_value(m).ok()))
+    }
+
+    /// Replaces (or adds) the descriptor of each reference in `index.json`, in one atomic write.
+    pub fn set_refs(&self, descriptors: &[Descriptor]) -> io::Result<()> {
+        if descriptors.is_empty() {
+            return Ok(());
+        }
+        let mut index = self.read_index()?;
+        let manifests = index["manifests"].as_array_mut().expect("checked");
+        for d in descriptors {
+            let name = d
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let value = serde_json::to_value(d)?;
+            match manifests
+                .iter_mut()
+                .find(|m| m["annotations"][REF_NAME] == name)
+            {
+                Some(slot) => *slot = value,
+                None => manifests.push(value),
+            }
+        }
+        let mut bytes = serde_json::to_vec_pretty(&index)?;
+        bytes.push(b'\n');
+        let path = self.root.join("index.json");
+        write_file(&path, &path, &bytes)
+            .map(|_| ())
+            .map_err(ctx(&path, "cannot write"))
+    }
+}
+
+/// Receives a blob's bytes on a blocking thread: hashes and writes them, so the network task
+/// only moves buffers. `reset` starts over (a registry that ignored a `Range` request).
+pub struct IngestFile {
+    file: BufWriter<File>,
+    hasher: digest::Context,
+    like: String,
+    written: u64,
+}
+
+impl IngestFile {
+    pub fn create(path: &Path, digest: &str) -> io::Result<IngestFile> {
+        let file = File::create(path).map_err(ctx(path, "cannot create"))?;
+        Ok(IngestFile {
+            file: BufWriter::with_capacity(1 << 20, file),
+            hasher: hasher_for(digest),
+            like: digest.to_string(),
+            written: 0,
+        })
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.hasher.update(data);
+        self.file.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn reset(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        let f = self.file.get_mut();
+        f.set_len(0)?;
+        f.rewind()?;
+        self.hasher = hasher_for(&self.like);
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Flushes and fsyncs; returns the digest and size of what was written.
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        Ok((finish_hex(self.hasher), self.written))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_checked_before_they_become_paths() {
+        assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(check_digest(&format!("sha512:{}", "0".repeat(128))).is_ok());
+        for bad in [
+            "sha256:../../etc/passwd".to_string(),
+            format!("sha256:{}", "A".repeat(64)),
+            format!("sha256:{}", "a".repeat(63)),
+            format!("md5:{}", "a".repeat(32)),
+            format!("sha256:{}/x", "a".repeat(62)),
+            "".to_string(),
+        ] {
+            assert!(check_digest(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            sha256_of(b"abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn index_refs_are_replaced_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let desc = |name: &str, n: u8| Descriptor {
+            media_type: crate::pull::manifest::OCI_MANIFEST.into(),
+            digest: format!("sha256:{}", format!("{n:02x}").repeat(32)),
+            size: n as u64,
+            platform: None,
+            annotations: Some(
+                [(REF_NAME.to_string(), Value::from(name))]
+                    .into_iter()
+                    .collect(),
+            ),
+            urls: None,
+        };
+        store
+            .set_refs(&[desc("r/a:1", 1), desc("r/b:1", 2)])
+            .unwrap();
+        store.set_refs(&[desc("r/a:1", 3)]).unwrap();
+        assert_eq!(store.find_ref("r/a:1").unwrap().unwrap().size, 3);
+        assert_eq!(store.find_ref("r/b:1").unwrap().unwrap().size, 2);
+        assert!(store.find_ref("r/c:1").unwrap().is_none());
+        let index: Value =
+            serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+        assert!(dir.path().join("oci-layout").exists());
+    }
+
+    #[test]
+    fn ingest_hashes_what_it_writes_and_can_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        let want = sha256_of(b"hello");
+        let mut f = IngestFile::create(&p, &want).unwrap();
+        f.write(b"garbage").unwrap();
+        f.reset().unwrap();
+        f.write(b"hel").unwrap();
+        f.write(b"lo").unwrap();
+        assert_eq!(f.finish().unwrap(), (want, 5));
+        assert_eq!(fs::read(&p).unwrap(), b"hello");
+    }
+}
