@@ -13,6 +13,7 @@ need systemd-analyze systemd
 need docker-registry docker-registry   # the CNCF distribution registry, for integration tests
 need openssl openssl
 need htpasswd apache2-utils            # bcrypt htpasswd files for the Basic-auth registry
+need skopeo skopeo                     # reads the store in an interoperability test; bench peer
 
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -36,6 +37,12 @@ fi
 # run their own instances on loopback, so keep the packaged one off.
 if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+# skopeo refuses to run without a signature policy; accept anything (tests use loopback only).
+if command -v skopeo >/dev/null 2>&1 && [[ ! -e /etc/containers/policy.json ]] && [[ $(id -u) -eq 0 ]]; then
+  mkdir -p /etc/containers
+  printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' >/etc/containers/policy.json
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

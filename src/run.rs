@@ -137,6 +137,8 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                     connect_timeout: Duration::from_secs(tuning.connect_timeout),
                     read_timeout: Duration::from_secs(tuning.read_timeout),
                 },
+                progress: cli.common.log_format == crate::cli::LogFormat::Text
+                    && cli.common.quiet == 0,
             };
             let started = Instant::now();
             let images = runtime()?.block_on(pull::pull_all(&cfg, &cfg.auth, &opts));

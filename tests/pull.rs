@@ -244,6 +244,12 @@ fn self_signed_https_through_a_host_alias_listed_as_insecure() {
         let err = p.report["images"][0]["error"].as_str().unwrap();
         assert!(err.contains("certificate"), "{err}");
         assert!(err.contains("kci-insecure-registry"), "{err}");
+        if args.len() > 1 {
+            assert!(
+                err.contains("port-exact"),
+                "the near miss is pointed out: {err}"
+            );
+        }
     }
     assert_eq!(verify_store(store2.path()), 0);
 }
@@ -601,4 +607,59 @@ fn wrong_bytes_from_the_registry_are_rejected_and_nothing_is_stored() {
         "{}",
         p.report
     );
+}
+
+#[test]
+fn a_connection_reset_mid_blob_is_resumed_with_range_and_verified() {
+    let s = Seeded::new();
+    let img = image(14, &[3_000_000], "amd64", false);
+    block_on(s.pusher().image("resume/app", "v1", &img));
+    // Cut twice: 1 MB into the blob, then again 1 MB into the resumed response.
+    let proxy = common::proxy::Proxy::start(&s.push.addr(), 1_000_000, 2);
+    let root = new_root();
+    let store = tempfile::tempdir().unwrap();
+    let reg = proxy.addr();
+    let p = pull(
+        &root,
+        store.path(),
+        &["--http-registry", &reg, &format!("{reg}/resume/app:v1")],
+    );
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(proxy.cuts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(p.stderr.contains("retrying"), "{}", p.stderr);
+    // Resumed, not restarted: every byte crossed the network once.
+    assert_eq!(
+        p.report["images"][0]["bytes"],
+        img.blob_bytes() + img.manifest.bytes.len() as u64
+    );
+    assert_eq!(verify_store(store.path()), 3);
+}
+
+#[test]
+fn the_store_is_readable_by_skopeo() {
+    let s = Seeded::new();
+    let img = image(15, &[5_000], "amd64", false);
+    block_on(s.pusher().image("interop/app", "v1", &img));
+    let root = new_root();
+    let store = tempfile::tempdir().unwrap();
+    let reg = s.push.addr();
+    let image_ref = format!("{reg}/interop/app:v1");
+    assert_eq!(
+        pull(&root, store.path(), &["--http-registry", &reg, &image_ref]).code,
+        0
+    );
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            &format!("oci:{}:{image_ref}", store.path().display()),
+        ])
+        .output()
+        .expect("skopeo is missing: run scripts/setup.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, img.manifest.bytes);
 }

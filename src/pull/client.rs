@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -540,12 +541,15 @@ impl Session {
         repo: &str,
         desc: &Descriptor,
         store: &Store,
+        progress: &AtomicU64,
     ) -> Result<u64, PullError> {
         let url = self.url(&format!("/v2/{repo}/blobs/{}", desc.digest));
         let mut fresh_start_left = 1; // one full retry after a digest mismatch
         loop {
             let path = store.ingest_path(&desc.digest);
-            let result = self.fetch_blob_once(repo, desc, &url, &path).await;
+            let result = self
+                .fetch_blob_once(repo, desc, &url, &path, progress)
+                .await;
             match result {
                 Ok(net) => {
                     store.commit(&path, &desc.digest).map_err(|e| PullError {
@@ -576,6 +580,7 @@ impl Session {
         desc: &Descriptor,
         url: &Url,
         path: &std::path::Path,
+        progress: &AtomicU64,
     ) -> Result<u64, (PullError, bool)> {
         enum Msg {
             Data(bytes::Bytes),
@@ -613,6 +618,7 @@ impl Session {
                     StatusCode::OK => {
                         if received > 0 {
                             tx.send(Msg::Reset).await.map_err(|_| writer_gone())?;
+                            progress.fetch_sub(received, Ordering::Relaxed);
                             received = 0;
                         }
                     }
@@ -626,6 +632,7 @@ impl Session {
                             .and_then(|v| v.parse::<u64>().ok());
                         if start != Some(received) {
                             tx.send(Msg::Reset).await.map_err(|_| writer_gone())?;
+                            progress.fetch_sub(received, Ordering::Relaxed);
                             received = 0;
                             return Err(Failure::Retry { message: "the registry answered a Range request with another range".into(), after: None });
                         }
@@ -643,6 +650,7 @@ impl Session {
                                 }));
                             }
                             received += b.len() as u64;
+                            progress.fetch_add(b.len() as u64, Ordering::Relaxed);
                             network += b.len() as u64;
                             tx.send(Msg::Data(b)).await.map_err(|_| writer_gone())?;
                         }

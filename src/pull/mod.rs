@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod manifest;
+pub mod progress;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -71,9 +72,12 @@ pub struct PullOptions {
     /// Blob downloads in flight at once, over all images.
     pub max_concurrent_downloads: usize,
     pub net: NetOptions,
+    /// Draw a progress line on stderr when it is a terminal.
+    pub progress: bool,
 }
 
 struct Shared {
+    progress: Arc<progress::Progress>,
     store: Store,
     transports: Arc<Transports>,
     policy: Policy,
@@ -98,6 +102,7 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     };
     let resolver = Arc::new(RootResolver::from_root(&opts.root));
     let shared = Arc::new(Shared {
+        progress: Arc::new(progress::Progress::default()),
         store,
         transports: Arc::new(Transports::new(&opts.root, resolver, opts.net)),
         policy: cfg.policy.clone(),
@@ -179,6 +184,7 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
             report.error = Some(message);
         }
     }
+    shared.progress.images_done.fetch_add(1, Ordering::Relaxed);
     report.bytes = bytes.load(Ordering::Relaxed);
     report.seconds = started.elapsed().as_secs_f64();
     report
@@ -340,6 +346,12 @@ async fn pull_image(
             blobs.push(d);
         }
     }
+    let needed: u64 = blobs
+        .iter()
+        .filter(|b| !store.has_blob(&b.digest, b.size))
+        .map(|b| b.size)
+        .sum();
+    shared.progress.total.fetch_add(needed, Ordering::Relaxed);
     let results = join_all(
         blobs
             .iter()
@@ -415,7 +427,9 @@ async fn fetch_shared(
             .await
             .map_err(|e| PullError::new(e.to_string()))?;
         if !shared.store.has_blob(&d.digest, d.size) {
-            let n = sess.fetch_blob(repo, d, &shared.store).await?;
+            let n = sess
+                .fetch_blob(repo, d, &shared.store, &shared.progress.done)
+                .await?;
             fetched.store(n, Ordering::Relaxed);
         }
         Ok::<(), PullError>(())

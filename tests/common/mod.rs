@@ -112,6 +112,7 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
 }
 
 pub mod images;
+pub mod proxy;
 pub mod registry;
 pub mod token;
 

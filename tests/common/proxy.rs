@@ -1,0 +1,71 @@
+//! A TCP proxy in front of a real registry that can cut a connection part-way through a
+//! response, to exercise retries and `Range` resumption.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub struct Proxy {
+    pub port: u16,
+    /// Connections cut so far.
+    pub cuts: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Forwards to `upstream`; the first `cuts_wanted` connections that send more than
+    /// `cut_after` bytes towards the client are closed at that point.
+    pub fn start(upstream: &str, cut_after: u64, cuts_wanted: usize) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let upstream = upstream.to_string();
+        let c2 = cuts.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(Shutdown::Write);
+                });
+                let cuts = c2.clone();
+                let sent = Arc::new(AtomicU64::new(0));
+                std::thread::spawn(move || {
+                    let (mut s_read, mut c_write) = (server, client);
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let before = sent.fetch_add(n as u64, Ordering::SeqCst);
+                        if before + n as u64 > cut_after
+                            && cuts.load(Ordering::SeqCst) < cuts_wanted
+                        {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            let keep = cut_after.saturating_sub(before) as usize;
+                            let _ = c_write.write_all(&buf[..keep.min(n)]);
+                            let _ = c_write.shutdown(Shutdown::Both);
+                            let _ = s_read.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_write.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Proxy { port, cuts }
+    }
+}
