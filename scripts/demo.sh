@@ -1,49 +1,106 @@
 #!/usr/bin/env bash
-# The main job, shown on a pod from testdata/ in a sandbox root (never the machine's /etc):
-# the virtual-kubelet environment plus the pod's annotations are validated and merged,
-# `explain` shows how each image's registry would be reached, and `network` writes
-# <root>/etc/hosts and <root>/etc/resolv.conf.
+# The main job, end to end on this machine: starts two real registries on loopback (plain HTTP,
+# and HTTPS with a self-signed certificate reached through a host alias), seeds a demo image,
+# and runs `kci-pull-agent boot` for a pod that uses a host alias, an HTTP registry and an
+# insecure registry, in a sandbox root (never the machine's /etc). Shows what it wrote and the
+# report, then stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked -q
-bin=target/release/kci-pull-agent
-case=testdata/cases/basic
+bin=$PWD/target/release/kci-pull-agent
 
-root=$(mktemp -d /tmp/kci-demo.XXXXXX)
-trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/etc"
-cp "$case/hosts.in" "$root/etc/hosts"
-cp "$case/resolv.conf.in" "$root/etc/resolv.conf"
+work=$(mktemp -d /tmp/kci-demo.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
-# The VK-level settings, as the systemd unit would load them from /etc/kci/agent.env.
+free_port() {
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 20000))
+    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
+  done
+  echo "no free port" >&2; exit 1
+}
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done
+  echo "registry on port $1 did not start" >&2; exit 1
+}
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+http_port=$(free_port)
+tls_port=$(free_port)
+step "Starting registries: http://127.0.0.1:$http_port and https://demo-registry.internal:$tls_port (self-signed)"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=demo-registry.internal" \
+  -addext "subjectAltName=DNS:demo-registry.internal" -addext "basicConstraints=critical,CA:FALSE" \
+  -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+for kind in http tls; do
+  port=$http_port
+  tls=""
+  if [[ $kind == tls ]]; then
+    port=$tls_port
+    tls=$'  tls:\n    certificate: '"$work/tls.crt"$'\n    key: '"$work/tls.key"
+  fi
+  cat >"$work/$kind.yml" <<YML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $work/storage
+http:
+  addr: 127.0.0.1:$port
+  secret: kci-demo
+$tls
+YML
+  docker-registry serve "$work/$kind.yml" >"$work/$kind.log" 2>&1 &
+  pids+=($!)
+  wait_port "$port"
+done
+
+step "Seeding demo/hello:v1 (testdata/demo/image) into the registry"
+skopeo copy -q --dest-tls-verify=false oci:testdata/demo/image:v1 "docker://127.0.0.1:$http_port/demo/hello:v1"
+
+root=$work/root
+mkdir -p "$root/etc" "$root/run/kci"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+printf 'nameserver 127.0.0.1\nsearch lan\n' >"$root/etc/resolv.conf"
+sed -e "s/@HTTP_PORT@/$http_port/g" -e "s/@TLS_PORT@/$tls_port/g" testdata/demo/pod.json.in \
+  >"$root/run/kci/pod.json"
 set -a
-# shellcheck disable=SC1090,SC1091
-. "$case/env"
+# shellcheck disable=SC1091
+. testdata/demo/agent.env
 set +a
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+step "kci-pull-agent explain --root \$root   (pod from \$root/run/kci/pod.json)"
+"$bin" explain --root "$root" --spec "$root/run/kci/pod.json"
 
-step kci-pull-agent explain --spec "$case/pod.json" --root "$root"
-"$bin" explain --spec "$case/pod.json" --root "$root"
-
-step kci-pull-agent explain --spec "$case/pod.json" --output json
-"$bin" explain --spec "$case/pod.json" --output json
-
-step kci-pull-agent network --dry-run --spec "$case/pod.json" --root "$root"
-"$bin" network --dry-run --spec "$case/pod.json" --root "$root"
-
-step kci-pull-agent network --spec "$case/pod.json" --root "$root"
-"$bin" network --spec "$case/pod.json" --root "$root"
-step cat "$root/etc/hosts"
-cat "$root/etc/hosts"
-step cat "$root/etc/resolv.conf"
-cat "$root/etc/resolv.conf"
-
-step kci-pull-agent network --spec "$case/pod.json" --root "$root" "   # again: nothing changes"
-"$bin" network --spec "$case/pod.json" --root "$root"
-
-step kci-pull-agent explain --http-registry "reg.example.com/team" nginx "   # bad input: exit 2"
+step "kci-pull-agent boot --root \$root"
 set +e
-"$bin" explain --http-registry "reg.example.com/team" nginx
+"$bin" boot --root "$root"
+code=$?
+set -e
+echo "exit code: $code"
+
+step "\$root/etc/hosts"
+cat "$root/etc/hosts"
+step "\$root/etc/resolv.conf"
+cat "$root/etc/resolv.conf"
+step "\$root/run/kci/pull-report.json"
+cat "$root/run/kci/pull-report.json"
+
+step "kci-pull-agent boot --root \$root   (again: nothing changes, images present)"
+"$bin" boot --root "$root" -q && echo "exit code: 0"
+step "Bad input: an insecure registry with a path (exit 2, nothing written)"
+set +e
+"$bin" boot --root "$root" --insecure-registry demo-registry.internal/team
 echo "exit code: $?"
+set -e
+exit "$code"

@@ -29,7 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Common {
-    /// The pod as JSON (`kubectl get pod -o json`); its annotations and container images are used.
+    /// The pod as JSON (`kubectl get pod -o json`); its annotations and container images are
+    /// used [boot's default: <root>/run/kci/pod.json].
     #[arg(long, global = true, value_name = "FILE")]
     pub spec: Option<PathBuf>,
 
@@ -61,14 +62,9 @@ pub struct Common {
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
 
-    /// The OCI image layout images are pulled into.
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        default_value = "/var/lib/kci/images"
-    )]
-    pub store: PathBuf,
+    /// The OCI image layout images are pulled into [default: <root>/var/lib/kci/images].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
 
     /// The platform to pick from multi-platform images: os/arch[/variant] (default: this
     /// machine's).
@@ -102,6 +98,15 @@ pub enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The boot flow: validate everything, write the network files, pull every image of the
+    /// pod (init containers, containers, ephemeral containers), write the report.
+    Boot {
+        /// Where to write the JSON report [default: <root>/run/kci/pull-report.json].
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        tuning: PullTuning,
+    },
     /// Write <root>/etc/hosts and <root>/etc/resolv.conf from the merged host aliases and DNS
     /// config.
     Network {

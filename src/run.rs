@@ -5,7 +5,9 @@ use std::io::Write;
 
 use tracing::{info, warn};
 
-use crate::cli::{Cli, Command, Common, OutputFormat};
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Cli, Command, Common, LogFormat, OutputFormat, PullTuning};
 use crate::config::{Config, ENV_DNS_CONFIG, ENV_HOST_ALIASES, Sources};
 use crate::error::{Error, InputError, Notes, Origin};
 use crate::explain;
@@ -39,8 +41,12 @@ fn env_var(name: &'static str) -> Result<Option<String>, InputError> {
 }
 
 /// Gathers every input of the command line into [`Sources`].
-pub fn sources(common: &Common, images: &[String]) -> Result<Sources, Error> {
-    let spec = match &common.spec {
+pub fn sources(
+    common: &Common,
+    spec: Option<PathBuf>,
+    images: &[String],
+) -> Result<Sources, Error> {
+    let spec = match &spec {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 InputError::new(
@@ -97,28 +103,48 @@ pub fn log_notes(notes: &Notes) {
 }
 
 /// Runs the command; the caller maps the error to an exit code.
+/// Where the pod is read from: `--spec`, or for `boot` `<root>/run/kci/pod.json`.
+fn spec_path(cli: &Cli) -> Option<PathBuf> {
+    match (&cli.common.spec, &cli.command) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Command::Boot { .. }) => Some(cli.common.root.join(DEFAULT_SPEC)),
+        (None, _) => None,
+    }
+}
+
+/// The store: `--store`, or `<root>/var/lib/kci/images`.
+pub fn store_path(common: &Common) -> PathBuf {
+    common
+        .store
+        .clone()
+        .unwrap_or_else(|| common.root.join(DEFAULT_STORE))
+}
+
+const DEFAULT_SPEC: &str = "run/kci/pod.json";
+const DEFAULT_STORE: &str = "var/lib/kci/images";
+const DEFAULT_REPORT: &str = "run/kci/pull-report.json";
+
+/// Runs the command; the caller maps the error to an exit code.
 pub fn run(cli: &Cli) -> Result<(), Error> {
     let images: &[String] = match &cli.command {
         Command::Explain { images, .. } | Command::Pull { images, .. } => images,
-        Command::Network { .. } => &[],
+        Command::Network { .. } | Command::Boot { .. } => &[],
     };
-    let src = sources(&cli.common, images)?;
+    let src = sources(&cli.common, spec_path(cli), images)?;
     let (cfg, notes) = Config::load(&src)?;
     log_notes(&notes);
     let root = &cli.common.root;
-    let mut stdout = std::io::stdout().lock();
     match &cli.command {
         Command::Network { dry_run } => {
-            let mut notes = Notes::default();
-            let plan = netfiles::plan(root, &cfg, &mut notes)?;
-            log_notes(&notes);
+            let plan = plan_network(root, &cfg)?;
             if *dry_run {
+                let mut stdout = std::io::stdout().lock();
                 let _ = stdout.write_all(netfiles::describe(&plan, root).as_bytes());
+                let _ = stdout.flush();
             } else {
-                for r in netfiles::apply(&plan)? {
-                    info!(path = %r.path.display(), action = r.action, "network file");
-                }
+                apply_network(&plan)?;
             }
+            Ok(())
         }
         Command::Pull { report, tuning, .. } => {
             if cfg.images.is_empty() {
@@ -128,38 +154,16 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                         .into(),
                 ));
             }
-            let opts = PullOptions {
-                root: root.clone(),
-                store: cli.common.store.clone(),
-                platform: cfg.platform.clone(),
-                max_concurrent_downloads: tuning.max_concurrent_downloads as usize,
-                net: NetOptions {
-                    connect_timeout: Duration::from_secs(tuning.connect_timeout),
-                    read_timeout: Duration::from_secs(tuning.read_timeout),
-                },
-                progress: cli.common.log_format == crate::cli::LogFormat::Text
-                    && cli.common.quiet == 0,
-            };
-            let started = Instant::now();
-            let images = runtime()?.block_on(pull::pull_all(&cfg, &cfg.auth, &opts));
-            let seconds = started.elapsed().as_secs_f64();
-            if let Some(path) = report {
-                let json = report::to_json(&images, seconds, None);
-                if let Err(e) = report::write(path, &json) {
-                    return Err(Error::Pull(format!(
-                        "cannot write the report {}: {e}",
-                        path.display()
-                    )));
-                }
-            }
-            info!("{}", report::summary(&images, seconds));
-            let failed = images.iter().filter(|i| i.status == Status::Failed).count();
-            if failed > 0 {
-                return Err(Error::Pull(format!(
-                    "{failed} of {} image(s) failed to pull",
-                    images.len()
-                )));
-            }
+            pull_and_report(cli, &cfg, tuning, report.as_deref(), None)
+        }
+        Command::Boot { report, tuning } => {
+            // Everything was validated above; now the network files, then the images, which
+            // resolve names through the files just written.
+            let plan = plan_network(root, &cfg)?;
+            let files = apply_network(&plan)?;
+            let report_path = report.clone().unwrap_or_else(|| root.join(DEFAULT_REPORT));
+            let network = serde_json::json!({ "files": files });
+            pull_and_report(cli, &cfg, tuning, Some(&report_path), Some(network))
         }
         Command::Explain { output, .. } => {
             if cfg.images.is_empty() {
@@ -169,6 +173,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                         .into(),
                 ));
             }
+            let mut stdout = std::io::stdout().lock();
             for e in explain::explain(&cfg) {
                 let text = match output {
                     OutputFormat::Json => format!("{}\n", e.to_json()),
@@ -176,8 +181,74 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 };
                 let _ = stdout.write_all(text.as_bytes());
             }
+            let _ = stdout.flush();
+            Ok(())
         }
     }
-    let _ = stdout.flush();
+}
+
+fn plan_network(root: &Path, cfg: &Config) -> Result<netfiles::NetPlan, Error> {
+    let mut notes = Notes::default();
+    let plan = netfiles::plan(root, cfg, &mut notes)?;
+    log_notes(&notes);
+    Ok(plan)
+}
+
+fn apply_network(plan: &netfiles::NetPlan) -> Result<Vec<netfiles::FileResult>, Error> {
+    let results = netfiles::apply(plan)?;
+    for r in &results {
+        info!(path = %r.path.display(), action = r.action, "network file");
+    }
+    Ok(results)
+}
+
+/// Pulls the configured images, writes the report (with `extra` sections), logs the summary,
+/// and fails with exit code 4 if any image failed.
+fn pull_and_report(
+    cli: &Cli,
+    cfg: &Config,
+    tuning: &PullTuning,
+    report_path: Option<&Path>,
+    network: Option<serde_json::Value>,
+) -> Result<(), Error> {
+    let opts = PullOptions {
+        root: cli.common.root.clone(),
+        store: store_path(&cli.common),
+        platform: cfg.platform.clone(),
+        max_concurrent_downloads: tuning.max_concurrent_downloads as usize,
+        net: NetOptions {
+            connect_timeout: Duration::from_secs(tuning.connect_timeout),
+            read_timeout: Duration::from_secs(tuning.read_timeout),
+        },
+        progress: cli.common.log_format == LogFormat::Text && cli.common.quiet == 0,
+    };
+    let started = Instant::now();
+    let images = if cfg.images.is_empty() {
+        Vec::new()
+    } else {
+        runtime()?.block_on(pull::pull_all(cfg, &cfg.auth, &opts))
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(path) = report_path {
+        let json = report::to_json(&images, seconds, network.map(|n| ("network", n)));
+        report::write(path, &json)
+            .map_err(|e| Error::Pull(format!("cannot write the report {}: {e}", path.display())))?;
+    }
+    let failed = images.iter().filter(|i| i.status == Status::Failed).count();
+    let bytes: u64 = images.iter().map(|i| i.bytes).sum();
+    info!(
+        images = images.len(),
+        failed,
+        bytes,
+        duration = seconds,
+        "{}",
+        report::summary(&images, seconds)
+    );
+    if failed > 0 {
+        return Err(Error::Pull(format!(
+            "{failed} of {} image(s) failed to pull",
+            images.len()
+        )));
+    }
     Ok(())
 }

@@ -433,11 +433,22 @@ fn platform_selection_from_an_index_and_a_docker_manifest_list() {
         darm.manifest.digest.as_str()
     );
     let idx_json = store_index(store.path());
-    let m = idx_json["manifests"].as_array().unwrap();
-    assert_eq!(m[0]["platform"]["architecture"], "arm64");
-    assert_eq!(m[0]["platform"]["variant"], "v8");
-    assert_eq!(m[1]["platform"]["architecture"], "arm64");
-    assert_eq!(m[1]["mediaType"], common::images::DOCKER_MANIFEST);
+    // Images finish in any order; find each entry by its reference name.
+    let entry = |name: &str| {
+        idx_json["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let oci = entry(&oci_ref);
+    assert_eq!(oci["platform"]["architecture"], "arm64");
+    assert_eq!(oci["platform"]["variant"], "v8");
+    let docker = entry(&format!("{docker_ref}:latest"));
+    assert_eq!(docker["platform"]["architecture"], "arm64");
+    assert_eq!(docker["mediaType"], common::images::DOCKER_MANIFEST);
     // Only the chosen platform's blobs were fetched.
     for b in amd.blobs().chain(arm7.blobs()).chain(damd.blobs()) {
         assert!(
