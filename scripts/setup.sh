@@ -14,6 +14,8 @@ need docker-registry docker-registry   # the CNCF distribution registry, for int
 need openssl openssl
 need htpasswd apache2-utils            # bcrypt htpasswd files for the Basic-auth registry
 need skopeo skopeo                     # reads the store in an interoperability test; bench peer
+need curl curl                         # the benchmark's streaming baseline
+[[ -x /usr/bin/time ]] || need_pkgs+=(time)   # GNU time: peak RSS in the benchmark
 
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -100,14 +100,55 @@ pub fn image_with(layers: Vec<Blob>, arch: &str, docker: bool) -> Image {
     }
 }
 
-/// A layer of `size` pseudo-random bytes.
+/// A gzip-layer blob of about `size` bytes: pseudo-random (incompressible) content in a valid
+/// gzip stream of stored deflate blocks, as real images carry incompressible layers.
 pub fn layer(seed: u64, size: usize, docker: bool) -> Blob {
     let mt = if docker {
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
     } else {
         "application/vnd.oci.image.layer.v1.tar+gzip"
     };
-    Blob::new(random_bytes(seed, size), mt)
+    Blob::new(gzip_stored(&random_bytes(seed, size)), mt)
+}
+
+/// gzip with stored (uncompressed) deflate blocks.
+pub fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 65535 * 5 + 32);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+    let mut chunks = data.chunks(65535).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(c) = chunks.next() {
+        out.push(u8::from(chunks.peek().is_none()));
+        let len = c.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    let mut crc = !0u32;
+    for &b in data {
+        crc = table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
 }
 
 pub fn image(seed: u64, sizes: &[usize], arch: &str, docker: bool) -> Image {

@@ -1,0 +1,335 @@
+//! Pull throughput: the agent against `skopeo copy` and a `curl | tee | openssl dgst` streaming
+//! baseline, on real `docker-registry` instances on loopback, in alternating runs. Prints MB/s
+//! (10^6 bytes of config + layers per second), ratios from the same run, and peak RSS.
+//!
+//!   cargo bench --bench pull                      # every case, 5 runs each (3 for large)
+//!   KCI_BENCH_CASES=medium,present cargo bench --bench pull
+//!   KCI_BENCH_RUNS=9 cargo bench --bench pull
+//!
+//! Cases: `medium` (8 incompressible layers, ~190 MB, HTTP), `medium-tls` (the same over
+//! self-signed HTTPS, insecure list), `large` (~1 GB, HTTP, with peak RSS), `many` (40 layers of
+//! 256 KiB), `present` (a second pull of a present image). Needs docker-registry, skopeo, curl
+//! and openssl: `scripts/setup.sh` installs them.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::images::{Image, Pusher, block_on, image};
+use common::registry::{Front, Pki, Registry};
+
+const MB: f64 = 1e6;
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Runs a command under GNU time, returning wall time and the command's peak RSS in KiB.
+/// (The command cannot be measured with wait4 from here: a child spawned by this large
+/// process inherits its high-water mark until exec.)
+fn timed(cmd: &mut Command) -> (Duration, u64) {
+    let mut wrapped = Command::new("/usr/bin/time");
+    wrapped
+        .args(["-f", "KCI_MAXRSS_KIB=%M"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let out = wrapped
+        .output()
+        .expect("/usr/bin/time is missing: run scripts/setup.sh");
+    let elapsed = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
+    let rss = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("KCI_MAXRSS_KIB="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (elapsed, rss)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Target {
+    registry: String,
+    tls: bool,
+    repo: String,
+    image: Image,
+}
+
+impl Target {
+    fn reference(&self) -> String {
+        format!("{}/{}:latest", self.registry, self.repo)
+    }
+    fn bytes(&self) -> u64 {
+        self.image.blob_bytes()
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    // On the disk being measured (the project's target directory), not a tmpfs.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/bench-scratch")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    dir
+}
+
+fn root() -> PathBuf {
+    let r = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scratch/root");
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    std::fs::write(r.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+    std::fs::write(r.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    r
+}
+
+fn agent_cmd(t: &Target, store: &Path) -> Command {
+    let mut c = Command::new(common::bin());
+    let list = if t.tls {
+        "--insecure-registry"
+    } else {
+        "--http-registry"
+    };
+    c.args(["pull", "-q", "--root"])
+        .arg(root())
+        .arg("--store")
+        .arg(store)
+        .args([list, &t.registry, &t.reference()]);
+    c
+}
+
+fn skopeo_cmd(t: &Target, dest: &Path) -> Command {
+    let mut c = Command::new("skopeo");
+    c.args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{}", t.reference()))
+        .arg(format!("oci:{}:latest", dest.display()));
+    c
+}
+
+/// 6 blobs at a time, each `curl | tee FILE | openssl dgst -sha256`, digests checked.
+fn curl_cmd(t: &Target, dest: &Path) -> Command {
+    std::fs::create_dir_all(dest).unwrap();
+    let scheme = if t.tls { "https" } else { "http" };
+    let mut script = String::from("set -e\nfail=0\n");
+    for b in t.image.blobs() {
+        let hex = &b.digest[7..];
+        script.push_str(&format!(
+            "while [ $(jobs -rp | wc -l) -ge 6 ]; do wait -n || fail=1; done\n\
+             ( got=$(curl -sS -k --fail --noproxy '*' {scheme}://{}/v2/{}/blobs/{} | tee {}/{hex} | openssl dgst -sha256 -r); \
+               [ \"${{got%% *}}\" = {hex} ] ) &\n",
+            t.registry,
+            t.repo,
+            b.digest,
+            dest.display()
+        ));
+    }
+    script
+        .push_str("while [ $(jobs -rp | wc -l) -gt 0 ]; do wait -n || fail=1; done\nexit $fail\n");
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(script);
+    c
+}
+
+struct Row {
+    case: String,
+    tool: &'static str,
+    mbps: f64,
+    rss_mib: f64,
+}
+
+fn throughput_case(name: &str, t: &Target, runs: usize, rows: &mut Vec<Row>) {
+    type MakeCommand = fn(&Target, &Path) -> Command;
+    let tools: [(&'static str, MakeCommand); 3] = [
+        ("kci-pull-agent", agent_cmd),
+        ("skopeo copy", skopeo_cmd),
+        ("curl|openssl x6", curl_cmd),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    let mut rss: Vec<u64> = vec![0; tools.len()];
+    // One warm-up round, then alternating rounds (the tool order rotates each round).
+    for round in 0..=runs {
+        for k in 0..tools.len() {
+            let i = (k + round) % tools.len();
+            let (tool, make) = &tools[i];
+            let dest = scratch(&format!("{name}-{i}"));
+            let (d, r) = timed(&mut make(t, &dest));
+            if round > 0 {
+                times[i].push(d.as_secs_f64());
+                rss[i] = rss[i].max(r);
+            }
+            eprintln!("  {name} round {round} {tool}: {:.3} s", d.as_secs_f64());
+        }
+    }
+    for (i, (tool, _)) in tools.iter().enumerate() {
+        rows.push(Row {
+            case: name.into(),
+            tool,
+            mbps: t.bytes() as f64 / MB / median(times[i].clone()),
+            rss_mib: rss[i] as f64 / 1024.0,
+        });
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; ignore arguments.
+    let cases = env_list("KCI_BENCH_CASES", "medium,medium-tls,many,present,large");
+    let runs: usize = std::env::var("KCI_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let storage = tempfile::Builder::new()
+        .prefix("kci-bench-registry")
+        .tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .unwrap();
+    let http = Registry::start(storage.path(), &Front::default());
+    let pki = Pki::new();
+    let cert = pki.self_signed("bench", &["127.0.0.1", "localhost"]);
+    let https = Registry::start(
+        storage.path(),
+        &Front {
+            tls: Some(cert),
+            ..Default::default()
+        },
+    );
+    let pusher = Pusher::new(&http.addr());
+    let mib = 1 << 20;
+    let medium = image(
+        500,
+        &[
+            64 * mib,
+            48 * mib,
+            32 * mib,
+            16 * mib,
+            8 * mib,
+            16 * mib,
+            8 * mib,
+            8 * mib,
+        ],
+        "amd64",
+        false,
+    );
+    let want = |c: &str| cases.iter().any(|x| x == c);
+    block_on(pusher.image("bench/medium", "latest", &medium));
+    let target = |reg: &Registry, tls: bool, repo: &str, img: &Image| Target {
+        registry: reg.addr(),
+        tls,
+        repo: repo.into(),
+        image: img.clone(),
+    };
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    eprintln!(
+        "host: {} cores; runs per case: {runs}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+
+    if want("medium") {
+        throughput_case(
+            "medium",
+            &target(&http, false, "bench/medium", &medium),
+            runs,
+            &mut rows,
+        );
+    }
+    if want("medium-tls") {
+        throughput_case(
+            "medium-tls",
+            &target(&https, true, "bench/medium", &medium),
+            runs,
+            &mut rows,
+        );
+    }
+    if want("many") {
+        let sizes = vec![256 * 1024; 40];
+        let many = image(501, &sizes, "amd64", false);
+        block_on(pusher.image("bench/many", "latest", &many));
+        throughput_case(
+            "many-40x256K",
+            &target(&http, false, "bench/many", &many),
+            runs,
+            &mut rows,
+        );
+    }
+    if want("large") {
+        let large = image(
+            502,
+            &[512 * mib, 256 * mib, 128 * mib, 64 * mib],
+            "amd64",
+            false,
+        );
+        block_on(pusher.image("bench/large", "latest", &large));
+        throughput_case(
+            "large",
+            &target(&http, false, "bench/large", &large),
+            runs.min(3),
+            &mut rows,
+        );
+    }
+    if want("present") {
+        let t = target(&http, false, "bench/medium", &medium);
+        let store = scratch("present");
+        timed(&mut agent_cmd(&t, &store));
+        let mut times = Vec::new();
+        for _ in 0..runs.max(5) {
+            let report = store.with_extension("report.json");
+            let mut c = agent_cmd(&t, &store);
+            c.arg("--report").arg(&report);
+            times.push(timed(&mut c).0.as_secs_f64());
+            let r: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+            assert_eq!(r["images"][0]["status"], "present");
+            assert_eq!(
+                r["images"][0]["bytes"], 0,
+                "a present image fetches nothing"
+            );
+        }
+        notes.push(format!(
+            "present: second pull of medium (already in the store): median {:.1} ms over {} runs, 0 bytes fetched",
+            median(times) * 1000.0,
+            runs.max(5)
+        ));
+    }
+
+    println!("\n| case | tool | MB/s (median) | vs skopeo | vs curl|openssl | peak RSS MiB |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for r in &rows {
+        let of = |tool: &str| {
+            rows.iter()
+                .find(|x| x.case == r.case && x.tool == tool)
+                .map(|x| x.mbps)
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.2}x | {:.2}x | {:.0} |",
+            r.case,
+            r.tool,
+            r.mbps,
+            r.mbps / of("skopeo copy"),
+            r.mbps / of("curl|openssl x6"),
+            r.rss_mib
+        );
+    }
+    for n in notes {
+        println!("\n{n}");
+    }
+    drop((http, https));
+    let _ =
+        std::fs::remove_dir_all(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scratch"));
+}
