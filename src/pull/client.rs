@@ -586,7 +586,7 @@ impl Session {
             Data(bytes::Bytes),
             Reset,
         }
-        let (tx, mut rx) = mpsc::channel::<Msg>(64);
+        let (tx, mut rx) = mpsc::channel::<Msg>(8);
         let (p, d) = (path.to_path_buf(), desc.digest.clone());
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
             let mut f = IngestFile::create(&p, &d)?;
