@@ -83,6 +83,9 @@ pub enum Error {
     Usage(String),
     #[error(transparent)]
     NetFile(#[from] NetFileError),
+    /// A configuration file under --root (a hosts.toml) is invalid. Exit code 2.
+    #[error("{0}")]
+    Config(String),
     /// At least one image failed (each is explained in the log and the report).
     #[error("{0}")]
     Pull(String),
@@ -92,7 +95,7 @@ impl Error {
     /// Exit codes of SPEC §6.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Input(_) | Error::Usage(_) => 2,
+            Error::Input(_) | Error::Usage(_) | Error::Config(_) => 2,
             Error::NetFile(_) => 3,
             Error::Pull(_) => 4,
         }
@@ -105,6 +108,9 @@ impl Error {
                 "fix the value named above and rerun; nothing was written".to_string()
             }
             Error::Usage(_) => "see `kci-pull-agent --help`; nothing was written".to_string(),
+            Error::Config(_) => {
+                "fix the file named above and rerun; nothing was written".to_string()
+            }
             Error::NetFile(e) => e.hint.clone(),
             Error::Pull(_) => {
                 "each failed image is explained above (and in the report, if one was asked for)"

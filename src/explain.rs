@@ -3,7 +3,12 @@
 
 use std::path::Path;
 
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
+
+use crate::registry::host::RegistryHost;
+use crate::registry::hosts::Mirror;
 
 use crate::config::{Config, ImageRequest};
 use crate::registry::policy::{Route, Transport};
@@ -12,16 +17,40 @@ use crate::registry::policy::{Route, Transport};
 pub struct Explanation<'a> {
     pub request: &'a ImageRequest,
     pub route: Route,
+    /// Mirrors tried before the origin (hosts.toml), in order.
+    pub mirrors: Vec<Mirror>,
 }
 
-pub fn explain(cfg: &Config) -> Vec<Explanation<'_>> {
+pub fn explain<'a>(
+    cfg: &'a Config,
+    mirrors: &HashMap<RegistryHost, Vec<Mirror>>,
+) -> Vec<Explanation<'a>> {
     cfg.images
         .iter()
         .map(|request| Explanation {
             request,
             route: cfg.policy.route(&request.reference.registry),
+            mirrors: mirrors
+                .get(&request.reference.registry)
+                .cloned()
+                .unwrap_or_default(),
         })
         .collect()
+}
+
+fn mirror_url(m: &Mirror) -> String {
+    format!("{}{}", m.url.as_str().trim_end_matches('/'), m.api_prefix)
+}
+
+fn capabilities(m: &Mirror) -> Vec<&'static str> {
+    let mut c = Vec::new();
+    if m.pull {
+        c.push("pull");
+    }
+    if m.resolve {
+        c.push("resolve");
+    }
+    c
 }
 
 /// The directory of extra CA files for a registry, under `root`.
@@ -46,8 +75,32 @@ impl Explanation<'_> {
             })),
             "transport": r.transport.as_str(),
             "endpoint": r.endpoint(),
+            "hosts": self.hosts_json(),
             "notes": r.notes,
         })
+    }
+
+    /// The ordered hosts an image would be fetched from: mirrors, then the origin.
+    fn hosts_json(&self) -> Value {
+        let mut hosts: Vec<Value> = self
+            .mirrors
+            .iter()
+            .map(|m| {
+                json!({
+                    "url": mirror_url(m),
+                    "role": "mirror",
+                    "capabilities": capabilities(m),
+                    "tls_verify": (m.url.scheme() == "https").then_some(!m.skip_verify),
+                })
+            })
+            .collect();
+        hosts.push(json!({
+            "url": format!("{}/v2", self.route.endpoint()),
+            "role": "origin",
+            "capabilities": ["pull", "resolve"],
+            "tls_verify": self.route.transport.tls_verify(),
+        }));
+        Value::Array(hosts)
     }
 
     /// The human-readable block.
@@ -79,6 +132,27 @@ impl Explanation<'_> {
             transport,
             matched
         );
+        if !self.mirrors.is_empty() {
+            for (i, m) in self.mirrors.iter().enumerate() {
+                let tls = match (m.url.scheme(), m.skip_verify) {
+                    ("http", _) => "plain HTTP",
+                    (_, true) => "certificate NOT verified",
+                    _ => "certificate verified",
+                };
+                out.push_str(&format!(
+                    "  {}  {}. {} (mirror: {}; {tls})\n",
+                    if i == 0 { "hosts    " } else { "         " },
+                    i + 1,
+                    mirror_url(m),
+                    capabilities(m).join(", ")
+                ));
+            }
+            out.push_str(&format!(
+                "             {}. {}/v2 (origin)\n",
+                self.mirrors.len() + 1,
+                r.endpoint()
+            ));
+        }
         for n in &r.notes {
             out.push_str(&format!("  note       {n}\n"));
         }

@@ -41,6 +41,9 @@ pub struct ImageReport {
     pub seconds: f64,
     pub status: Status,
     pub error: Option<String>,
+    /// With mirrors configured: the host that served (most of) the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }
 
 /// The whole report: `images`, `totals`, and any extra sections (`network` for `boot`).

@@ -13,6 +13,7 @@ use crate::error::{Error, InputError, Notes, Origin};
 use crate::explain;
 use crate::netfiles;
 use crate::pull::{self, PullOptions};
+use crate::registry::hosts::Mirror;
 use crate::registry::transport::NetOptions;
 use crate::report::{self, Status};
 use std::time::{Duration, Instant};
@@ -134,6 +135,11 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let (cfg, notes) = Config::load(&src)?;
     log_notes(&notes);
     let root = &cli.common.root;
+    // The mirrors of every registry involved, from <root>/etc/kci/certs.d/*/hosts.toml.
+    let mirrors = match &cli.command {
+        Command::Network { .. } => Default::default(),
+        _ => pull::load_mirrors(root, &cfg).map_err(Error::Config)?,
+    };
     match &cli.command {
         Command::Network { dry_run } => {
             let plan = plan_network(root, &cfg)?;
@@ -154,7 +160,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                         .into(),
                 ));
             }
-            pull_and_report(cli, &cfg, tuning, report.as_deref(), None)
+            pull_and_report(cli, &cfg, mirrors, tuning, report.as_deref(), None)
         }
         Command::Boot { report, tuning } => {
             // Everything was validated above; now the network files, then the images, which
@@ -163,7 +169,14 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             let files = apply_network(&plan)?;
             let report_path = report.clone().unwrap_or_else(|| root.join(DEFAULT_REPORT));
             let network = serde_json::json!({ "files": files });
-            pull_and_report(cli, &cfg, tuning, Some(&report_path), Some(network))
+            pull_and_report(
+                cli,
+                &cfg,
+                mirrors,
+                tuning,
+                Some(&report_path),
+                Some(network),
+            )
         }
         Command::Explain { output, .. } => {
             if cfg.images.is_empty() {
@@ -174,7 +187,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 ));
             }
             let mut stdout = std::io::stdout().lock();
-            for e in explain::explain(&cfg) {
+            for e in explain::explain(&cfg, &mirrors) {
                 let text = match output {
                     OutputFormat::Json => format!("{}\n", e.to_json()),
                     OutputFormat::Text => e.to_text(root),
@@ -207,6 +220,7 @@ fn apply_network(plan: &netfiles::NetPlan) -> Result<Vec<netfiles::FileResult>, 
 fn pull_and_report(
     cli: &Cli,
     cfg: &Config,
+    mirrors: std::collections::HashMap<crate::registry::host::RegistryHost, Vec<Mirror>>,
     tuning: &PullTuning,
     report_path: Option<&Path>,
     network: Option<serde_json::Value>,
@@ -221,6 +235,7 @@ fn pull_and_report(
             read_timeout: Duration::from_secs(tuning.read_timeout),
         },
         progress: cli.common.log_format == LogFormat::Text && cli.common.quiet == 0,
+        mirrors,
     };
     let started = Instant::now();
     let images = if cfg.images.is_empty() {

@@ -23,6 +23,8 @@ use crate::store::{IngestFile, Store, digest_of};
 
 /// Retries after the first attempt, for transient failures (resets, timeouts, 5xx, 429).
 pub const RETRIES: u32 = 4;
+/// Retries for a mirror before the next host is tried.
+pub const MIRROR_RETRIES: u32 = 1;
 const MAX_REDIRECTS: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +46,18 @@ struct AuthState {
 
 pub struct Session {
     pub route: Route,
+    /// `host[:port]` of this endpoint (the registry, or a mirror), for the report.
+    pub label: String,
+    /// May resolve tags (a mirror without the `resolve` capability serves digests only).
+    pub resolve: bool,
     base: Url,
+    /// API root: `/v2`, or a mirror's own path.
+    prefix: String,
+    /// `?ns=<registry>` on a mirror's requests, as containerd sends it.
+    ns: Option<String>,
+    /// Retries after a transient failure: a mirror gets one, so that a dead mirror costs
+    /// little before the next host is tried; the origin gets [`RETRIES`].
+    retries: u32,
     client: Client,
     transports: Arc<Transports>,
     creds: Option<Credentials>,
@@ -104,6 +117,11 @@ impl Session {
             hint: None,
         })?;
         Ok(Session {
+            label: route.registry.to_string(),
+            resolve: true,
+            prefix: "/v2".into(),
+            ns: None,
+            retries: RETRIES,
             route,
             base,
             client,
@@ -113,9 +131,62 @@ impl Session {
         })
     }
 
+    /// A session with a mirror of `registry`, reached exactly as its hosts.toml entry says.
+    pub fn mirror(
+        m: &crate::registry::hosts::Mirror,
+        registry: &crate::registry::host::RegistryHost,
+        transports: Arc<Transports>,
+        creds: Option<Credentials>,
+    ) -> Result<Session, PullError> {
+        let fail = |e: String| PullError {
+            message: format!("mirror {}: {e}", m.url),
+            hint: Some("fix the mirror's entry in hosts.toml".into()),
+        };
+        let (client, transport) = match (m.url.scheme(), m.skip_verify) {
+            ("http", _) => (transports.plain().map_err(fail)?, Transport::Http),
+            (_, true) => (
+                transports.insecure().map_err(fail)?,
+                Transport::HttpsInsecure,
+            ),
+            _ => {
+                let host = crate::registry::host::RegistryHost::parse(&m.authority())
+                    .map_err(|e| fail(e.to_string()))?;
+                let dir = transports.certs_dir(&host);
+                (
+                    transports.verified_with(Some(&dir), &m.ca).map_err(fail)?,
+                    Transport::Https,
+                )
+            }
+        };
+        let registry_host = crate::registry::host::RegistryHost::parse(&m.authority())
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(Session {
+            route: Route {
+                registry: registry_host,
+                transport,
+                matched: None,
+                notes: Vec::new(),
+            },
+            label: m.authority(),
+            resolve: m.resolve,
+            base: m.url.clone(),
+            prefix: m.api_prefix.clone(),
+            ns: Some(registry.to_string()),
+            retries: MIRROR_RETRIES,
+            client,
+            transports,
+            creds,
+            auth: tokio::sync::Mutex::new(AuthState::default()),
+        })
+    }
+
+    /// The URL of an API path (`/` for the ping, `/<repo>/manifests/<ref>`, ...).
     fn url(&self, path: &str) -> Url {
         let mut u = self.base.clone();
-        u.set_path(path);
+        u.set_path(&format!("{}{path}", self.prefix));
+        if let Some(ns) = &self.ns {
+            u.query_pairs_mut().append_pair("ns", ns);
+        }
         u
     }
 
@@ -279,7 +350,7 @@ impl Session {
             return Ok(c.clone());
         }
         let resp = self
-            .send(Method::GET, self.url("/v2/"), HeaderMap::new(), None)
+            .send(Method::GET, self.url("/"), HeaderMap::new(), None)
             .await?;
         let c = match resp.status() {
             s if s.is_success() => Challenge::Anonymous,
@@ -296,7 +367,7 @@ impl Session {
                 return Err(status_failure(
                     s,
                     resp.headers(),
-                    &format!("GET {}", self.url("/v2/")),
+                    &format!("GET {}", self.url("/")),
                     &self.route,
                 ));
             }
@@ -444,7 +515,7 @@ impl Session {
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry { message, after }) => {
                     attempt += 1;
-                    if attempt > RETRIES {
+                    if attempt > self.retries {
                         return Err(PullError {
                             message: format!(
                                 "{what}: {message} (gave up after {} attempts)",
@@ -470,7 +541,7 @@ impl Session {
         repo: &str,
         reference: &str,
     ) -> Result<Option<String>, PullError> {
-        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let url = self.url(&format!("/{repo}/manifests/{reference}"));
         let mut h = HeaderMap::new();
         h.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
         self.retrying("HEAD manifest", async || {
@@ -499,7 +570,7 @@ impl Session {
         repo: &str,
         reference: &str,
     ) -> Result<(Vec<u8>, Option<String>), PullError> {
-        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let url = self.url(&format!("/{repo}/manifests/{reference}"));
         let mut h = HeaderMap::new();
         h.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
         self.retrying("GET manifest", async || {
@@ -543,7 +614,7 @@ impl Session {
         store: &Store,
         progress: &AtomicU64,
     ) -> Result<u64, PullError> {
-        let url = self.url(&format!("/v2/{repo}/blobs/{}", desc.digest));
+        let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         let mut fresh_start_left = 1; // one full retry after a digest mismatch
         loop {
             let path = store.ingest_path(&desc.digest);

@@ -20,6 +20,7 @@ use crate::config::{Config, ImageRequest};
 use crate::platform::Platform;
 use crate::registry::dns::RootResolver;
 use crate::registry::host::RegistryHost;
+use crate::registry::hosts::Mirror;
 use crate::registry::policy::Policy;
 use crate::registry::transport::{NetOptions, Transports};
 use crate::report::{ImageReport, Status};
@@ -74,6 +75,34 @@ pub struct PullOptions {
     pub net: NetOptions,
     /// Draw a progress line on stderr when it is a terminal.
     pub progress: bool,
+    /// Mirrors per registry, from the hosts.toml files (see [`load_mirrors`]).
+    pub mirrors: HashMap<RegistryHost, Vec<Mirror>>,
+}
+
+/// Reads the hosts.toml of every registry of `cfg` under `root`: errors name the file, and are
+/// found before anything is written.
+pub fn load_mirrors(
+    root: &std::path::Path,
+    cfg: &Config,
+) -> Result<HashMap<RegistryHost, Vec<Mirror>>, String> {
+    let mut out = HashMap::new();
+    for req in &cfg.images {
+        let reg = &req.reference.registry;
+        if out.contains_key(reg) {
+            continue;
+        }
+        let mirrors = crate::registry::hosts::load(root, reg)?
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+        out.insert(reg.clone(), mirrors);
+    }
+    Ok(out)
+}
+
+impl Shared {
+    fn mirrors(&self, registry: &RegistryHost) -> Vec<Mirror> {
+        self.mirrors.get(registry).cloned().unwrap_or_default()
+    }
 }
 
 struct Shared {
@@ -83,7 +112,9 @@ struct Shared {
     policy: Policy,
     auth: AuthFile,
     platform: Platform,
-    sessions: Mutex<HashMap<RegistryHost, Arc<Session>>>,
+    sessions: Mutex<HashMap<RegistryHost, Arc<Vec<Arc<Session>>>>>,
+    /// The mirrors of each registry (validated before the pull started).
+    mirrors: HashMap<RegistryHost, Vec<Mirror>>,
     inflight: std::sync::Mutex<HashMap<String, Arc<OnceCell<()>>>>,
     downloads: Semaphore,
     index: Mutex<()>,
@@ -109,6 +140,7 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
         auth: auth.clone(),
         platform: opts.platform.clone(),
         sessions: Mutex::new(HashMap::new()),
+        mirrors: opts.mirrors.clone(),
         inflight: std::sync::Mutex::new(HashMap::new()),
         downloads: Semaphore::new(opts.max_concurrent_downloads.max(1)),
         index: Mutex::new(()),
@@ -136,6 +168,7 @@ fn failure_report(policy: &Policy, req: &ImageRequest, msg: &str, started: Insta
         seconds: started.elapsed().as_secs_f64(),
         status: Status::Failed,
         error: Some(msg.to_string()),
+        served_by: None,
     }
 }
 
@@ -159,9 +192,16 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
         seconds: 0.0,
         status: Status::Failed,
         error: None,
+        served_by: None,
     };
     let bytes = AtomicU64::new(0);
-    match pull_image(shared, req, &bytes).await {
+    let served = Mutex::new(Served::default());
+    let has_mirrors = !shared.mirrors(&req.reference.registry).is_empty();
+    let result = pull_image(shared, req, &bytes, &served).await;
+    if has_mirrors {
+        report.served_by = served.lock().await.main();
+    }
+    match result {
         Ok((status, digest)) => {
             report.status = status;
             report.digest = Some(digest);
@@ -190,16 +230,59 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     report
 }
 
-async fn session(shared: &Shared, registry: &RegistryHost) -> Result<Arc<Session>, PullError> {
+/// The endpoints of a registry in the order they are tried: the mirrors of its hosts.toml,
+/// then the origin (reached as the policy says).
+async fn endpoints(
+    shared: &Shared,
+    registry: &RegistryHost,
+) -> Result<Arc<Vec<Arc<Session>>>, PullError> {
     let mut map = shared.sessions.lock().await;
     if let Some(s) = map.get(registry) {
         return Ok(s.clone());
     }
+    let mut list = Vec::new();
+    for m in &shared.mirrors(registry) {
+        let host = RegistryHost::parse(&m.authority()).ok();
+        let creds = host.and_then(|h| shared.auth.lookup(&h).cloned());
+        list.push(Arc::new(Session::mirror(
+            m,
+            registry,
+            shared.transports.clone(),
+            creds,
+        )?));
+    }
     let route = shared.policy.route(registry);
     let creds = shared.auth.lookup(registry).cloned();
-    let s = Arc::new(Session::new(route, shared.transports.clone(), creds)?);
-    map.insert(registry.clone(), s.clone());
-    Ok(s)
+    list.push(Arc::new(Session::new(
+        route,
+        shared.transports.clone(),
+        creds,
+    )?));
+    let list = Arc::new(list);
+    map.insert(registry.clone(), list.clone());
+    Ok(list)
+}
+
+/// Runs `op` on each endpoint in turn until one succeeds; a failing mirror is logged and the
+/// next one tried. Returns the value and the endpoint that produced it.
+async fn first_ok<T>(
+    list: &[Arc<Session>],
+    what: &str,
+    op: impl AsyncFn(&Session) -> Result<T, PullError>,
+) -> Result<(T, Arc<Session>), PullError> {
+    let mut last = None;
+    for (i, s) in list.iter().enumerate() {
+        match op(s).await {
+            Ok(v) => return Ok((v, s.clone())),
+            Err(e) => {
+                if i + 1 < list.len() {
+                    tracing::warn!(host = %s.label, "{what} from {} failed ({e}); trying the next host", s.label);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| PullError::new(format!("{what}: no host to try"))))
 }
 
 /// Whether the manifest `digest` and every blob it references are in the store.
@@ -226,6 +309,7 @@ async fn pull_image(
     shared: &Shared,
     req: &ImageRequest,
     bytes: &AtomicU64,
+    served: &Mutex<Served>,
 ) -> Result<(Status, String), PullError> {
     let r = &req.reference;
     let name = r.to_string();
@@ -247,7 +331,9 @@ async fn pull_image(
     {
         return Ok((Status::Present, s.digest.clone()));
     }
-    let sess = session(shared, &r.registry).await?;
+    let all = endpoints(shared, &r.registry).await?;
+    // Tags are resolved only by hosts allowed to; content addressed by digest comes from any.
+    let resolvers: Vec<Arc<Session>> = all.iter().filter(|s| s.resolve).cloned().collect();
     let tag_or_digest = r
         .digest
         .clone()
@@ -255,25 +341,34 @@ async fn pull_image(
         .unwrap_or_else(|| "latest".into());
     if r.digest.is_none()
         && let Some(s) = stored_ok
-        && let Some(head) = sess.head_manifest(&r.repository, &tag_or_digest).await?
+        && let Ok((Some(head), _)) = first_ok(&resolvers, "HEAD manifest", async |e: &Session| {
+            e.head_manifest(&r.repository, &tag_or_digest).await
+        })
+        .await
         && Some(head.as_str()) == resolved_of(s)
     {
         return Ok((Status::Present, s.digest.clone()));
     }
 
-    let (top, ct) = sess.get_manifest(&r.repository, &tag_or_digest).await?;
-    bytes.fetch_add(top.len() as u64, Ordering::Relaxed);
-    let top_digest = match &r.digest {
-        Some(d) => {
+    let list: &[Arc<Session>] = if r.digest.is_some() { &all } else { &resolvers };
+    let ((top, ct), top_from) = first_ok(list, "manifest", async |e: &Session| {
+        let (top, ct) = e.get_manifest(&r.repository, &tag_or_digest).await?;
+        if let Some(d) = &r.digest {
             let actual = digest_of(&top, d);
             if &actual != d {
                 return Err(PullError {
-                    message: format!("the manifest served for {d} has digest {actual}"),
-                    hint: Some("the registry served wrong content; nothing was stored".into()),
+                    message: format!("{} served {actual} for the manifest {d}", e.label),
+                    hint: Some("it served wrong content; nothing was stored".into()),
                 });
             }
-            actual
         }
+        Ok((top, ct))
+    })
+    .await?;
+    bytes.fetch_add(top.len() as u64, Ordering::Relaxed);
+    served.lock().await.add(&top_from.label, top.len() as u64);
+    let top_digest = match &r.digest {
+        Some(d) => d.clone(),
         None => digest_of(&top, "sha256:"),
     };
     let doc = manifest::parse(&top, ct.as_deref()).map_err(PullError::new)?;
@@ -301,20 +396,26 @@ async fn pull_image(
                     hint: Some("choose another platform with --platform, or another image".into()),
                 })?;
             check_digest(&chosen.digest).map_err(PullError::new)?;
-            let (child, _) = sess.get_manifest(&r.repository, &chosen.digest).await?;
+            let ((child, _), from) = first_ok(&all, "manifest", async |e: &Session| {
+                let (child, ct) = e.get_manifest(&r.repository, &chosen.digest).await?;
+                let actual = digest_of(&child, &chosen.digest);
+                if actual != chosen.digest || child.len() as u64 != chosen.size {
+                    return Err(PullError {
+                        message: format!(
+                            "{} served {actual} ({} bytes) for the manifest {} ({} bytes)",
+                            e.label,
+                            child.len(),
+                            chosen.digest,
+                            chosen.size
+                        ),
+                        hint: Some("it served wrong content; nothing was stored".into()),
+                    });
+                }
+                Ok((child, ct))
+            })
+            .await?;
             bytes.fetch_add(child.len() as u64, Ordering::Relaxed);
-            let actual = digest_of(&child, &chosen.digest);
-            if actual != chosen.digest || child.len() as u64 != chosen.size {
-                return Err(PullError {
-                    message: format!(
-                        "the manifest served for {} has digest {actual} ({} bytes, {} declared)",
-                        chosen.digest,
-                        child.len(),
-                        chosen.size
-                    ),
-                    hint: Some("the registry served wrong content; nothing was stored".into()),
-                });
-            }
+            served.lock().await.add(&from.label, child.len() as u64);
             let mut d = chosen.clone();
             d.annotations = None;
             d.platform = d.platform.map(|p| PlatformJson {
@@ -355,7 +456,7 @@ async fn pull_image(
     let results = join_all(
         blobs
             .iter()
-            .map(|d| fetch_shared(shared, &sess, &r.repository, d))
+            .map(|d| fetch_shared(shared, &all, &r.repository, d, served))
             .collect(),
     )
     .await;
@@ -403,13 +504,15 @@ async fn pull_image(
     Ok((status, desc.digest))
 }
 
-/// Fetches a blob unless it is present; concurrent requests for the same digest (from other
-/// images of this run) wait for the first one instead of downloading it again.
+/// Fetches a blob unless it is present, from the first endpoint that delivers it intact;
+/// concurrent requests for the same digest (from other images of this run) wait for the first
+/// one instead of downloading it again.
 async fn fetch_shared(
     shared: &Shared,
-    sess: &Session,
+    endpoints: &[Arc<Session>],
     repo: &str,
     d: &Descriptor,
+    served: &Mutex<Served>,
 ) -> Result<u64, PullError> {
     check_digest(&d.digest).map_err(PullError::new)?;
     if shared.store.has_blob(&d.digest, d.size) {
@@ -427,15 +530,42 @@ async fn fetch_shared(
             .await
             .map_err(|e| PullError::new(e.to_string()))?;
         if !shared.store.has_blob(&d.digest, d.size) {
-            let n = sess
-                .fetch_blob(repo, d, &shared.store, &shared.progress.done)
-                .await?;
+            let (n, from) = first_ok(
+                endpoints,
+                &format!("blob {}", d.digest),
+                async |e: &Session| {
+                    e.fetch_blob(repo, d, &shared.store, &shared.progress.done)
+                        .await
+                },
+            )
+            .await?;
+            served.lock().await.add(&from.label, n);
             fetched.store(n, Ordering::Relaxed);
         }
         Ok::<(), PullError>(())
     })
     .await?;
     Ok(fetched.load(Ordering::Relaxed))
+}
+
+/// Bytes received per endpoint for one image: which host served it.
+#[derive(Default)]
+struct Served(Vec<(String, u64)>);
+
+impl Served {
+    fn add(&mut self, host: &str, n: u64) {
+        match self.0.iter_mut().find(|(h, _)| h == host) {
+            Some((_, b)) => *b += n,
+            None => self.0.push((host.to_string(), n)),
+        }
+    }
+    /// The host that delivered the most bytes.
+    fn main(&self) -> Option<String> {
+        self.0
+            .iter()
+            .max_by_key(|(_, b)| *b)
+            .map(|(h, _)| h.clone())
+    }
 }
 
 /// Polls futures concurrently on the current task and returns their outputs in order. The

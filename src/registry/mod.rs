@@ -2,6 +2,7 @@
 
 pub mod dns;
 pub mod host;
+pub mod hosts;
 pub mod policy;
 pub mod reference;
 pub mod transport;

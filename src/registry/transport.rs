@@ -160,7 +160,8 @@ impl Transports {
             .clone()
     }
 
-    fn insecure(&self) -> Result<Client, String> {
+    /// HTTPS without certificate verification.
+    pub fn insecure(&self) -> Result<Client, String> {
         self.insecure
             .get_or_init(|| {
                 let p = provider();
@@ -183,15 +184,30 @@ impl Transports {
 
     /// Verified HTTPS with the system roots plus the `*.crt` files of `certs_dir` (if any).
     pub fn verified(&self, certs_dir: Option<&Path>) -> Result<Client, String> {
-        let extra = match certs_dir {
+        self.verified_with(certs_dir, &[])
+    }
+
+    /// Verified HTTPS with the system roots, the `*.crt` files of `certs_dir` and `ca_files`.
+    pub fn verified_with(
+        &self,
+        certs_dir: Option<&Path>,
+        ca_files: &[PathBuf],
+    ) -> Result<Client, String> {
+        let mut extra = match certs_dir {
             Some(dir) => read_ca_dir(dir)?,
             None => Vec::new(),
         };
-        let key = if extra.is_empty() {
-            PathBuf::new()
-        } else {
-            certs_dir.map(Path::to_path_buf).unwrap_or_default()
-        };
+        for f in ca_files {
+            extra.extend(read_ca_file(f)?.into_iter().map(|c| (f.clone(), c)));
+        }
+        let mut key: Vec<PathBuf> = extra.iter().map(|(p, _)| p.clone()).collect();
+        key.dedup();
+        let key = key
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let key = PathBuf::from(key);
         let mut cache = self.verified.lock().expect("poisoned");
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
@@ -233,14 +249,19 @@ fn read_ca_dir(dir: &Path) -> Result<Vec<(PathBuf, CertificateDer<'static>)>, St
     paths.sort();
     let mut out = Vec::new();
     for p in paths {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&p)
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: not a PEM certificate file: {e}", p.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no PEM certificate in it", p.display()));
-        }
-        out.extend(certs.into_iter().map(|c| (p.clone(), c)));
+        out.extend(read_ca_file(&p)?.into_iter().map(|c| (p.clone(), c)));
     }
     Ok(out)
+}
+
+/// The PEM certificates of one file; none is an error.
+fn read_ca_file(p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", p.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", p.display()));
+    }
+    Ok(certs)
 }

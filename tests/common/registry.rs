@@ -23,6 +23,10 @@ pub struct Front {
     pub htpasswd: Option<PathBuf>,
     /// (realm, service, issuer, root certificate bundle)
     pub token: Option<(String, String, String, PathBuf)>,
+    /// Pull-through cache of this upstream URL (distribution's proxy mode).
+    pub proxy_of: Option<String>,
+    /// A fixed port (to restart a registry where clients expect it); default: a free one.
+    pub port: Option<u16>,
 }
 
 pub struct Registry {
@@ -58,7 +62,7 @@ impl Registry {
             .tempdir()
             .unwrap();
         let work = work_dir.path().to_path_buf();
-        let port = free_port();
+        let port = front.port.unwrap_or_else(free_port);
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kci-test-secret\n",
             storage.display()
@@ -69,6 +73,9 @@ impl Registry {
                 cert.display(),
                 key.display()
             ));
+        }
+        if let Some(up) = &front.proxy_of {
+            cfg.push_str(&format!("proxy:\n  remoteurl: {up}\n"));
         }
         if let Some(h) = &front.htpasswd {
             cfg.push_str(&format!(

@@ -1,0 +1,245 @@
+//! containerd-style `hosts.toml` files: mirrors and pull-through caches tried before the origin.
+//!
+//! `<root>/etc/kci/certs.d/<host[:port]>/hosts.toml` (the directory named with the exact
+//! registry), else `<root>/etc/kci/certs.d/_default/hosts.toml`. Each `[host."URL"]` table is
+//! a mirror, tried in file order; the origin comes last and is reached as the pod's annotation
+//! lists say. A mirror is reached exactly as its URL (`http://` or `https://`) and
+//! `skip_verify` say: the file is explicit configuration, like the lists.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::Url;
+
+use super::host::RegistryHost;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// Scheme, host and port of the mirror.
+    pub url: Url,
+    /// The API root, e.g. `/v2` (or the URL's own path with `override_path`).
+    pub api_prefix: String,
+    /// May resolve tags to digests (`resolve`); otherwise used only for content by digest.
+    pub resolve: bool,
+    pub pull: bool,
+    pub skip_verify: bool,
+    /// Extra CA files for a verified mirror.
+    pub ca: Vec<PathBuf>,
+    /// The URL's path is the API root as is (no `/v2` appended).
+    pub override_path: bool,
+}
+
+impl Mirror {
+    /// `host[:port]` of the mirror, for credentials and messages.
+    pub fn authority(&self) -> String {
+        let host = self.url.host_str().unwrap_or("");
+        match self.url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        }
+    }
+}
+
+/// The hosts file that applies to `registry`, if any: its path and its mirrors.
+pub fn load(
+    root: &Path,
+    registry: &RegistryHost,
+) -> Result<Option<(PathBuf, Vec<Mirror>)>, String> {
+    let base = root.join("etc/kci/certs.d");
+    for dir in [base.join(registry.to_string()), base.join("_default")] {
+        let path = dir.join("hosts.toml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mirrors = parse(&text, &dir).map_err(|e| format!("{}: {e}", path.display()))?;
+                return Ok(Some((path, mirrors)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    Ok(None)
+}
+
+fn strings(v: &toml::Value, what: &str) -> Result<Vec<String>, String> {
+    match v {
+        toml::Value::String(s) => Ok(vec![s.clone()]),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{what} must be strings"))
+            })
+            .collect(),
+        _ => Err(format!("{what} must be a string or an array of strings")),
+    }
+}
+
+/// Parses a hosts file; relative `ca` paths are relative to `dir`.
+pub fn parse(text: &str, dir: &Path) -> Result<Vec<Mirror>, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
+    for key in table.keys() {
+        if key != "server" && key != "host" {
+            return Err(format!(
+                "unknown key {key:?} (expected server and [host.\"URL\"] tables)"
+            ));
+        }
+    }
+    if let Some(s) = table.get("server") {
+        s.as_str().ok_or("server must be a string")?;
+    }
+    let mut out = Vec::new();
+    let Some(hosts) = table.get("host") else {
+        return Ok(out);
+    };
+    let hosts = hosts
+        .as_table()
+        .ok_or("host must be a table of [host.\"URL\"] entries")?;
+    for (url_text, cfg) in hosts {
+        let cfg = cfg
+            .as_table()
+            .ok_or_else(|| format!("[host.{url_text:?}] must be a table"))?;
+        let url =
+            Url::parse(url_text).map_err(|e| format!("host {url_text:?}: not a URL ({e})"))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!(
+                "host {url_text:?}: the scheme must be http or https"
+            ));
+        }
+        if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "host {url_text:?}: expected scheme://host[:port][/path]"
+            ));
+        }
+        let mut m = Mirror {
+            url: url.clone(),
+            api_prefix: String::new(),
+            resolve: true,
+            pull: true,
+            skip_verify: false,
+            ca: Vec::new(),
+            override_path: false,
+        };
+        for (k, v) in cfg {
+            match k.as_str() {
+                "capabilities" => {
+                    let caps = strings(v, "capabilities")?;
+                    for c in &caps {
+                        if !matches!(c.as_str(), "pull" | "resolve" | "push") {
+                            return Err(format!("host {url_text:?}: unknown capability {c:?}"));
+                        }
+                    }
+                    m.pull = caps.iter().any(|c| c == "pull");
+                    m.resolve = caps.iter().any(|c| c == "resolve");
+                }
+                "skip_verify" => {
+                    m.skip_verify = v.as_bool().ok_or_else(|| {
+                        format!("host {url_text:?}: skip_verify must be true or false")
+                    })?;
+                }
+                "ca" => {
+                    m.ca = strings(v, "ca")?
+                        .into_iter()
+                        .map(|p| {
+                            let p = PathBuf::from(p);
+                            if p.is_absolute() { p } else { dir.join(p) }
+                        })
+                        .collect();
+                }
+                "override_path" => {
+                    m.override_path = v.as_bool().ok_or_else(|| {
+                        format!("host {url_text:?}: override_path must be true or false")
+                    })?;
+                }
+                "client" | "header" | "dial_timeout" => {
+                    return Err(format!(
+                        "host {url_text:?}: {k} is not supported by kci-pull-agent; remove it"
+                    ));
+                }
+                other => return Err(format!("host {url_text:?}: unknown key {other:?}")),
+            }
+        }
+        if m.skip_verify && url.scheme() == "http" {
+            return Err(format!(
+                "host {url_text:?}: skip_verify makes no sense for http://"
+            ));
+        }
+        out.push(m.with_path());
+    }
+    Ok(out)
+}
+
+impl Mirror {
+    fn with_path(mut self) -> Mirror {
+        let path = self.url.path().trim_end_matches('/').to_string();
+        self.api_prefix = if self.override_path || path.ends_with("/v2") {
+            path
+        } else {
+            format!("{path}/v2")
+        };
+        self.url.set_path("/");
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_containerd_hosts_files() {
+        let m = parse(
+            r#"
+server = "https://registry-1.docker.io"
+
+[host."http://10.0.0.5:5000"]
+  capabilities = ["pull", "resolve"]
+
+[host."https://mirror.example.com/proxy/docker"]
+  capabilities = ["pull"]
+  ca = "mirror-ca.crt"
+
+[host."https://harbor.example.com/v2/proxy-cache"]
+  override_path = true
+  skip_verify = true
+"#,
+            Path::new("/etc/kci/certs.d/docker.io"),
+        )
+        .unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].url.as_str(), "http://10.0.0.5:5000/");
+        assert_eq!(m[0].api_prefix, "/v2");
+        assert!(m[0].resolve && m[0].pull);
+        assert_eq!(m[0].authority(), "10.0.0.5:5000");
+        assert_eq!(m[1].api_prefix, "/proxy/docker/v2");
+        assert!(!m[1].resolve);
+        assert_eq!(
+            m[1].ca,
+            vec![PathBuf::from("/etc/kci/certs.d/docker.io/mirror-ca.crt")]
+        );
+        assert_eq!(m[2].api_prefix, "/v2/proxy-cache");
+        assert!(m[2].skip_verify);
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_honour() {
+        for (text, want) in [
+            ("[host.\"ftp://x\"]\n", "scheme"),
+            ("[host.\"not a url\"]\n", "not a URL"),
+            ("[host.\"http://x\"]\nskip_verify = true\n", "skip_verify"),
+            (
+                "[host.\"https://x\"]\ncapabilities = [\"fly\"]\n",
+                "capability",
+            ),
+            (
+                "[host.\"https://x\"]\nclient = \"c.pem\"\n",
+                "not supported",
+            ),
+            ("[host.\"https://x\"]\nsurprise = 1\n", "unknown key"),
+            ("mirrors = 1\n", "unknown key"),
+            ("[host\n", "invalid TOML"),
+        ] {
+            let err = parse(text, Path::new("/d")).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}
