@@ -55,6 +55,8 @@ pub struct Session {
     prefix: String,
     /// `?ns=<registry>` on a mirror's requests, as containerd sends it.
     ns: Option<String>,
+    /// Extra headers sent to this endpoint (a mirror's hosts.toml `header` table).
+    headers: HeaderMap,
     /// Retries after a transient failure: a mirror gets one, so that a dead mirror costs
     /// little before the next host is tried; the origin gets [`RETRIES`].
     retries: u32,
@@ -121,6 +123,7 @@ impl Session {
             resolve: true,
             prefix: "/v2".into(),
             ns: None,
+            headers: HeaderMap::new(),
             retries: RETRIES,
             route,
             base,
@@ -172,6 +175,16 @@ impl Session {
             base: m.url.clone(),
             prefix: m.api_prefix.clone(),
             ns: Some(registry.to_string()),
+            headers: {
+                let mut h = HeaderMap::new();
+                for (k, v) in &m.headers {
+                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|e| fail(e.to_string()))?;
+                    let value = HeaderValue::from_str(v).map_err(|e| fail(e.to_string()))?;
+                    h.append(name, value);
+                }
+                h
+            },
             retries: MIRROR_RETRIES,
             client,
             transports,
@@ -288,8 +301,13 @@ impl Session {
             let mut req = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if let Some(a) = auth.filter(|_| self.same_origin(&url)) {
-                req = req.header(AUTHORIZATION, a);
+            if self.same_origin(&url) {
+                if let Some(a) = auth {
+                    req = req.header(AUTHORIZATION, a);
+                }
+                for (k, v) in &self.headers {
+                    req = req.header(k, v);
+                }
             }
             let resp = req
                 .send()

@@ -26,6 +26,9 @@ pub struct Mirror {
     pub ca: Vec<PathBuf>,
     /// The URL's path is the API root as is (no `/v2` appended).
     pub override_path: bool,
+    /// Extra request headers for this mirror (`[host."URL".header]`), e.g. Dragonfly's
+    /// `X-Dragonfly-Registry`.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Mirror {
@@ -118,6 +121,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<Mirror>, String> {
             skip_verify: false,
             ca: Vec::new(),
             override_path: false,
+            headers: Vec::new(),
         };
         for (k, v) in cfg {
             match k.as_str() {
@@ -150,7 +154,29 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<Mirror>, String> {
                         format!("host {url_text:?}: override_path must be true or false")
                     })?;
                 }
-                "client" | "header" | "dial_timeout" => {
+                "header" => {
+                    let t = v
+                        .as_table()
+                        .ok_or_else(|| format!("host {url_text:?}: header must be a table"))?;
+                    for (name, value) in t {
+                        let valid_name = !name.is_empty()
+                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                        if !valid_name || name.eq_ignore_ascii_case("authorization") {
+                            return Err(format!(
+                                "host {url_text:?}: header {name:?} is not allowed"
+                            ));
+                        }
+                        for value in strings(value, "header values")? {
+                            if value.chars().any(|c| c.is_control()) {
+                                return Err(format!(
+                                    "host {url_text:?}: header {name} has a control character"
+                                ));
+                            }
+                            m.headers.push((name.clone(), value));
+                        }
+                    }
+                }
+                "client" | "dial_timeout" => {
                     return Err(format!(
                         "host {url_text:?}: {k} is not supported by kci-pull-agent; remove it"
                     ));
@@ -201,6 +227,8 @@ server = "https://registry-1.docker.io"
 [host."https://harbor.example.com/v2/proxy-cache"]
   override_path = true
   skip_verify = true
+  [host."https://harbor.example.com/v2/proxy-cache".header]
+    X-Dragonfly-Registry = ["https://index.docker.io"]
 "#,
             Path::new("/etc/kci/certs.d/docker.io"),
         )
@@ -218,6 +246,13 @@ server = "https://registry-1.docker.io"
         );
         assert_eq!(m[2].api_prefix, "/v2/proxy-cache");
         assert!(m[2].skip_verify);
+        assert_eq!(
+            m[2].headers,
+            vec![(
+                "X-Dragonfly-Registry".to_string(),
+                "https://index.docker.io".to_string()
+            )]
+        );
     }
 
     #[test]
