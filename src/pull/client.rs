@@ -26,6 +26,8 @@ pub const RETRIES: u32 = 4;
 /// Retries for a mirror before the next host is tried.
 pub const MIRROR_RETRIES: u32 = 1;
 const MAX_REDIRECTS: usize = 10;
+/// Bytes gathered from the network before they are handed to the blob's writer thread.
+const WRITE_BATCH: usize = 512 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Challenge {
@@ -631,13 +633,14 @@ impl Session {
         desc: &Descriptor,
         store: &Store,
         progress: &AtomicU64,
+        slots: &tokio::sync::Semaphore,
     ) -> Result<u64, PullError> {
         let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         let mut fresh_start_left = 1; // one full retry after a digest mismatch
         loop {
             let path = store.ingest_path(&desc.digest);
             let result = self
-                .fetch_blob_once(repo, desc, &url, &path, progress)
+                .fetch_blob_once(repo, desc, &url, &path, progress, slots)
                 .await;
             match result {
                 Ok(net) => {
@@ -670,9 +673,22 @@ impl Session {
         url: &Url,
         path: &std::path::Path,
         progress: &AtomicU64,
+        slots: &tokio::sync::Semaphore,
     ) -> Result<u64, (PullError, bool)> {
+        // A download slot is held while bytes flow, not while the writer syncs the file:
+        // the next download starts during this one's fsync.
+        let slot = slots.acquire().await.map_err(|e| {
+            (
+                PullError {
+                    message: e.to_string(),
+                    hint: None,
+                },
+                false,
+            )
+        })?;
         enum Msg {
-            Data(bytes::Bytes),
+            /// Consecutive chunks, sent together: one wake-up of the writer per batch.
+            Data(Vec<bytes::Bytes>),
             Reset,
         }
         let (tx, mut rx) = mpsc::channel::<Msg>(8);
@@ -681,7 +697,7 @@ impl Session {
             let mut f = IngestFile::create(&p, &d)?;
             while let Some(m) = rx.blocking_recv() {
                 match m {
-                    Msg::Data(b) => f.write(&b)?,
+                    Msg::Data(batch) => f.write_batch(&batch)?,
                     Msg::Reset => f.reset()?,
                 }
             }
@@ -729,6 +745,8 @@ impl Session {
                     StatusCode::RANGE_NOT_SATISFIABLE if received == size => return Ok(()),
                     s => return Err(status_failure(s, resp.headers(), &format!("GET {url}"), &self.route)),
                 }
+                let mut batch: Vec<bytes::Bytes> = Vec::new();
+                let mut batch_len = 0usize;
                 loop {
                     match resp.chunk().await {
                         Ok(Some(b)) => {
@@ -741,16 +759,28 @@ impl Session {
                             received += b.len() as u64;
                             progress.fetch_add(b.len() as u64, Ordering::Relaxed);
                             network += b.len() as u64;
-                            tx.send(Msg::Data(b)).await.map_err(|_| writer_gone())?;
+                            batch_len += b.len();
+                            batch.push(b);
+                            if batch_len >= WRITE_BATCH {
+                                tx.send(Msg::Data(std::mem::take(&mut batch))).await.map_err(|_| writer_gone())?;
+                                batch_len = 0;
+                            }
                         }
                         Ok(None) => break,
                         Err(e) => {
+                            // What arrived is a valid prefix: keep it, resume after it.
+                            if !batch.is_empty() {
+                                tx.send(Msg::Data(batch)).await.map_err(|_| writer_gone())?;
+                            }
                             return Err(Failure::Retry {
                                 message: format!("download interrupted at {received} of {size} bytes: {}", chain(&e)),
                                 after: None,
                             });
                         }
                     }
+                }
+                if !batch.is_empty() {
+                    tx.send(Msg::Data(batch)).await.map_err(|_| writer_gone())?;
                 }
                 if received < size {
                     return Err(Failure::Retry { message: format!("body ended at {received} of {size} bytes"), after: None });
@@ -759,6 +789,7 @@ impl Session {
             })
             .await;
         drop(tx);
+        drop(slot);
         let written = writer.await.map_err(|e| {
             (
                 PullError {

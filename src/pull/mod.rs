@@ -524,18 +524,19 @@ async fn fetch_shared(
     };
     let fetched = AtomicU64::new(0);
     cell.get_or_try_init(|| async {
-        let _permit = shared
-            .downloads
-            .acquire()
-            .await
-            .map_err(|e| PullError::new(e.to_string()))?;
         if !shared.store.has_blob(&d.digest, d.size) {
             let (n, from) = first_ok(
                 endpoints,
                 &format!("blob {}", d.digest),
                 async |e: &Session| {
-                    e.fetch_blob(repo, d, &shared.store, &shared.progress.done)
-                        .await
+                    e.fetch_blob(
+                        repo,
+                        d,
+                        &shared.store,
+                        &shared.progress.done,
+                        &shared.downloads,
+                    )
+                    .await
                 },
             )
             .await?;
