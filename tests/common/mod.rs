@@ -111,6 +111,7 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+pub mod fault;
 pub mod images;
 pub mod proxy;
 pub mod registry;
