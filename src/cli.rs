@@ -125,6 +125,17 @@ pub enum Command {
         #[command(flatten)]
         tuning: PullTuning,
     },
+    /// Check the store: every blob hashes to its name, nothing half-written is left, every
+    /// image in index.json is complete. Exit 0 if consistent, 1 if not.
+    StoreCheck {
+        /// Remove what is inconsistent (corrupt blobs, leftovers, index entries of incomplete
+        /// images); complete images are never touched.
+        #[arg(long)]
+        fix: bool,
+        /// text, or json (one object per problem per line).
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Show, per image, the normalised reference, registry, transport and the list entry that
     /// matched.
     Explain {

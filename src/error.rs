@@ -86,6 +86,9 @@ pub enum Error {
     /// A configuration file under --root (a hosts.toml) is invalid. Exit code 2.
     #[error("{0}")]
     Config(String),
+    /// `store-check` found problems it did not fix. Exit code 1.
+    #[error("{0}")]
+    Inconsistent(String),
     /// At least one image failed (each is explained in the log and the report).
     #[error("{0}")]
     Pull(String),
@@ -98,6 +101,7 @@ impl Error {
             Error::Input(_) | Error::Usage(_) | Error::Config(_) => 2,
             Error::NetFile(_) => 3,
             Error::Pull(_) => 4,
+            Error::Inconsistent(_) => 1,
         }
     }
 
@@ -112,6 +116,9 @@ impl Error {
                 "fix the file named above and rerun; nothing was written".to_string()
             }
             Error::NetFile(e) => e.hint.clone(),
+            Error::Inconsistent(_) => {
+                "rerun with --fix to remove them, then pull again to restore the images".to_string()
+            }
             Error::Pull(_) => {
                 "each failed image is explained above (and in the report, if one was asked for)"
                     .to_string()

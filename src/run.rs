@@ -129,7 +129,7 @@ const DEFAULT_REPORT: &str = "run/kci/pull-report.json";
 pub fn run(cli: &Cli) -> Result<(), Error> {
     let images: &[String] = match &cli.command {
         Command::Explain { images, .. } | Command::Pull { images, .. } => images,
-        Command::Network { .. } | Command::Boot { .. } => &[],
+        Command::Network { .. } | Command::Boot { .. } | Command::StoreCheck { .. } => &[],
     };
     let src = sources(&cli.common, spec_path(cli), images)?;
     let (cfg, notes) = Config::load(&src)?;
@@ -137,7 +137,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let root = &cli.common.root;
     // The mirrors of every registry involved, from <root>/etc/kci/certs.d/*/hosts.toml.
     let mirrors = match &cli.command {
-        Command::Network { .. } => Default::default(),
+        Command::Network { .. } | Command::StoreCheck { .. } => Default::default(),
         _ => pull::load_mirrors(root, &cfg).map_err(Error::Config)?,
     };
     match &cli.command {
@@ -178,6 +178,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 Some(network),
             )
         }
+        Command::StoreCheck { fix, output } => store_check(&store_path(&cli.common), *fix, *output),
         Command::Explain { output, .. } => {
             if cfg.images.is_empty() {
                 return Err(Error::Usage(
@@ -263,6 +264,37 @@ fn pull_and_report(
         return Err(Error::Pull(format!(
             "{failed} of {} image(s) failed to pull",
             images.len()
+        )));
+    }
+    Ok(())
+}
+
+fn store_check(path: &Path, fix: bool, output: OutputFormat) -> Result<(), Error> {
+    let store = crate::store::Store::open(path)
+        .map_err(|e| Error::Pull(format!("cannot open the store {}: {e}", path.display())))?;
+    let problems = store
+        .check(fix)
+        .map_err(|e| Error::Pull(format!("cannot check the store {}: {e}", path.display())))?;
+    let mut stdout = std::io::stdout().lock();
+    for p in &problems {
+        let line = match output {
+            OutputFormat::Json => serde_json::to_string(p).unwrap_or_default(),
+            OutputFormat::Text => format!(
+                "{}{}: {} ({})",
+                if p.fixed { "fixed " } else { "" },
+                p.kind,
+                p.path,
+                p.detail
+            ),
+        };
+        let _ = writeln!(stdout, "{line}");
+    }
+    let open = problems.iter().filter(|p| !p.fixed).count();
+    info!(store = %path.display(), problems = problems.len(), remaining = open, "store checked");
+    if open > 0 {
+        return Err(Error::Inconsistent(format!(
+            "{open} problem(s) in the store {}",
+            path.display()
         )));
     }
     Ok(())

@@ -420,3 +420,150 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"hello");
     }
 }
+
+/// One inconsistency found by [`Store::check`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// `corrupt-blob`, `stray-file`, `incomplete-image`, `bad-index`.
+    pub kind: &'static str,
+    pub path: String,
+    pub detail: String,
+    /// Whether `--fix` removed it.
+    pub fixed: bool,
+}
+
+impl Store {
+    /// Verifies the whole store: every blob hashes to its name, nothing stray is left in
+    /// `ingest/` or as a temporary file, `index.json` parses and each of its images is complete.
+    /// With `fix`, removes what is wrong (blobs, stray files, index entries of incomplete
+    /// images); blobs of complete images are never touched.
+    pub fn check(&self, fix: bool) -> io::Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut corrupt: Vec<String> = Vec::new();
+        let mut note = |kind, path: &Path, detail: String, remove: bool| {
+            let fixed = fix && remove && fs::remove_file(path).is_ok();
+            problems.push(Problem {
+                kind,
+                path: path.display().to_string(),
+                detail,
+                fixed,
+            });
+        };
+        for alg_dir in fs::read_dir(self.root.join("blobs"))?.flatten() {
+            let alg = alg_dir.file_name().to_string_lossy().into_owned();
+            for e in fs::read_dir(alg_dir.path())?.flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                let digest = format!("{alg}:{name}");
+                if check_digest(&digest).is_err() {
+                    note("stray-file", &p, "not a blob name".into(), true);
+                    continue;
+                }
+                let mut f = File::open(&p)?;
+                let mut ctx = hasher_for(&digest);
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = io::Read::read(&mut f, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    ctx.update(&buf[..n]);
+                }
+                let actual = finish_hex(ctx);
+                if actual != digest {
+                    note(
+                        "corrupt-blob",
+                        &p,
+                        format!("content hashes to {actual}"),
+                        true,
+                    );
+                    corrupt.push(digest);
+                }
+            }
+        }
+        for e in fs::read_dir(self.root.join("ingest"))?.flatten() {
+            note(
+                "stray-file",
+                &e.path(),
+                "left over from an interrupted pull".into(),
+                true,
+            );
+        }
+        for e in fs::read_dir(&self.root)?.flatten() {
+            if e.file_name().to_string_lossy().contains(".kci-tmp-") {
+                note(
+                    "stray-file",
+                    &e.path(),
+                    "temporary file of an interrupted write".into(),
+                    true,
+                );
+            }
+        }
+        let index = match self.read_index() {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(Problem {
+                    kind: "bad-index",
+                    path: self.root.join("index.json").display().to_string(),
+                    detail: e.to_string(),
+                    fixed: false,
+                });
+                return Ok(problems);
+            }
+        };
+        let mut incomplete = Vec::new();
+        for m in index["manifests"].as_array().into_iter().flatten() {
+            let name = m["annotations"][REF_NAME]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let ok = m["digest"].as_str().is_some_and(|d| {
+                check_digest(d).is_ok()
+                    && !corrupt.iter().any(|c| c == d)
+                    && crate::pull::manifest_complete(self, d)
+                    && self
+                        .read_blob(d)
+                        .ok()
+                        .and_then(|b| crate::pull::manifest::parse(&b, None).ok())
+                        .is_some_and(|doc| match doc {
+                            crate::pull::manifest::Document::Manifest {
+                                config, layers, ..
+                            } => std::iter::once(&*config)
+                                .chain(&layers)
+                                .all(|x| !corrupt.contains(&x.digest)),
+                            _ => false,
+                        })
+            });
+            if !ok {
+                incomplete.push(name);
+            }
+        }
+        if !incomplete.is_empty() {
+            let fixed = fix && self.remove_refs(&incomplete).is_ok();
+            for name in incomplete {
+                problems.push(Problem {
+                    kind: "incomplete-image",
+                    path: self.root.join("index.json").display().to_string(),
+                    detail: format!("{name:?}: its manifest or a blob is missing or corrupt"),
+                    fixed,
+                });
+            }
+        }
+        Ok(problems)
+    }
+
+    fn remove_refs(&self, names: &[String]) -> io::Result<()> {
+        let mut index = self.read_index()?;
+        if let Some(list) = index["manifests"].as_array_mut() {
+            list.retain(|m| {
+                !names
+                    .iter()
+                    .any(|n| m["annotations"][REF_NAME].as_str() == Some(n.as_str()))
+            });
+        }
+        let mut bytes = serde_json::to_vec_pretty(&index)?;
+        bytes.push(b'\n');
+        let path = self.root.join("index.json");
+        write_file(&path, &path, &bytes).map(|_| ())
+    }
+}

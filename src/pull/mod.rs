@@ -286,6 +286,10 @@ async fn first_ok<T>(
 }
 
 /// Whether the manifest `digest` and every blob it references are in the store.
+pub fn manifest_complete(store: &Store, digest: &str) -> bool {
+    complete(store, digest)
+}
+
 fn complete(store: &Store, digest: &str) -> bool {
     let Ok(bytes) = store.read_blob(digest) else {
         return false;
