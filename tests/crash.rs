@@ -179,3 +179,113 @@ fn store_check_finds_corruption_and_fix_removes_it() {
     assert!(blob.exists());
     assert_eq!(problems(&root, store.path(), false), (0, vec![]));
 }
+
+#[test]
+fn two_pulls_on_the_same_store_at_once_both_finish() {
+    let storage = tempfile::tempdir().unwrap();
+    let reg = Registry::start(storage.path(), &Front::default());
+    let a = image(53, &[3_000_000, 1_000_000], "amd64", false);
+    let b = image(54, &[2_000_000], "amd64", false);
+    block_on(async {
+        let p = Pusher::new(&reg.addr());
+        p.image("both/a", "v1", &a).await;
+        p.image("both/b", "v1", &b).await;
+    });
+    let root = Root::new("127.0.0.1 localhost\n", "nameserver 127.0.0.1\n");
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let refs = [
+        format!("{}/both/a:v1", reg.addr()),
+        format!("{}/both/b:v1", reg.addr()),
+    ];
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            agent(&[
+                "pull",
+                "-q",
+                "--root",
+                root.arg(),
+                "--store",
+                s,
+                "--http-registry",
+                &reg.addr(),
+                &refs[0],
+                &refs[i],
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(verify_store(store.path()), 4 + 3);
+    assert_eq!(
+        store_index(store.path())["manifests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(problems(&root, store.path(), false), (0, vec![]));
+}
+
+/// A full disk: a 1 MiB tmpfs as the store, in a private mount namespace (as root).
+#[test]
+fn a_full_disk_is_a_clear_error_and_leaves_no_partial_blob() {
+    if std::env::var_os("KCI_SKIP_MOUNT_TESTS").is_some() {
+        return;
+    }
+    let storage = tempfile::tempdir().unwrap();
+    let reg = Registry::start(storage.path(), &Front::default());
+    let img = image(55, &[3_000_000], "amd64", false);
+    block_on(Pusher::new(&reg.addr()).image("full/app", "v1", &img));
+    let root = Root::new("127.0.0.1 localhost\n", "nameserver 127.0.0.1\n");
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let report = root.file("report.json");
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {s} || exit 90; \
+         {bin} pull -q --root {r} --store {s} --report {rep} --http-registry {reg} {reg}/full/app:v1; echo rc=$?; \
+         find {s} -type f -printf '%s %p\\n'",
+        bin = common::bin(),
+        r = root.arg(),
+        rep = report.display(),
+        reg = reg.addr(),
+    );
+    let out = run(std::process::Command::new("unshare").args(["-m", "sh", "-c", &script]));
+    assert!(
+        !out.stderr.contains("Operation not permitted"),
+        "needs root: {}",
+        out.stderr
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("rc=4"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let rep: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let err = rep["images"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("No space left on device") && err.contains("free space"),
+        "{err}"
+    );
+    // The files left on the full tmpfs (listed before the namespace goes): no part of the
+    // layer, not in blobs/ and not in ingest/.
+    assert!(out.stdout.contains("oci-layout"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains(&img.layers[0].digest[7..]),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("/ingest/"), "{}", out.stdout);
+}

@@ -216,3 +216,31 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Manifests from a hostile registry: parsing never panics, and a digest that could escape
+    /// the store directory is never accepted.
+    #[test]
+    fn manifest_parsing_never_panics(
+        bytes in prop::collection::vec(any::<u8>(), 0..300),
+        digest in "[a-z0-9:./]{0,80}",
+        media in "[a-z./+-]{0,60}",
+        size in any::<i64>(),
+    ) {
+        use kci_pull_agent::pull::manifest::{Document, parse};
+        let _ = parse(&bytes, None);
+        let doc = serde_json::json!({"schemaVersion": 2, "mediaType": media,
+            "config": {"mediaType": "x", "digest": digest, "size": size},
+            "layers": [{"mediaType": "y", "digest": digest, "size": size}]}).to_string();
+        if let Ok(Document::Manifest { config, layers, .. }) = parse(doc.as_bytes(), Some(&media)) {
+            for d in std::iter::once(&*config).chain(&layers) {
+                prop_assert!(!d.digest.contains('/') && !d.digest.contains(".."));
+            }
+        }
+        let idx = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": media, "digest": digest, "size": size,
+            "platform": {"os": "linux", "architecture": media}}]}).to_string();
+        let _ = parse(idx.as_bytes(), None);
+    }
+}
