@@ -289,3 +289,84 @@ fn a_full_disk_is_a_clear_error_and_leaves_no_partial_blob() {
     );
     assert!(!out.stdout.contains("/ingest/"), "{}", out.stdout);
 }
+
+/// `kill -9` at many points of `network`: each file is always the old one or the new one.
+#[test]
+fn kill_9_during_the_network_file_writes_leaves_old_or_new_files() {
+    let old_hosts = "127.0.0.1 localhost\n";
+    let old_resolv = "nameserver 10.1.0.2\n";
+    // A large input, so that the run takes long enough to be interrupted.
+    let aliases: Vec<Value> = (0..2000)
+        .map(|i| serde_json::json!({"ip": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256), "hostnames": [format!("h{i}.example.com")]}))
+        .collect();
+    let aliases = serde_json::to_string(&aliases).unwrap();
+    let dns = r#"{"nameservers":["10.0.0.53"],"searches":["corp.example"]}"#;
+    // The expected new files, from an uninterrupted run.
+    let reference = Root::new(old_hosts, old_resolv);
+    let r = run(&mut agent(&[
+        "network",
+        "--root",
+        reference.arg(),
+        "--host-aliases",
+        &aliases,
+        "--dns-config",
+        dns,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (new_hosts, new_resolv) = (
+        reference.read("etc/hosts"),
+        reference.read("etc/resolv.conf"),
+    );
+    let mut interrupted = 0;
+    for delay_us in (0..40).map(|i| i * 150) {
+        let root = Root::new(old_hosts, old_resolv);
+        let mut child = agent(&[
+            "network",
+            "--root",
+            root.arg(),
+            "--host-aliases",
+            &aliases,
+            "--dns-config",
+            dns,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+        std::thread::sleep(Duration::from_micros(delay_us));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            interrupted += 1;
+        }
+        let hosts = root.read("etc/hosts");
+        let resolv = root.read("etc/resolv.conf");
+        assert!(
+            hosts == old_hosts || hosts == new_hosts,
+            "hosts half-written after {delay_us} us"
+        );
+        assert!(
+            resolv == old_resolv || resolv == new_resolv,
+            "resolv.conf half-written after {delay_us} us"
+        );
+        // And a rerun always completes the job.
+        let r = run(&mut agent(&[
+            "network",
+            "--root",
+            root.arg(),
+            "--host-aliases",
+            &aliases,
+            "--dns-config",
+            dns,
+        ]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(
+            (root.read("etc/hosts"), root.read("etc/resolv.conf")),
+            (new_hosts.clone(), new_resolv.clone())
+        );
+    }
+    assert!(
+        interrupted >= 10,
+        "only {interrupted} runs were interrupted"
+    );
+}
