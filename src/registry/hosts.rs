@@ -53,6 +53,7 @@ pub fn load(
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let mirrors = parse(&text, &dir).map_err(|e| format!("{}: {e}", path.display()))?;
+                check_server(&text, registry).map_err(|e| format!("{}: {e}", path.display()))?;
                 return Ok(Some((path, mirrors)));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -74,6 +75,35 @@ fn strings(v: &toml::Value, what: &str) -> Result<Vec<String>, String> {
             })
             .collect(),
         _ => Err(format!("{what} must be a string or an array of strings")),
+    }
+}
+
+/// `server` may only name the registry itself (its host and port, or Docker Hub's API host for
+/// `docker.io`): the origin is reached as the pod's annotation lists say, so another server is
+/// refused rather than silently ignored. A `_default` file's `server` is not checked.
+fn check_server(text: &str, registry: &RegistryHost) -> Result<(), String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
+    let Some(server) = table.get("server").and_then(|v| v.as_str()) else {
+        return Ok(());
+    };
+    let url = Url::parse(server).map_err(|e| format!("server {server:?}: not a URL ({e})"))?;
+    let authority = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => return Err(format!("server {server:?} has no host")),
+    };
+    let same = RegistryHost::parse(&authority)
+        .map(|h| {
+            h == *registry || (registry.is_docker_hub() && authority == "registry-1.docker.io")
+        })
+        .unwrap_or(false);
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "server {server:?} is not {registry}; the origin is reached as the pod's annotation \
+             lists say, so list {server:?} as a [host.\"...\"] mirror instead"
+        ))
     }
 }
 
@@ -252,6 +282,48 @@ server = "https://registry-1.docker.io"
                 "X-Dragonfly-Registry".to_string(),
                 "https://index.docker.io".to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn server_may_only_name_the_registry() {
+        let reg = |s: &str| RegistryHost::parse(s).unwrap();
+        assert!(
+            check_server(
+                "server = \"https://registry-1.docker.io\"",
+                &reg("docker.io")
+            )
+            .is_ok()
+        );
+        assert!(check_server("server = \"https://docker.io\"", &reg("docker.io")).is_ok());
+        assert!(
+            check_server(
+                "server = \"https://reg.example.com:5000\"",
+                &reg("reg.example.com:5000")
+            )
+            .is_ok()
+        );
+        assert!(check_server("", &reg("reg.example.com")).is_ok());
+        let err = check_server(
+            "server = \"https://other.example.com\"",
+            &reg("reg.example.com"),
+        )
+        .unwrap_err();
+        assert!(err.contains("mirror instead"), "{err}");
+        // The same endpoint spelled with the scheme's default port.
+        assert!(
+            check_server(
+                "server = \"https://reg.example.com:443\"",
+                &reg("reg.example.com")
+            )
+            .is_ok()
+        );
+        assert!(
+            check_server(
+                "server = \"https://reg.example.com:8443\"",
+                &reg("reg.example.com")
+            )
+            .is_err()
         );
     }
 
