@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::fault::{Fault, FaultServer, Rule};
 use common::images::{Image, Pusher, block_on, image};
 use common::registry::{Front, Pki, Registry};
-use common::{Root, agent, run, verify_store};
+use common::{Root, verify_store};
 use serde_json::Value;
 
 struct Env {
@@ -43,28 +43,12 @@ fn rule(path: &str, fault: Fault, times: usize) -> Rule {
 }
 
 fn pull(root: &Root, store: &Path, list: &str, reg: &str, extra: &[&str]) -> (i32, String, Value) {
-    let report = root.file("report.json");
-    let _ = fs::remove_file(&report);
     let image_ref = format!("{reg}/fault/app:v1");
-    let mut args = vec![
-        "pull",
-        "--root",
-        root.arg(),
-        "--store",
-        store.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-        list,
-        reg,
-    ];
+    let mut args = vec![list, reg];
     args.extend_from_slice(extra);
     args.push(&image_ref);
-    let r = run(&mut agent(&args));
-    let rep = fs::read(&report)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
-    (r.code, r.stderr, rep)
+    let p = common::pull_report(root, store, &args);
+    (p.code, p.stderr, p.report)
 }
 
 fn blob_path(img: &Image) -> String {

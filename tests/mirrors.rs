@@ -18,24 +18,8 @@ fn hosts_toml(root: &Root, registry: &str, body: &str) {
 }
 
 fn pull(root: &Root, store: &Path, args: &[&str]) -> (i32, String, Value) {
-    let report = root.file("report.json");
-    let _ = fs::remove_file(&report);
-    let mut full = vec![
-        "pull",
-        "--root",
-        root.arg(),
-        "--store",
-        store.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ];
-    full.extend_from_slice(args);
-    let r = run(&mut agent(&full));
-    let rep = fs::read(&report)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
-    (r.code, r.stderr, rep)
+    let p = common::pull_report(root, store, args);
+    (p.code, p.stderr, p.report)
 }
 
 #[test]

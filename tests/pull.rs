@@ -31,34 +31,8 @@ impl Seeded {
     }
 }
 
-struct Pull {
-    code: i32,
-    stderr: String,
-    report: Value,
-}
-
-fn pull(root: &Root, store: &Path, args: &[&str]) -> Pull {
-    let report = root.file("report.json");
-    let mut full = vec![
-        "pull",
-        "--root",
-        root.arg(),
-        "--store",
-        store.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ];
-    full.extend_from_slice(args);
-    let r = run(&mut agent(&full));
-    let report = fs::read(&report)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
-    Pull {
-        code: r.code,
-        stderr: r.stderr,
-        report,
-    }
+fn pull(root: &Root, store: &Path, args: &[&str]) -> common::Pull {
+    common::pull_report(root, store, args)
 }
 
 fn new_root() -> Root {

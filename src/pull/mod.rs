@@ -156,7 +156,8 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     .await
 }
 
-fn failure_report(policy: &Policy, req: &ImageRequest, msg: &str, started: Instant) -> ImageReport {
+/// A report for `req` that has not succeeded (yet).
+fn new_report(policy: &Policy, req: &ImageRequest) -> ImageReport {
     let route = policy.route(&req.reference.registry);
     ImageReport {
         image: req.image.clone(),
@@ -165,10 +166,18 @@ fn failure_report(policy: &Policy, req: &ImageRequest, msg: &str, started: Insta
         transport: route.transport.as_str(),
         digest: None,
         bytes: 0,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
         status: Status::Failed,
-        error: Some(msg.to_string()),
+        error: None,
         served_by: None,
+    }
+}
+
+fn failure_report(policy: &Policy, req: &ImageRequest, msg: &str, started: Instant) -> ImageReport {
+    ImageReport {
+        seconds: started.elapsed().as_secs_f64(),
+        error: Some(msg.to_string()),
+        ..new_report(policy, req)
     }
 }
 
@@ -182,18 +191,7 @@ fn failed_all(cfg: &Config, msg: &str, started: Instant) -> Vec<ImageReport> {
 async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     let started = Instant::now();
     let route = shared.policy.route(&req.reference.registry);
-    let mut report = ImageReport {
-        image: req.image.clone(),
-        reference: req.reference.to_string(),
-        registry: route.registry.to_string(),
-        transport: route.transport.as_str(),
-        digest: None,
-        bytes: 0,
-        seconds: 0.0,
-        status: Status::Failed,
-        error: None,
-        served_by: None,
-    };
+    let mut report = new_report(&shared.policy, req);
     let bytes = AtomicU64::new(0);
     let served = Mutex::new(Served::default());
     let has_mirrors = !shared.mirrors(&req.reference.registry).is_empty();

@@ -140,3 +140,36 @@ pub fn verify_store(store: &Path) -> usize {
 pub fn store_index(store: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(store.join("index.json")).unwrap()).unwrap()
 }
+
+/// The outcome of a `pull` with its report.
+pub struct Pull {
+    pub code: i32,
+    pub stderr: String,
+    /// The report (`null` if none was written).
+    pub report: serde_json::Value,
+}
+
+/// Runs `pull --root ROOT --store STORE --report ROOT/report.json ARGS...` and reads the report.
+pub fn pull_report(root: &Root, store: &Path, args: &[&str]) -> Pull {
+    let report = root.file("report.json");
+    let _ = fs::remove_file(&report);
+    let mut full = vec![
+        "pull",
+        "--root",
+        root.arg(),
+        "--store",
+        store.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    full.extend_from_slice(args);
+    let r = run(&mut agent(&full));
+    Pull {
+        code: r.code,
+        stderr: r.stderr,
+        report: fs::read(&report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null),
+    }
+}

@@ -169,6 +169,15 @@ impl Pki {
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
+        self.write_pair(stem, &cert, &key)
+    }
+
+    fn write_pair(
+        &self,
+        stem: &str,
+        cert: &rcgen::Certificate,
+        key: &rcgen::KeyPair,
+    ) -> (PathBuf, PathBuf) {
         let (c, k) = (
             self.dir.join(format!("{stem}.pem")),
             self.dir.join(format!("{stem}.key")),
@@ -185,13 +194,7 @@ impl Pki {
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
         let cert = params.self_signed(&key).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{stem}.pem")),
-            self.dir.join(format!("{stem}.key")),
-        );
-        fs::write(&c, cert.pem()).unwrap();
-        fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
+        self.write_pair(stem, &cert, &key)
     }
 }
 
