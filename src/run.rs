@@ -165,9 +165,20 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Boot { report, tuning } => {
             // Everything was validated above; now the network files, then the images, which
             // resolve names through the files just written.
-            let plan = plan_network(root, &cfg)?;
-            let files = apply_network(&plan)?;
             let report_path = report.clone().unwrap_or_else(|| root.join(DEFAULT_REPORT));
+            let files = match plan_network(root, &cfg).and_then(|plan| apply_network(&plan)) {
+                Ok(files) => files,
+                Err(e) => {
+                    // No pull without the network files; the report says why.
+                    let network =
+                        serde_json::json!({ "error": format!("{e}; hint: {}", e.hint()) });
+                    let json = report::to_json(&[], 0.0, Some(("network", network)));
+                    if let Err(w) = report::write(&report_path, &json) {
+                        tracing::error!("cannot write the report {}: {w}", report_path.display());
+                    }
+                    return Err(e);
+                }
+            };
             let network = serde_json::json!({ "files": files });
             pull_and_report(
                 cli,

@@ -246,3 +246,25 @@ fn the_systemd_unit_verifies() {
         "warnings about the unit: {stderr}"
     );
 }
+
+#[test]
+fn a_network_file_that_cannot_be_written_is_exit_3_with_a_report() {
+    let d = demo();
+    // A hand-broken managed block: the agent refuses to guess and does not pull.
+    let root = Root::new(
+        "127.0.0.1\tlocalhost\n# BEGIN kci-pull-agent host aliases (managed; edits inside are lost)\n",
+        "nameserver 127.0.0.1\n",
+    );
+    let r = boot(&root, &pod(&d, "v1"), &[]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let rep = report(&root);
+    assert!(
+        rep["network"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not terminated"),
+        "{rep}"
+    );
+    assert_eq!(rep["images"].as_array().unwrap().len(), 0);
+    assert!(!root.file("var/lib/kci/images/index.json").exists());
+}
