@@ -648,3 +648,30 @@ fn the_store_is_readable_by_skopeo() {
     );
     assert_eq!(out.stdout, img.manifest.bytes);
 }
+
+#[test]
+fn an_ipv6_registry_in_brackets_is_matched_and_pulled() {
+    let s = Seeded::new();
+    let img = image(16, &[7_000], "amd64", false);
+    block_on(s.pusher().image("v6/app", "v1", &img));
+    let v6 = s.front(&Front {
+        ipv6: true,
+        ..Default::default()
+    });
+    let root = new_root();
+    let store = tempfile::tempdir().unwrap();
+    let reg = v6.addr();
+    assert!(reg.starts_with("[::1]:"));
+    let image_ref = format!("{reg}/v6/app:v1");
+    // Listed with another spelling of the same address: still the same registry.
+    let listed = reg.replace("[::1]", "[0:0:0:0:0:0:0:1]");
+    let p = pull(
+        &root,
+        store.path(),
+        &["--http-registry", &listed, &image_ref],
+    );
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.report["images"][0]["registry"], reg.as_str());
+    assert_eq!(p.report["images"][0]["transport"], "http");
+    assert_eq!(verify_store(store.path()), 3);
+}

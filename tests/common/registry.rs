@@ -27,10 +27,13 @@ pub struct Front {
     pub proxy_of: Option<String>,
     /// A fixed port (to restart a registry where clients expect it); default: a free one.
     pub port: Option<u16>,
+    /// Listen on [::1] instead of 127.0.0.1.
+    pub ipv6: bool,
 }
 
 pub struct Registry {
     child: Child,
+    ipv6: bool,
     _work: tempfile::TempDir,
     pub port: u16,
     pub storage: PathBuf,
@@ -47,7 +50,11 @@ impl Drop for Registry {
 
 impl Registry {
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        if self.ipv6 {
+            format!("[::1]:{}", self.port)
+        } else {
+            format!("127.0.0.1:{}", self.port)
+        }
     }
 
     /// Starts `docker-registry serve` on 127.0.0.1 with `front` over `storage`.
@@ -63,8 +70,9 @@ impl Registry {
             .unwrap();
         let work = work_dir.path().to_path_buf();
         let port = front.port.unwrap_or_else(free_port);
+        let host = if front.ipv6 { "[::1]" } else { "127.0.0.1" };
         let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kci-test-secret\n",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: \"{host}:{port}\"\n  secret: kci-test-secret\n",
             storage.display()
         );
         if let Some((cert, key)) = &front.tls {
@@ -102,7 +110,8 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let connect_to = if front.ipv6 { "::1" } else { "127.0.0.1" };
+        while TcpStream::connect((connect_to, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not start: {}",
@@ -112,6 +121,7 @@ impl Registry {
         }
         Registry {
             child,
+            ipv6: front.ipv6,
             _work: work_dir,
             port,
             storage: storage.to_path_buf(),
