@@ -26,7 +26,7 @@ use crate::registry::transport::{NetOptions, Transports};
 use crate::report::{ImageReport, Status};
 use crate::store::{REF_NAME, RESOLVED, Store, check_digest, digest_of};
 use client::Session;
-use manifest::{Descriptor, Document, PlatformJson};
+use manifest::{Descriptor, Document};
 
 /// Why an image failed, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -418,12 +418,10 @@ async fn pull_image(
             .await?;
             bytes.fetch_add(child.len() as u64, Ordering::Relaxed);
             served.lock().await.add(&from.label, child.len() as u64);
+            // The index entry (with its platform) becomes the store's descriptor; its
+            // annotations, written for the index, give way to ours below.
             let mut d = chosen.clone();
             d.annotations = None;
-            d.platform = d.platform.map(|p| PlatformJson {
-                os_version: p.os_version,
-                ..p
-            });
             (child, d, Some(top.clone()))
         }
     };
