@@ -268,3 +268,32 @@ fn a_network_file_that_cannot_be_written_is_exit_3_with_a_report() {
     assert_eq!(rep["images"].as_array().unwrap().len(), 0);
     assert!(!root.file("var/lib/kci/images/index.json").exists());
 }
+
+#[test]
+fn relative_paths_are_relative_to_the_working_directory() {
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    fs::write(
+        root.file("pod.json"),
+        json!({"metadata": {"annotations": {"k8s.ksyun.com/kci-host-aliases":
+            json!([{"ip": "10.0.0.5", "hostnames": ["reg.example.com"]}]).to_string()}}})
+        .to_string(),
+    )
+    .unwrap();
+    let mut cmd = agent(&[
+        "boot",
+        "--root",
+        ".",
+        "--spec",
+        "pod.json",
+        "--report",
+        "report.json",
+        "--store",
+        "store",
+    ]);
+    cmd.current_dir(root.path());
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rep: Value = serde_json::from_slice(&fs::read(root.file("report.json")).unwrap()).unwrap();
+    assert_eq!(rep["totals"]["images"], 0);
+    assert!(root.read("etc/hosts").contains("10.0.0.5\treg.example.com"));
+}

@@ -44,7 +44,11 @@ pub(crate) fn write_with(
     content: &[u8],
     rename: impl Fn(&Path, &Path) -> io::Result<()>,
 ) -> io::Result<WriteMode> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has the empty path as its parent: that is the current directory.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
