@@ -57,6 +57,9 @@ pub struct Session {
     prefix: String,
     /// `?ns=<registry>` on a mirror's requests, as containerd sends it.
     ns: Option<String>,
+    /// Failed attempts to reach `/v2/`, and why a mirror was given up for this run.
+    ping_failures: AtomicU64,
+    unreachable: std::sync::OnceLock<String>,
     /// Extra headers sent to this endpoint (a mirror's hosts.toml `header` table).
     headers: HeaderMap,
     /// Retries after a transient failure: a mirror gets one, so that a dead mirror costs
@@ -126,6 +129,8 @@ impl Session {
             prefix: "/v2".into(),
             ns: None,
             headers: HeaderMap::new(),
+            ping_failures: AtomicU64::new(0),
+            unreachable: std::sync::OnceLock::new(),
             retries: RETRIES,
             route,
             base,
@@ -187,12 +192,19 @@ impl Session {
                 }
                 h
             },
+            ping_failures: AtomicU64::new(0),
+            unreachable: std::sync::OnceLock::new(),
             retries: MIRROR_RETRIES,
             client,
             transports,
             creds,
             auth: tokio::sync::Mutex::new(AuthState::default()),
         })
+    }
+
+    /// Whether this endpoint was given up for the rest of the run.
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable.get().is_some()
     }
 
     /// The URL of an API path (`/` for the ping, `/<repo>/manifests/<ref>`, ...).
@@ -369,9 +381,38 @@ impl Session {
         if let Some(c) = &self.auth.lock().await.challenge {
             return Ok(c.clone());
         }
-        let resp = self
+        if let Some(why) = self.unreachable.get() {
+            return Err(Failure::Fatal(PullError {
+                message: format!("{} is unreachable ({why})", self.label),
+                hint: None,
+            }));
+        }
+        let resp = match self
             .send(Method::GET, self.url("/"), HeaderMap::new(), None)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(Failure::Retry { message, after }) => {
+                // A mirror that cannot be reached is given up for the rest of the run after
+                // its retries, instead of being tried again for every blob.
+                let failures = self.ping_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.ns.is_some() && failures > u64::from(self.retries) {
+                    if self.unreachable.set(message.clone()).is_ok() {
+                        tracing::warn!(
+                            host = %self.label,
+                            "mirror {} is unreachable; the next host is used for the rest of this run",
+                            self.label
+                        );
+                    }
+                    return Err(Failure::Fatal(PullError {
+                        message: format!("{} is unreachable ({message})", self.label),
+                        hint: None,
+                    }));
+                }
+                return Err(Failure::Retry { message, after });
+            }
+            Err(e) => return Err(e),
+        };
         let c = match resp.status() {
             s if s.is_success() => Challenge::Anonymous,
             StatusCode::UNAUTHORIZED => parse_challenge(resp.headers()).ok_or_else(|| {

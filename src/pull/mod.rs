@@ -270,10 +270,13 @@ async fn first_ok<T>(
 ) -> Result<(T, Arc<Session>), PullError> {
     let mut last = None;
     for (i, s) in list.iter().enumerate() {
+        if s.is_unreachable() && i + 1 < list.len() {
+            continue;
+        }
         match op(s).await {
             Ok(v) => return Ok((v, s.clone())),
             Err(e) => {
-                if i + 1 < list.len() {
+                if i + 1 < list.len() && !s.is_unreachable() {
                     tracing::warn!(host = %s.label, "{what} from {} failed ({e}); trying the next host", s.label);
                 }
                 last = Some(e);
