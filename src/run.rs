@@ -263,14 +263,19 @@ fn pull_and_report(
     }
     let failed = images.iter().filter(|i| i.status == Status::Failed).count();
     let bytes: u64 = images.iter().map(|i| i.bytes).sum();
-    info!(
-        images = images.len(),
-        failed,
-        bytes,
-        duration = seconds,
-        "{}",
-        report::summary(&images, seconds)
-    );
+    let summary = report::summary(&images, seconds);
+    if cli.common.log_format == LogFormat::Json {
+        // Fields for the journal; a person at a terminal reads the sentence alone.
+        info!(
+            images = images.len(),
+            failed,
+            bytes,
+            duration = seconds,
+            "{summary}"
+        );
+    } else {
+        info!("{summary}");
+    }
     if failed > 0 {
         return Err(Error::Pull(format!(
             "{failed} of {} image(s) failed to pull",
