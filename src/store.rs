@@ -121,6 +121,12 @@ impl Store {
         for e in fs::read_dir(root.join("ingest"))?.flatten() {
             let _ = fs::remove_file(e.path());
         }
+        // Temporary files of writes interrupted before their rename (oci-layout, index.json,
+        // manifests).
+        crate::netfiles::atomic::remove_stale_temps(root);
+        for alg in fs::read_dir(root.join("blobs"))?.flatten() {
+            crate::netfiles::atomic::remove_stale_temps(&alg.path());
+        }
         Ok(Store {
             root: root.to_path_buf(),
             _lock: lock,

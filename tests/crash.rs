@@ -152,14 +152,23 @@ fn store_check_finds_corruption_and_fix_removes_it() {
     let mut bytes = fs::read(&blob).unwrap();
     bytes[10] ^= 1;
     fs::write(&blob, bytes).unwrap();
-    fs::write(store.path().join(".index.json.kci-tmp-99999"), b"{").unwrap();
+    // A temporary file of a killed write (removed when the store is opened) and a file that
+    // is not a blob at all (reported).
+    let temp = store.path().join(".index.json.kci-tmp-999999999");
+    fs::write(&temp, b"{").unwrap();
+    fs::write(store.path().join("blobs/sha256/not-a-digest"), b"?").unwrap();
 
     let (code, found) = problems(&root, store.path(), false);
     assert_eq!(code, 1);
-    let kinds: Vec<&str> = found.iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert!(
+        !temp.exists(),
+        "leftovers of killed writes are removed when the store is opened"
+    );
+    let mut kinds: Vec<&str> = found.iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    kinds.sort();
     assert_eq!(
         kinds,
-        vec!["corrupt-blob", "stray-file", "incomplete-image"],
+        vec!["corrupt-blob", "incomplete-image", "stray-file"],
         "{found:?}"
     );
     let (code, found) = problems(&root, store.path(), true);
@@ -364,6 +373,17 @@ fn kill_9_during_the_network_file_writes_leaves_old_or_new_files() {
             (root.read("etc/hosts"), root.read("etc/resolv.conf")),
             (new_hosts.clone(), new_resolv.clone())
         );
+
+        // No temporary file survives the rerun.
+        for dir in ["etc", "var/lib/kci/network"] {
+            for e in fs::read_dir(root.file(dir)).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                assert!(
+                    !name.contains(".kci-tmp-"),
+                    "{dir}/{name} left after {delay_us} us"
+                );
+            }
+        }
     }
     assert!(
         interrupted >= 10,

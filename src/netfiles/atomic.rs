@@ -107,6 +107,28 @@ fn write_in_place(path: &Path, content: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Removes temporary files (`.NAME.kci-tmp-PID`) left in `dir` by a run that was killed
+/// before its rename. A file whose process is still alive is left alone (it may be another
+/// run writing right now). Errors are ignored: leftovers are untidy, not harmful.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let Some((_, pid)) = name.rsplit_once(".kci-tmp-") else {
+            continue;
+        };
+        let alive = pid.parse::<u32>().is_ok_and(|p| {
+            p == std::process::id() || Path::new("/proc").join(p.to_string()).exists()
+        });
+        if !alive {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Follows symlinks at `root/rel` the way a chroot into `root` would: absolute targets are
 /// taken relative to `root`, and `..` never climbs above it. Returns the final path (which may
 /// not exist) and whether `root/rel` itself was a symlink.
@@ -173,6 +195,23 @@ mod tests {
             0o644
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join(".hosts.kci-tmp-999999999"), "dead").unwrap();
+        let live = format!(".hosts.kci-tmp-{}", std::process::id());
+        fs::write(d.join(&live), "mine").unwrap();
+        fs::write(d.join("hosts"), "kept").unwrap();
+        remove_stale_temps(d);
+        let mut names: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![live, "hosts".to_string()]);
     }
 
     #[test]

@@ -225,6 +225,25 @@ pub fn plan(root: &Path, cfg: &Config, notes: &mut Notes) -> Result<NetPlan, Net
 /// Writes the plan: agent state first, then hosts, then resolv.conf. Files whose content does
 /// not change are not written at all.
 pub fn apply(plan: &NetPlan) -> Result<Vec<FileResult>, NetFileError> {
+    // Leftovers of a run killed between its temporary file and its rename.
+    let dirs = plan
+        .state
+        .iter()
+        .map(|(p, _)| p.as_path())
+        .chain(
+            [&plan.hosts, &plan.resolv]
+                .into_iter()
+                .flatten()
+                .map(|f| f.path.as_path()),
+        )
+        .filter_map(Path::parent);
+    let mut seen: Vec<&Path> = Vec::new();
+    for d in dirs {
+        if !seen.contains(&d) {
+            atomic::remove_stale_temps(d);
+            seen.push(d);
+        }
+    }
     for (path, content) in &plan.state {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| io_error(dir, "cannot create", &e))?;
