@@ -85,7 +85,24 @@ fn pull_through_a_cache_then_from_the_warm_cache_then_fall_back_to_the_origin() 
         "mirrors get ?ns=<registry>"
     );
 
-    // 2. The origin is down: the warm cache serves alone.
+    // 2. The origin is down: the warm cache serves alone. (distribution's proxy stores what
+    // it served in the background: wait until every blob is in its storage first.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for b in img.blobs() {
+        let hex = &b.digest[7..];
+        let data = cache_storage.path().join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ));
+        while fs::metadata(&data).map(|m| m.len()).unwrap_or(0) != b.bytes.len() as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cache never stored {}",
+                b.digest
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     drop(origin);
     let s2 = tempfile::tempdir().unwrap();
     let (code, err, rep) = pull(
