@@ -174,13 +174,12 @@ impl Store {
         if self.has_blob(digest, bytes.len() as u64) {
             return Ok(());
         }
-        let dest = self.blob_path(digest);
-        if let Some(dir) = dest.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        write_file(&dest, &dest, bytes)
-            .map(|_| ())
-            .map_err(ctx(&dest, "cannot write"))
+        // Through ingest/ like any blob: nothing but complete, verified blobs under blobs/.
+        let path = self.ingest_path(digest);
+        let mut f = IngestFile::create(&path, digest)?;
+        f.write(bytes)?;
+        f.finish()?;
+        self.commit(&path, digest)
     }
 
     pub fn read_blob(&self, digest: &str) -> io::Result<Vec<u8>> {
