@@ -165,12 +165,6 @@ impl Store {
 
     /// Stores a small blob held in memory (a manifest), after checking its digest.
     pub fn put_small(&self, digest: &str, bytes: &[u8]) -> io::Result<()> {
-        if digest_of(bytes, digest) != digest {
-            return Err(io::Error::new(
-                ErrorKind::InvalidData,
-                format!("refusing to store {digest}: content does not match"),
-            ));
-        }
         if self.has_blob(digest, bytes.len() as u64) {
             return Ok(());
         }
@@ -178,12 +172,40 @@ impl Store {
         let path = self.ingest_path(digest);
         let mut f = IngestFile::create(&path, digest)?;
         f.write(bytes)?;
-        f.finish()?;
+        let (actual, _) = f.finish()?;
+        if actual != digest {
+            let _ = fs::remove_file(&path);
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("refusing to store {digest}: content does not match"),
+            ));
+        }
         self.commit(&path, digest)
     }
 
     pub fn read_blob(&self, digest: &str) -> io::Result<Vec<u8>> {
         fs::read(self.blob_path(digest))
+    }
+
+    /// The config and layers of the image manifest stored as `digest`, if that blob is present,
+    /// intact, and an image manifest.
+    pub fn manifest_blobs(&self, digest: &str) -> Option<Vec<Descriptor>> {
+        let bytes = self.read_blob(digest).ok()?;
+        if digest_of(&bytes, digest) != digest {
+            return None;
+        }
+        match crate::pull::manifest::parse(&bytes, None).ok()? {
+            crate::pull::manifest::Document::Manifest { config, layers, .. } => {
+                Some(std::iter::once(*config).chain(layers).collect())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the manifest `digest` and every blob it references are present.
+    pub fn is_complete(&self, digest: &str) -> bool {
+        self.manifest_blobs(digest)
+            .is_some_and(|blobs| blobs.iter().all(|d| self.has_blob(&d.digest, d.size)))
     }
 
     /// Makes the renames into `blobs/` durable.
@@ -525,19 +547,11 @@ impl Store {
             let ok = m["digest"].as_str().is_some_and(|d| {
                 check_digest(d).is_ok()
                     && !corrupt.iter().any(|c| c == d)
-                    && crate::pull::manifest_complete(self, d)
-                    && self
-                        .read_blob(d)
-                        .ok()
-                        .and_then(|b| crate::pull::manifest::parse(&b, None).ok())
-                        .is_some_and(|doc| match doc {
-                            crate::pull::manifest::Document::Manifest {
-                                config, layers, ..
-                            } => std::iter::once(&*config)
-                                .chain(&layers)
-                                .all(|x| !corrupt.contains(&x.digest)),
-                            _ => false,
+                    && self.manifest_blobs(d).is_some_and(|blobs| {
+                        blobs.iter().all(|x| {
+                            self.has_blob(&x.digest, x.size) && !corrupt.contains(&x.digest)
                         })
+                    })
             });
             if !ok {
                 incomplete.push(name);

@@ -152,6 +152,8 @@ impl Session {
             message: format!("mirror {}: {e}", m.url),
             hint: Some("fix the mirror's entry in hosts.toml".into()),
         };
+        let host = crate::registry::host::RegistryHost::parse(&m.authority())
+            .map_err(|e| fail(e.to_string()))?;
         let (client, transport) = match (m.url.scheme(), m.skip_verify) {
             ("http", _) => (transports.plain().map_err(fail)?, Transport::Http),
             (_, true) => (
@@ -159,8 +161,6 @@ impl Session {
                 Transport::HttpsInsecure,
             ),
             _ => {
-                let host = crate::registry::host::RegistryHost::parse(&m.authority())
-                    .map_err(|e| fail(e.to_string()))?;
                 let dir = transports.certs_dir(&host);
                 (
                     transports.verified_with(Some(&dir), &m.ca).map_err(fail)?,
@@ -168,11 +168,9 @@ impl Session {
                 )
             }
         };
-        let registry_host = crate::registry::host::RegistryHost::parse(&m.authority())
-            .map_err(|e| fail(e.to_string()))?;
         Ok(Session {
             route: Route {
-                registry: registry_host,
+                registry: host,
                 transport,
                 matched: None,
                 notes: Vec::new(),

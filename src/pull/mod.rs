@@ -286,26 +286,6 @@ async fn first_ok<T>(
     Err(last.unwrap_or_else(|| PullError::new(format!("{what}: no host to try"))))
 }
 
-/// Whether the manifest `digest` and every blob it references are in the store.
-pub fn manifest_complete(store: &Store, digest: &str) -> bool {
-    complete(store, digest)
-}
-
-fn complete(store: &Store, digest: &str) -> bool {
-    let Ok(bytes) = store.read_blob(digest) else {
-        return false;
-    };
-    if digest_of(&bytes, digest) != digest {
-        return false;
-    }
-    match manifest::parse(&bytes, None) {
-        Ok(Document::Manifest { config, layers, .. }) => std::iter::once(&*config)
-            .chain(&layers)
-            .all(|d| store.has_blob(&d.digest, d.size)),
-        _ => false,
-    }
-}
-
 fn resolved_of(d: &Descriptor) -> Option<&str> {
     d.annotations.as_ref()?.get(RESOLVED)?.as_str()
 }
@@ -325,7 +305,7 @@ async fn pull_image(
     })?;
     // Usable as is: complete, and (for an image picked from an index) of the platform asked for.
     let stored_ok = stored.as_ref().filter(|d| {
-        complete(store, &d.digest)
+        store.is_complete(&d.digest)
             && (d.platform.is_none()
                 || manifest::choose(std::slice::from_ref(*d), &shared.platform).is_some())
     });
