@@ -160,4 +160,9 @@ pub struct PullTuning {
     /// Seconds of silence after which a download is considered stalled and retried.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_timeout: u64,
+    /// Write blobs through the page cache instead of with O_DIRECT. Direct writes are faster
+    /// where guest memory is costly (microVMs); buffered writes leave the blobs cached for an
+    /// unpack that follows at once.
+    #[arg(long)]
+    pub buffered_writes: bool,
 }

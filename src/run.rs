@@ -248,6 +248,7 @@ fn pull_and_report(
         },
         progress: cli.common.log_format == LogFormat::Text && cli.common.quiet == 0,
         mirrors,
+        direct_io: !tuning.buffered_writes,
     };
     let started = Instant::now();
     let images = if cfg.images.is_empty() {

@@ -674,12 +674,18 @@ impl Session {
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
     ) -> Result<u64, PullError> {
-        let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         let mut fresh_start_left = 1; // one full retry after a digest mismatch
         loop {
             let path = store.ingest_path(&desc.digest);
             let result = self
-                .fetch_blob_once(repo, desc, &url, &path, progress, slots)
+                .fetch_blob_once(
+                    repo,
+                    desc,
+                    &path,
+                    store.direct_for(desc.size),
+                    progress,
+                    slots,
+                )
                 .await;
             match result {
                 Ok(net) => {
@@ -709,11 +715,12 @@ impl Session {
         &self,
         repo: &str,
         desc: &Descriptor,
-        url: &Url,
         path: &std::path::Path,
+        direct: bool,
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
     ) -> Result<u64, (PullError, bool)> {
+        let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         // A download slot is held while bytes flow, not while the writer syncs the file:
         // the next download starts during this one's fsync.
         let slot = slots.acquire().await.map_err(|e| {
@@ -732,8 +739,9 @@ impl Session {
         }
         let (tx, mut rx) = mpsc::channel::<Msg>(8);
         let (p, d) = (path.to_path_buf(), desc.digest.clone());
+        let size = desc.size;
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
-            let mut f = IngestFile::create(&p, &d)?;
+            let mut f = IngestFile::create(&p, &d, direct)?;
             while let Some(m) = rx.blocking_recv() {
                 match m {
                     Msg::Data(batch) => f.write_batch(&batch)?,
@@ -742,7 +750,6 @@ impl Session {
             }
             f.finish()
         });
-        let size = desc.size;
         let mut received: u64 = 0;
         let mut network: u64 = 0;
         let writer_gone = || {

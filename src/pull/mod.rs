@@ -77,6 +77,8 @@ pub struct PullOptions {
     pub progress: bool,
     /// Mirrors per registry, from the hosts.toml files (see [`load_mirrors`]).
     pub mirrors: HashMap<RegistryHost, Vec<Mirror>>,
+    /// Write large blobs with `O_DIRECT` (off: through the page cache).
+    pub direct_io: bool,
 }
 
 /// Reads the hosts.toml of every registry of `cfg` under `root`: errors name the file, and are
@@ -124,7 +126,14 @@ struct Shared {
 pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<ImageReport> {
     let started = Instant::now();
     let store_root = opts.store.clone();
-    let store = match tokio::task::spawn_blocking(move || Store::open(&store_root)).await {
+    let direct_io = opts.direct_io;
+    let open = move || {
+        Store::open(&store_root).map(|mut s| {
+            s.set_direct_io(direct_io);
+            s
+        })
+    };
+    let store = match tokio::task::spawn_blocking(open).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return failed_all(cfg, &format!("cannot open the image store: {e}"), started);
