@@ -406,10 +406,15 @@ impl IngestFile {
             self.hasher.update(c.as_ref());
         }
         if self.stage.is_some() {
-            for c in chunks {
+            for (i, c) in chunks.iter().enumerate() {
                 let mut data = c.as_ref();
                 while !data.is_empty() {
-                    let stage = self.stage.as_mut().expect("direct mode");
+                    let Some(stage) = self.stage.as_mut() else {
+                        // Direct mode ended in this batch (refused or short write): the rest
+                        // goes through the page cache.
+                        self.write_buffered(&[data])?;
+                        return self.write_buffered(&chunks[i + 1..]);
+                    };
                     let fill = stage.fill;
                     let n = data.len().min(DIRECT_CHUNK - fill);
                     stage.window()[fill..fill + n].copy_from_slice(&data[..n]);
@@ -470,8 +475,7 @@ impl IngestFile {
                     // A short direct write: finish this chunk (and the file) buffered.
                     self.written += n as u64;
                     set_direct(&self.file, false)?;
-                    let rest = stage.window()[n..].to_vec();
-                    return self.write_buffered(&[rest]);
+                    return self.write_buffered(&[&stage.window()[n..]]);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::debug!("direct I/O refused ({e}); writing through the page cache");
@@ -480,9 +484,7 @@ impl IngestFile {
             }
         }
         set_direct(&self.file, false)?;
-        let window = &stage.window()[..fill];
-        let data = window.to_vec();
-        self.write_buffered(&[data])
+        self.write_buffered(&[&stage.window()[..fill]])
     }
 
     pub fn reset(&mut self) -> io::Result<()> {
@@ -609,6 +611,27 @@ mod tests {
             let (a, b) = piece.split_at(piece.len() / 3);
             f.write_batch(&[a, b]).unwrap();
         }
+        assert_eq!(f.finish().unwrap(), (want, blob.len() as u64));
+        assert_eq!(fs::read(&p).unwrap(), blob);
+    }
+
+    #[test]
+    fn direct_write_refused_mid_batch_finishes_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        let blob: Vec<u8> = (0..DIRECT_CHUNK * 2 + 777)
+            .map(|i| (i * 13 % 253) as u8)
+            .collect();
+        let want = sha256_of(&blob);
+        let mut f = IngestFile::create(&p, &want, true).unwrap();
+        // A misaligned window makes ext4/xfs refuse the first direct write with EINVAL, in
+        // the middle of a batch whose later pieces must then go through the page cache.
+        if let Some(stage) = f.stage.as_mut() {
+            stage.start += 1;
+        }
+        let (a, rest) = blob.split_at(DIRECT_CHUNK + 5);
+        let (b, c) = rest.split_at(DIRECT_CHUNK / 2);
+        f.write_batch(&[a, b, c]).unwrap();
         assert_eq!(f.finish().unwrap(), (want, blob.len() as u64));
         assert_eq!(fs::read(&p).unwrap(), blob);
     }
