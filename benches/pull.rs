@@ -6,6 +6,8 @@
 //!   KCI_BENCH_CASES=medium,present cargo bench --bench pull
 //!   KCI_BENCH_RUNS=9 cargo bench --bench pull
 //!
+//!   KCI_BENCH_BUFFERED=1 cargo bench --bench pull # also the agent with --buffered-writes
+//!
 //! Cases: `medium` (8 incompressible layers, ~190 MB, HTTP), `medium-tls` (the same over
 //! self-signed HTTPS, insecure list), `large` (~1 GB, HTTP, with peak RSS), `many` (40 layers of
 //! 256 KiB), `present` (a second pull of a present image). Needs docker-registry, skopeo, curl
@@ -113,6 +115,13 @@ fn agent_cmd(t: &Target, store: &Path) -> Command {
     c
 }
 
+/// The agent with `--buffered-writes` (the page-cache write path), for `KCI_BENCH_BUFFERED=1`.
+fn agent_buffered_cmd(t: &Target, store: &Path) -> Command {
+    let mut c = agent_cmd(t, store);
+    c.arg("--buffered-writes");
+    c
+}
+
 fn skopeo_cmd(t: &Target, dest: &Path) -> Command {
     let mut c = Command::new("skopeo");
     c.args(["copy", "-q", "--src-tls-verify=false"])
@@ -154,11 +163,14 @@ struct Row {
 
 fn throughput_case(name: &str, t: &Target, runs: usize, rows: &mut Vec<Row>) {
     type MakeCommand = fn(&Target, &Path) -> Command;
-    let tools: [(&'static str, MakeCommand); 3] = [
+    let mut tools: Vec<(&'static str, MakeCommand)> = vec![
         ("kci-pull-agent", agent_cmd),
         ("skopeo copy", skopeo_cmd),
         ("curl|openssl x6", curl_cmd),
     ];
+    if std::env::var_os("KCI_BENCH_BUFFERED").is_some_and(|v| v == "1") {
+        tools.push(("agent --buffered-writes", agent_buffered_cmd));
+    }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
     let mut rss: Vec<u64> = vec![0; tools.len()];
     // One warm-up round, then alternating rounds (the tool order rotates each round).
