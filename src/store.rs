@@ -7,6 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use ring::digest;
 use serde_json::{Value, json};
@@ -307,24 +308,26 @@ impl Store {
 /// Receives a blob's bytes on a blocking thread: hashes and writes them, so the network task
 /// only moves buffers. `reset` starts over (a registry that ignored a `Range` request).
 ///
-/// A large blob is written with `O_DIRECT` from an aligned staging buffer: the bytes go from
-/// that buffer to the disk without passing through the page cache (see `docs/performance.md`
-/// for why, measured). Where the file system refuses direct I/O, the file falls back to
-/// ordinary buffered writes with write-back started every `WRITEBACK_STEP`.
+/// A large blob is written with `O_DIRECT` from aligned 1 MiB staging buffers: the bytes go from
+/// those buffers to the disk without passing through the page cache (see `docs/performance.md`
+/// for why, measured). A second thread per blob does the direct writes, so the disk works on
+/// one buffer while this thread hashes and fills the other. Where the file system refuses
+/// direct I/O, the file falls back to ordinary buffered writes.
 pub struct IngestFile {
     file: File,
     hasher: digest::Context,
     like: String,
-    /// Bytes handed to the file (staged bytes not included).
+    /// Bytes handed to the file, or to the direct writer (staged bytes not included).
     written: u64,
     /// Bytes already handed to the kernel for write-back (buffered mode).
     flushed: u64,
-    /// Direct mode: the staging buffer, `DIRECT_ALIGN` bytes larger than `DIRECT_CHUNK` so an
-    /// aligned window of `DIRECT_CHUNK` bytes exists inside it.
-    stage: Option<Stage>,
+    /// Direct mode: the staging buffers and the thread that writes them.
+    direct: Option<Direct>,
 }
 
 struct Stage {
+    /// `DIRECT_ALIGN` bytes larger than `DIRECT_CHUNK`, so that an aligned window of
+    /// `DIRECT_CHUNK` bytes exists inside it.
     buf: Vec<u8>,
     /// Offset of the aligned window in `buf`.
     start: usize,
@@ -345,6 +348,140 @@ impl Stage {
     fn window(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + DIRECT_CHUNK]
     }
+}
+
+/// The direct-write side of an [`IngestFile`]: the buffer being filled, a spare one, and a
+/// writer thread that takes full buffers with their file offsets and hands them back empty.
+/// All writes of the file go through that thread while it runs (positional writes, so no
+/// file position is shared).
+struct Direct {
+    filling: Stage,
+    spare: Option<Stage>,
+    /// Buffers sent to the writer thread and not yet handed back.
+    in_flight: usize,
+    jobs: Option<mpsc::SyncSender<(Stage, u64)>>,
+    done: mpsc::Receiver<io::Result<Stage>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Number of staging buffers per blob: one filled while the other is written.
+const DIRECT_STAGES: usize = 2;
+
+impl Direct {
+    fn start(file: &File) -> io::Result<Direct> {
+        let file = file.try_clone()?;
+        let (jobs, job_rx) = mpsc::sync_channel::<(Stage, u64)>(DIRECT_STAGES);
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("kci-direct-write".into())
+            .spawn(move || {
+                let mut direct = true;
+                for (mut stage, offset) in job_rx {
+                    let r = write_stage(&file, &mut stage, offset, &mut direct).map(|()| {
+                        stage.fill = 0;
+                        stage
+                    });
+                    if done_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Direct {
+            filling: Stage::new(),
+            spare: Some(Stage::new()),
+            in_flight: 0,
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    fn writer_gone() -> io::Error {
+        io::Error::other("the direct-write thread stopped")
+    }
+
+    /// Takes back one buffer from the writer thread, waiting for its write.
+    fn reclaim(&mut self) -> io::Result<Stage> {
+        if self.in_flight == 0 {
+            // Only after a failed write lost its buffer: the blob is abandoned anyway.
+            return Err(io::Error::other(
+                "no staging buffer left after a failed write",
+            ));
+        }
+        let r = self.done.recv().map_err(|_| Direct::writer_gone())?;
+        self.in_flight -= 1;
+        r
+    }
+
+    /// Sends the staged bytes (if any) to be written at `offset`; returns how many.
+    fn submit(&mut self, offset: u64) -> io::Result<usize> {
+        let len = self.filling.fill;
+        if len == 0 {
+            return Ok(0);
+        }
+        let next = match self.spare.take() {
+            Some(s) => s,
+            None => self.reclaim()?,
+        };
+        let full = std::mem::replace(&mut self.filling, next);
+        let jobs = self.jobs.as_ref().ok_or_else(Direct::writer_gone)?;
+        jobs.send((full, offset))
+            .map_err(|_| Direct::writer_gone())?;
+        self.in_flight += 1;
+        Ok(len)
+    }
+
+    /// Waits until every buffer sent has been written.
+    fn drain(&mut self) -> io::Result<()> {
+        while self.in_flight > 0 {
+            let s = self.reclaim()?;
+            self.spare = Some(s);
+        }
+        Ok(())
+    }
+
+    /// Stops the writer thread after the writes already sent.
+    fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Direct {
+    /// Never leaves the thread writing to a file that the caller may remove or re-create.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes one staging buffer at `offset`: a full one with `O_DIRECT` while `direct` holds, the
+/// tail (or everything, once direct I/O was refused or came back short) through the page cache.
+fn write_stage(file: &File, stage: &mut Stage, offset: u64, direct: &mut bool) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = stage.fill;
+    let data = &stage.window()[..len];
+    let mut done = 0;
+    if *direct && len == DIRECT_CHUNK {
+        match file.write_at(data, offset) {
+            Ok(n) => done = n,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!("direct I/O refused ({e}); writing through the page cache");
+            }
+            Err(e) => return Err(e),
+        }
+        if done == len {
+            return Ok(());
+        }
+    }
+    if *direct {
+        set_direct(file, false)?;
+        *direct = false;
+    }
+    file.write_all_at(&data[done..], offset + done as u64)?;
+    start_writeback(file, offset, len as u64);
+    Ok(())
 }
 
 /// Write-back is started every this many bytes, so that the final fsync has little left to do
@@ -380,8 +517,15 @@ impl IngestFile {
     /// `direct`: write with `O_DIRECT` if the file system allows it ([`Store::direct_for`]).
     pub fn create(path: &Path, digest: &str, direct: bool) -> io::Result<IngestFile> {
         let file = File::create(path).map_err(ctx(path, "cannot create"))?;
-        let stage = if direct && set_direct(&file, true).is_ok() {
-            Some(Stage::new())
+        let direct = if direct && set_direct(&file, true).is_ok() {
+            match Direct::start(&file) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::debug!("no direct-write thread ({e}); writing through the page cache");
+                    set_direct(&file, false)?;
+                    None
+                }
+            }
         } else {
             None
         };
@@ -391,7 +535,7 @@ impl IngestFile {
             like: digest.to_string(),
             written: 0,
             flushed: 0,
-            stage,
+            direct,
         })
     }
 
@@ -405,29 +549,24 @@ impl IngestFile {
         for c in chunks {
             self.hasher.update(c.as_ref());
         }
-        if self.stage.is_some() {
-            for (i, c) in chunks.iter().enumerate() {
-                let mut data = c.as_ref();
-                while !data.is_empty() {
-                    let Some(stage) = self.stage.as_mut() else {
-                        // Direct mode ended in this batch (refused or short write): the rest
-                        // goes through the page cache.
-                        self.write_buffered(&[data])?;
-                        return self.write_buffered(&chunks[i + 1..]);
-                    };
-                    let fill = stage.fill;
-                    let n = data.len().min(DIRECT_CHUNK - fill);
-                    stage.window()[fill..fill + n].copy_from_slice(&data[..n]);
-                    stage.fill += n;
-                    data = &data[n..];
-                    if stage.fill == DIRECT_CHUNK {
-                        self.flush_stage()?;
-                    }
+        let Some(d) = self.direct.as_mut() else {
+            return self.write_buffered(chunks);
+        };
+        for c in chunks {
+            let mut data = c.as_ref();
+            while !data.is_empty() {
+                let stage = &mut d.filling;
+                let fill = stage.fill;
+                let n = data.len().min(DIRECT_CHUNK - fill);
+                stage.window()[fill..fill + n].copy_from_slice(&data[..n]);
+                stage.fill += n;
+                data = &data[n..];
+                if stage.fill == DIRECT_CHUNK {
+                    self.written += d.submit(self.written)? as u64;
                 }
             }
-            return Ok(());
         }
-        self.write_buffered(chunks)
+        Ok(())
     }
 
     fn write_buffered<B: AsRef<[u8]>>(&mut self, chunks: &[B]) -> io::Result<()> {
@@ -451,58 +590,27 @@ impl IngestFile {
         Ok(())
     }
 
-    /// Writes the staged bytes. A full window goes out directly; a partial one (the tail of
-    /// the blob) or a file system that refuses direct I/O ends direct mode and the bytes are
-    /// written through the page cache.
-    fn flush_stage(&mut self) -> io::Result<()> {
-        let Some(mut stage) = self.stage.take() else {
-            return Ok(());
-        };
-        let fill = stage.fill;
-        if fill == 0 {
-            self.stage = Some(stage);
-            return Ok(());
-        }
-        if fill == DIRECT_CHUNK {
-            match self.file.write(stage.window()) {
-                Ok(n) if n == DIRECT_CHUNK => {
-                    self.written += n as u64;
-                    stage.fill = 0;
-                    self.stage = Some(stage);
-                    return Ok(());
-                }
-                Ok(n) => {
-                    // A short direct write: finish this chunk (and the file) buffered.
-                    self.written += n as u64;
-                    set_direct(&self.file, false)?;
-                    return self.write_buffered(&[&stage.window()[n..]]);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::debug!("direct I/O refused ({e}); writing through the page cache");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        set_direct(&self.file, false)?;
-        self.write_buffered(&[&stage.window()[..fill]])
-    }
-
     pub fn reset(&mut self) -> io::Result<()> {
+        if let Some(d) = self.direct.as_mut() {
+            d.drain()?;
+            d.filling.fill = 0;
+        }
         let f = &mut self.file;
         f.set_len(0)?;
         f.rewind()?;
         self.hasher = hasher_for(&self.like);
         self.written = 0;
         self.flushed = 0;
-        if let Some(stage) = self.stage.as_mut() {
-            stage.fill = 0;
-        }
         Ok(())
     }
 
     /// Writes what is staged, fsyncs; returns the digest and size of what was written.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
-        self.flush_stage()?;
+        if let Some(mut d) = self.direct.take() {
+            self.written += d.submit(self.written)? as u64;
+            d.drain()?;
+            d.stop();
+        }
         self.file.sync_all()?;
         Ok((finish_hex(self.hasher), self.written))
     }
@@ -616,6 +724,23 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_direct_ingest_writes_nothing_after_it_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        let first = vec![0xeeu8; DIRECT_CHUNK * 3];
+        let mut f = IngestFile::create(&p, &sha256_of(&first), true).unwrap();
+        f.write(&first).unwrap();
+        drop(f);
+        // A retry re-creates the same path: no write of the abandoned file may land in it.
+        let blob = b"small and final".to_vec();
+        let want = sha256_of(&blob);
+        let mut g = IngestFile::create(&p, &want, true).unwrap();
+        g.write(&blob).unwrap();
+        assert_eq!(g.finish().unwrap(), (want, blob.len() as u64));
+        assert_eq!(fs::read(&p).unwrap(), blob);
+    }
+
+    #[test]
     fn direct_write_refused_mid_batch_finishes_buffered() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x");
@@ -626,8 +751,11 @@ mod tests {
         let mut f = IngestFile::create(&p, &want, true).unwrap();
         // A misaligned window makes ext4/xfs refuse the first direct write with EINVAL, in
         // the middle of a batch whose later pieces must then go through the page cache.
-        if let Some(stage) = f.stage.as_mut() {
-            stage.start += 1;
+        if let Some(d) = f.direct.as_mut() {
+            d.filling.start += 1;
+            if let Some(s) = d.spare.as_mut() {
+                s.start += 1;
+            }
         }
         let (a, rest) = blob.split_at(DIRECT_CHUNK + 5);
         let (b, c) = rest.split_at(DIRECT_CHUNK / 2);
