@@ -129,6 +129,21 @@ impl Registry {
         }
     }
 
+    /// CPU time (user + system) the registry process has used so far, from `/proc/PID/stat`:
+    /// the benchmark charges each pull with what it cost the registry.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the registry process is gone");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the full line: 11 and 12 here.
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_micros(ticks * 1_000_000 / hz)
+    }
+
     /// The registry's access log so far.
     pub fn requests(&self) -> String {
         fs::read_to_string(&self.access_log).unwrap_or_default()
