@@ -737,7 +737,10 @@ impl Session {
             Data(Vec<bytes::Bytes>),
             Reset,
         }
-        let (tx, mut rx) = mpsc::channel::<Msg>(8);
+        // At most 4 batches (2 MiB) queued per blob: the writer hashes while a second thread
+        // writes (direct I/O), so a deeper queue only raised peak RSS (1 GB image: 38-56 MiB
+        // with 8, 37-44 MiB with 4, at the same speed).
+        let (tx, mut rx) = mpsc::channel::<Msg>(4);
         let (p, d) = (path.to_path_buf(), desc.digest.clone());
         let size = desc.size;
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
