@@ -184,6 +184,7 @@ fn curl_null_cmd(t: &Target, _dest: &Path) -> Command {
     c
 }
 
+const AGENT: &str = "kci-pull-agent";
 const SKOPEO: &str = "skopeo copy";
 const CURL_OPENSSL: &str = "curl|openssl x6";
 const CURL_NULL: &str = "curl -> /dev/null x6 (floor)";
@@ -199,10 +200,15 @@ struct Row {
     registry_ms: f64,
 }
 
+/// The row of `tool` in `case`, if that case was run.
+fn row<'a>(rows: &'a [Row], case: &str, tool: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.case == case && r.tool == tool)
+}
+
 fn throughput_case(name: &str, reg: &Registry, t: &Target, runs: usize, rows: &mut Vec<Row>) {
     type MakeCommand = fn(&Target, &Path) -> Command;
     let mut tools: Vec<(&'static str, MakeCommand)> = vec![
-        ("kci-pull-agent", agent_cmd),
+        (AGENT, agent_cmd),
         (SKOPEO, skopeo_cmd),
         (CURL_OPENSSL, curl_cmd),
         (CURL_NULL, curl_null_cmd),
@@ -248,12 +254,8 @@ fn throughput_case(name: &str, reg: &Registry, t: &Target, runs: usize, rows: &m
 /// pull can end sooner than the registry's CPU per pull spread over every core, however little
 /// the client does; the `/dev/null` floor measures how close a client that does nothing gets.
 fn registry_floor(case: &str, rows: &[Row]) -> String {
-    let row = |tool: &str| {
-        rows.iter()
-            .find(|r| r.case == case && r.tool == tool)
-            .expect("a tool of the case")
-    };
-    let (agent, skopeo, null) = (row("kci-pull-agent"), row(SKOPEO), row(CURL_NULL));
+    let of = |tool: &str| row(rows, case, tool).expect("a tool of the case");
+    let (agent, skopeo, null) = (of(AGENT), of(SKOPEO), of(CURL_NULL));
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
@@ -422,12 +424,7 @@ fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
     for r in &rows {
-        let of = |tool: &str| {
-            rows.iter()
-                .find(|x| x.case == r.case && x.tool == tool)
-                .map(|x| x.mbps)
-                .unwrap_or(f64::NAN)
-        };
+        let of = |tool: &str| row(&rows, &r.case, tool).map_or(f64::NAN, |x| x.mbps);
         println!(
             "| {} | {} | {:.0} | {:.2}x | {:.2}x | {:.0} | {:.0} |",
             r.case,
