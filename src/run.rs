@@ -118,7 +118,15 @@ pub fn store_path(common: &Common) -> PathBuf {
     common
         .store
         .clone()
-        .unwrap_or_else(|| common.root.join(DEFAULT_STORE))
+        .unwrap_or_else(|| under_root(&common.root, DEFAULT_STORE))
+}
+
+/// A default path under `--root`, with every link on the way resolved inside the root, so
+/// that a link planted there never leads a write out of it.
+fn under_root(root: &Path, rel: &str) -> PathBuf {
+    netfiles::atomic::resolve_in_root(root, Path::new(rel))
+        .map(|(p, _)| p)
+        .unwrap_or_else(|_| root.join(rel))
 }
 
 const DEFAULT_SPEC: &str = "run/kci/pod.json";
@@ -165,7 +173,9 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Boot { report, tuning } => {
             // Everything was validated above; now the network files, then the images, which
             // resolve names through the files just written.
-            let report_path = report.clone().unwrap_or_else(|| root.join(DEFAULT_REPORT));
+            let report_path = report
+                .clone()
+                .unwrap_or_else(|| under_root(root, DEFAULT_REPORT));
             let files = match plan_network(root, &cfg).and_then(|plan| apply_network(&plan)) {
                 Ok(files) => files,
                 Err(e) => {
@@ -287,11 +297,19 @@ fn pull_and_report(
 }
 
 fn store_check(path: &Path, fix: bool, output: OutputFormat) -> Result<(), Error> {
-    let store = crate::store::Store::open(path)
-        .map_err(|e| Error::Pull(format!("cannot open the store {}: {e}", path.display())))?;
-    let problems = store
-        .check(fix)
-        .map_err(|e| Error::Pull(format!("cannot check the store {}: {e}", path.display())))?;
+    // Only looks (nothing is created or cleaned up) unless --fix is given.
+    let store = crate::store::Store::open_existing(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Usage(format!(
+                "{e}; check --store (default <root>/{DEFAULT_STORE})"
+            ))
+        } else {
+            Error::Inconsistent(format!("cannot open the store {}: {e}", path.display()))
+        }
+    })?;
+    let problems = store.check(fix).map_err(|e| {
+        Error::Inconsistent(format!("cannot check the store {}: {e}", path.display()))
+    })?;
     let mut stdout = std::io::stdout().lock();
     for p in &problems {
         let line = match output {

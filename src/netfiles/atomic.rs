@@ -2,7 +2,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, ErrorKind, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Mode of every file the agent writes.
@@ -53,15 +53,11 @@ pub(crate) fn write_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.kci-tmp-{}", std::process::id()));
-    let created = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(MODE)
-        .open(&tmp);
-    let mut file = match created {
-        Ok(f) => f,
+    // Exclusive, never through a link, under a name nobody can guess in advance.
+    let created = crate::fsutil::open_dir(dir)
+        .and_then(|d| crate::fsutil::create_temp(std::os::fd::AsFd::as_fd(&d), &name, MODE));
+    let (mut file, tmp) = match created {
+        Ok((f, tmp)) => (f, dir.join(tmp)),
         Err(e) if needs_in_place(&e) && in_place_target.exists() => {
             write_in_place(in_place_target, content)?;
             return Ok(WriteMode::InPlace);
@@ -107,66 +103,74 @@ fn write_in_place(path: &Path, content: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Removes temporary files (`.NAME.kci-tmp-PID`) left in `dir` by a run that was killed
-/// before its rename. A file whose process is still alive is left alone (it may be another
-/// run writing right now). Errors are ignored: leftovers are untidy, not harmful.
+/// Removes temporary files (`.NAME.kci-tmp-PID-RANDOM`) left in `dir` by a run that was
+/// killed before its rename. A file whose process is still alive is left alone (it may be
+/// another run writing right now). Errors are ignored: leftovers are untidy, not harmful.
 pub fn remove_stale_temps(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
+    if let Ok(d) = crate::fsutil::open_dir(dir) {
+        crate::fsutil::remove_stale_temps(std::os::fd::AsFd::as_fd(&d));
+    }
+}
+
+/// Follows symlinks at `root/rel` the way a chroot into `root` would, one component at a time
+/// (a link in a parent directory is resolved too, never followed out of `root` by the kernel):
+/// absolute targets are taken relative to `root`, and `..` never climbs above it. Returns the
+/// final path (which may not exist; none of its components below `root` is a link when this
+/// returns) and whether the last component of `root/rel` itself was a symlink.
+pub fn resolve_in_root(root: &Path, rel: &Path) -> io::Result<(PathBuf, bool)> {
+    let was_link =
+        fs::symlink_metadata(parent_in_root(root, rel)?).is_ok_and(|m| m.file_type().is_symlink());
+    Ok((walk_in_root(root, rel)?, was_link))
+}
+
+fn walk_in_root(root: &Path, rel: &Path) -> io::Result<PathBuf> {
+    // Components still to walk: a name, or `None` for `..`.
+    let owned = |c: Component<'_>| -> Option<Option<std::ffi::OsString>> {
+        match c {
+            Component::Normal(n) => Some(Some(n.to_os_string())),
+            Component::ParentDir => Some(None),
+            _ => None,
+        }
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        let Some((_, pid)) = name.rsplit_once(".kci-tmp-") else {
+    let mut todo: std::collections::VecDeque<Option<std::ffi::OsString>> =
+        rel.components().filter_map(owned).collect();
+    let mut inside: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop_front() {
+        let Some(n) = c else {
+            inside.pop();
             continue;
         };
-        let alive = pid.parse::<u32>().is_ok_and(|p| {
-            p == std::process::id() || Path::new("/proc").join(p.to_string()).exists()
-        });
-        if !alive {
-            let _ = fs::remove_file(e.path());
-        }
-    }
-}
-
-/// Follows symlinks at `root/rel` the way a chroot into `root` would: absolute targets are
-/// taken relative to `root`, and `..` never climbs above it. Returns the final path (which may
-/// not exist) and whether `root/rel` itself was a symlink.
-pub fn resolve_in_root(root: &Path, rel: &Path) -> io::Result<(PathBuf, bool)> {
-    let mut inside: Vec<std::ffi::OsString> = Vec::new();
-    push_components(&mut inside, rel);
-    let mut was_link = false;
-    for _ in 0..40 {
+        inside.push(n);
         let path = join(root, &inside);
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                was_link = true;
-                let target = fs::read_link(&path)?;
-                inside.pop();
-                if target.is_absolute() {
-                    inside.clear();
-                }
-                push_components(&mut inside, &target);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            links += 1;
+            if links > 40 {
+                return Err(io::Error::other(format!(
+                    "too many levels of symbolic links at {}",
+                    root.join(rel).display()
+                )));
             }
-            _ => return Ok((path, was_link)),
+            let target = fs::read_link(&path)?;
+            inside.pop();
+            if target.is_absolute() {
+                inside.clear();
+            }
+            for c in target.components().rev().filter_map(owned) {
+                todo.push_front(c);
+            }
         }
     }
-    Err(io::Error::other(format!(
-        "too many levels of symbolic links at {}",
-        root.join(rel).display()
-    )))
+    Ok(join(root, &inside))
 }
 
-fn push_components(inside: &mut Vec<std::ffi::OsString>, p: &Path) {
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => inside.push(n.to_os_string()),
-            Component::ParentDir => {
-                inside.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
+/// `root/rel` with its parent directory resolved inside `root` ([`resolve_in_root`]): the path
+/// to write `rel` at without following a link in one of its directories out of `root`.
+pub fn parent_in_root(root: &Path, rel: &Path) -> io::Result<PathBuf> {
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Ok(root.join(rel));
+    };
+    Ok(walk_in_root(root, parent)?.join(name))
 }
 
 fn join(root: &Path, inside: &[std::ffi::OsString]) -> PathBuf {
@@ -276,5 +280,30 @@ mod tests {
 
         let (p, link) = resolve_in_root(r, Path::new("etc/hosts")).unwrap();
         assert_eq!((p, link), (r.join("etc/hosts"), false));
+    }
+
+    /// SPEC §9: a link in a parent directory (`etc` -> the machine's `/etc`) is resolved inside
+    /// the root too; before, only the last component was checked and the machine's own
+    /// `/etc/hosts` was the path written.
+    #[test]
+    fn links_in_parent_directories_stay_inside_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("real/etc")).unwrap();
+        symlink("/real/etc", r.join("etc")).unwrap();
+        let (p, link) = resolve_in_root(r, Path::new("etc/hosts")).unwrap();
+        assert_eq!((p, link), (r.join("real/etc/hosts"), false));
+        assert_eq!(
+            parent_in_root(r, Path::new("etc/hosts")).unwrap(),
+            r.join("real/etc/hosts")
+        );
+        fs::create_dir_all(r.join("var/lib")).unwrap();
+        symlink("../../../../../../../etc", r.join("var/lib/kci")).unwrap();
+        let (p, _) = resolve_in_root(r, Path::new("var/lib/kci/network")).unwrap();
+        assert_eq!(p, r.join("real/etc/network"));
+        // A link to the machine's /etc by its own name loops inside the root: an error.
+        let other = tempfile::tempdir().unwrap();
+        symlink("/etc", other.path().join("etc")).unwrap();
+        assert!(resolve_in_root(other.path(), Path::new("etc/hosts")).is_err());
     }
 }

@@ -97,11 +97,20 @@ fn io_error(path: &Path, action: &'static str, e: &io::Error) -> NetFileError {
 
 /// Plans the new hosts and resolv.conf for `cfg` under `root`.
 pub fn plan(root: &Path, cfg: &Config, notes: &mut Notes) -> Result<NetPlan, NetFileError> {
-    let state_dir = root.join(STATE_DIR);
+    // Every path below has its directories resolved inside the root: a link there (`etc` ->
+    // `/etc`) never leads a write out of it.
+    let in_root = |rel: &str| {
+        let shown = root.join(rel);
+        atomic::parent_in_root(root, Path::new(rel))
+            .map_err(|e| io_error(&shown, "cannot resolve", &e))
+    };
+    let state_dir = atomic::resolve_in_root(root, Path::new(STATE_DIR))
+        .map_err(|e| io_error(&root.join(STATE_DIR), "cannot resolve", &e))?
+        .0;
     let mut state = Vec::new();
 
     // hosts
-    let hosts_path = root.join(HOSTS);
+    let hosts_path = in_root(HOSTS)?;
     let (hosts_target, hosts_link) = resolve_in_root(root, Path::new(HOSTS))
         .map_err(|e| io_error(&hosts_path, "cannot resolve", &e))?;
     let hosts_current = read_opt(&hosts_target)?;
@@ -137,7 +146,7 @@ pub fn plan(root: &Path, cfg: &Config, notes: &mut Notes) -> Result<NetPlan, Net
     };
 
     // resolv.conf
-    let resolv_path = root.join(RESOLV);
+    let resolv_path = in_root(RESOLV)?;
     let (resolv_target, resolv_link) = resolve_in_root(root, Path::new(RESOLV))
         .map_err(|e| io_error(&resolv_path, "cannot resolve", &e))?;
     let current = read_opt(&resolv_target)?;

@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use super::manifest::{ACCEPT, Descriptor, MAX_MANIFEST};
 use super::{Failure, PullError};
 use crate::config::auth::Credentials;
+use crate::oci::Digest;
 use crate::registry::policy::{Route, Transport};
 use crate::registry::transport::Transports;
-use crate::store::{IngestFile, Store, digest_of};
+use crate::store::Store;
 
 /// Retries after the first attempt, for transient failures (resets, timeouts, 5xx, 429).
 pub const RETRIES: u32 = 4;
@@ -599,7 +600,7 @@ impl Session {
         &self,
         repo: &str,
         reference: &str,
-    ) -> Result<Option<String>, PullError> {
+    ) -> Result<Option<Digest>, PullError> {
         let url = self.url(&format!("/{repo}/manifests/{reference}"));
         let mut h = HeaderMap::new();
         h.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
@@ -617,7 +618,7 @@ impl Session {
                 .headers()
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string))
+                .and_then(|v| Digest::parse(v).ok()))
         })
         .await
     }
@@ -649,14 +650,13 @@ impl Session {
                     }));
                 }
             }
-            if let Some(c) = claimed.filter(|c| crate::store::check_digest(c).is_ok()) {
-                let actual = digest_of(&body, &c);
-                if actual != c {
-                    return Err(Failure::Fatal(PullError {
-                        message: format!("{url}: the registry says the manifest is {c} but its content is {actual}"),
-                        hint: Some("the registry or something between it and this instance altered the content".into()),
-                    }));
-                }
+            if let Some(c) = claimed.and_then(|c| Digest::parse(&c).ok())
+                && let Err(actual) = c.verify(&body)
+            {
+                return Err(Failure::Fatal(PullError {
+                    message: format!("{url}: the registry says the manifest is {c} but its content is {actual}"),
+                    hint: Some("the registry or something between it and this instance altered the content".into()),
+                }));
             }
             Ok((body, ct))
         })
@@ -675,31 +675,35 @@ impl Session {
         slots: &tokio::sync::Semaphore,
     ) -> Result<u64, PullError> {
         let mut fresh_start_left = 1; // one full retry after a digest mismatch
+        let store_hint = || {
+            Some(format!(
+                "check free space and permissions of {}",
+                store.root().display()
+            ))
+        };
         loop {
-            let path = store.ingest_path(&desc.digest);
+            let (file, name) = store
+                .begin_ingest(&desc.digest, store.direct_for(desc.size))
+                .map_err(|e| PullError {
+                    message: e.to_string(),
+                    hint: store_hint(),
+                })?;
             let result = self
-                .fetch_blob_once(
-                    repo,
-                    desc,
-                    &path,
-                    store.direct_for(desc.size),
-                    progress,
-                    slots,
-                )
+                .fetch_blob_once(repo, desc, file, progress, slots)
                 .await;
             match result {
                 Ok(net) => {
-                    store.commit(&path, &desc.digest).map_err(|e| PullError {
-                        message: e.to_string(),
-                        hint: Some(format!(
-                            "check free space and permissions of {}",
-                            store.root().display()
-                        )),
+                    store.commit(&name, &desc.digest).map_err(|e| {
+                        store.discard(&name);
+                        PullError {
+                            message: e.to_string(),
+                            hint: store_hint(),
+                        }
                     })?;
                     return Ok(net);
                 }
                 Err((e, mismatch)) => {
-                    let _ = std::fs::remove_file(&path);
+                    store.discard(&name);
                     if mismatch && fresh_start_left > 0 {
                         fresh_start_left -= 1;
                         tracing::warn!(digest = %desc.digest, "{}; downloading it again", e.message);
@@ -715,8 +719,7 @@ impl Session {
         &self,
         repo: &str,
         desc: &Descriptor,
-        path: &std::path::Path,
-        direct: bool,
+        mut f: crate::store::IngestFile,
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
     ) -> Result<u64, (PullError, bool)> {
@@ -741,10 +744,8 @@ impl Session {
         // writes (direct I/O), so a deeper queue only raised peak RSS (1 GB image: 38-56 MiB
         // with 8, 37-44 MiB with 4, at the same speed).
         let (tx, mut rx) = mpsc::channel::<Msg>(4);
-        let (p, d) = (path.to_path_buf(), desc.digest.clone());
         let size = desc.size;
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
-            let mut f = IngestFile::create(&p, &d, direct)?;
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
             while let Some(m) = rx.blocking_recv() {
                 match m {
                     Msg::Data(batch) => f.write_batch(&batch)?,

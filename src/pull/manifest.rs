@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::oci::Digest;
 use crate::platform::Platform;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -19,6 +20,10 @@ pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 
 /// Largest manifest accepted (the distribution spec suggests registries cap at 4 MiB).
 pub const MAX_MANIFEST: u64 = 8 << 20;
+/// Most layers accepted in one image manifest (SPEC §9).
+pub const MAX_LAYERS: usize = 1000;
+/// Most entries accepted in one index (SPEC §9).
+pub const MAX_INDEX_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlatformJson {
@@ -35,7 +40,8 @@ pub struct PlatformJson {
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
     pub media_type: String,
-    pub digest: String,
+    /// Validated when the document is parsed: nothing else than a digest can reach a path.
+    pub digest: Digest,
     pub size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<PlatformJson>,
@@ -102,6 +108,12 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document, Strin
             if media_type != OCI_INDEX && media_type != DOCKER_LIST {
                 return Err(format!("unsupported index media type {media_type:?}"));
             }
+            if manifests.len() > MAX_INDEX_ENTRIES {
+                return Err(format!(
+                    "the index lists {} manifests; at most {MAX_INDEX_ENTRIES} are accepted",
+                    manifests.len()
+                ));
+            }
             Ok(Document::Index {
                 media_type,
                 manifests,
@@ -117,9 +129,17 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document, Strin
                 return Err(format!("unsupported manifest media type {media_type:?}"));
             }
             let layers = layers.unwrap_or_default();
-            for d in std::iter::once(&config).chain(&layers) {
-                crate::store::check_digest(&d.digest)?;
+            if layers.len() > MAX_LAYERS {
+                return Err(format!(
+                    "the manifest lists {} layers; at most {MAX_LAYERS} are accepted",
+                    layers.len()
+                ));
             }
+            // The sum of the sizes must not overflow (it is what the pull expects to fetch).
+            std::iter::once(&config)
+                .chain(&layers)
+                .try_fold(0u64, |acc, d| acc.checked_add(d.size))
+                .ok_or("the sizes of the manifest's blobs add up to more than 2^64 bytes")?;
             Ok(Document::Manifest {
                 media_type,
                 config: Box::new(config),
@@ -195,7 +215,7 @@ mod tests {
     fn desc(os: &str, arch: &str, variant: Option<&str>, n: u8) -> Descriptor {
         Descriptor {
             media_type: OCI_MANIFEST.into(),
-            digest: format!("sha256:{}", format!("{n:02x}").repeat(32)),
+            digest: Digest::parse(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap(),
             size: 1,
             platform: Some(PlatformJson {
                 os: os.into(),
@@ -210,7 +230,7 @@ mod tests {
 
     fn pick(list: &[Descriptor], want: &str) -> Option<u8> {
         let want: Platform = want.parse().unwrap();
-        choose(list, &want).map(|d| u8::from_str_radix(&d.digest[7..9], 16).unwrap())
+        choose(list, &want).map(|d| u8::from_str_radix(&d.digest.hex()[..2], 16).unwrap())
     }
 
     #[test]
@@ -291,5 +311,41 @@ mod tests {
         assert!(parse(b"not json", None).is_err());
         let bad_digest = r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:../../etc","size":3},"layers":[]}"#;
         assert!(parse(bad_digest.as_bytes(), None).is_err());
+    }
+
+    /// SPEC §9: at most 1,000 layers per manifest and 10,000 entries per index; the sizes of
+    /// a manifest's blobs cannot overflow.
+    #[test]
+    fn limits_on_layers_entries_and_sizes() {
+        let d = "sha256:".to_string() + &"a".repeat(64);
+        let layer = format!(r#"{{"mediaType":"y","digest":"{d}","size":1}}"#);
+        let manifest = |n: usize| {
+            format!(
+                r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":3}},"layers":[{}]}}"#,
+                vec![layer.as_str(); n].join(",")
+            )
+        };
+        assert!(parse(manifest(MAX_LAYERS).as_bytes(), None).is_ok());
+        let e = parse(manifest(MAX_LAYERS + 1).as_bytes(), None).unwrap_err();
+        assert!(e.contains("1001 layers"), "{e}");
+        let entry = format!(r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1}}"#);
+        let index = |n: usize| {
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+                vec![entry.as_str(); n].join(",")
+            )
+        };
+        assert!(parse(index(MAX_INDEX_ENTRIES).as_bytes(), None).is_ok());
+        assert!(
+            parse(index(MAX_INDEX_ENTRIES + 1).as_bytes(), None)
+                .unwrap_err()
+                .contains("10001")
+        );
+        let huge = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":{}}},"layers":[{{"mediaType":"y","digest":"{d}","size":{}}}]}}"#,
+            u64::MAX,
+            2
+        );
+        assert!(parse(huge.as_bytes(), None).unwrap_err().contains("2^64"));
     }
 }

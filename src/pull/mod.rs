@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::config::auth::AuthFile;
 use crate::config::{Config, ImageRequest};
+use crate::oci::Digest;
 use crate::platform::Platform;
 use crate::registry::dns::RootResolver;
 use crate::registry::host::RegistryHost;
@@ -24,7 +25,7 @@ use crate::registry::hosts::Mirror;
 use crate::registry::policy::Policy;
 use crate::registry::transport::{NetOptions, Transports};
 use crate::report::{ImageReport, Status};
-use crate::store::{REF_NAME, RESOLVED, Store, check_digest, digest_of};
+use crate::store::{REF_NAME, RESOLVED, Store};
 use client::Session;
 use manifest::{Descriptor, Document};
 
@@ -117,7 +118,7 @@ struct Shared {
     sessions: Mutex<HashMap<RegistryHost, Arc<Vec<Arc<Session>>>>>,
     /// The mirrors of each registry (validated before the pull started).
     mirrors: HashMap<RegistryHost, Vec<Mirror>>,
-    inflight: std::sync::Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    inflight: std::sync::Mutex<HashMap<Digest, Arc<OnceCell<()>>>>,
     downloads: Semaphore,
     index: Mutex<()>,
 }
@@ -211,7 +212,7 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     match result {
         Ok((status, digest)) => {
             report.status = status;
-            report.digest = Some(digest);
+            report.digest = Some(digest.to_string());
             tracing::info!(
                 image = %req.image,
                 registry = %report.registry,
@@ -304,7 +305,7 @@ async fn pull_image(
     req: &ImageRequest,
     bytes: &AtomicU64,
     served: &Mutex<Served>,
-) -> Result<(Status, String), PullError> {
+) -> Result<(Status, Digest), PullError> {
     let r = &req.reference;
     let name = r.to_string();
     let store = &shared.store;
@@ -330,7 +331,8 @@ async fn pull_image(
     let resolvers: Vec<Arc<Session>> = all.iter().filter(|s| s.resolve).cloned().collect();
     let tag_or_digest = r
         .digest
-        .clone()
+        .as_ref()
+        .map(Digest::to_string)
         .or_else(|| r.tag.clone())
         .unwrap_or_else(|| "latest".into());
     if r.digest.is_none()
@@ -347,14 +349,13 @@ async fn pull_image(
     let list: &[Arc<Session>] = if r.digest.is_some() { &all } else { &resolvers };
     let ((top, ct), top_from) = first_ok(list, "manifest", async |e: &Session| {
         let (top, ct) = e.get_manifest(&r.repository, &tag_or_digest).await?;
-        if let Some(d) = &r.digest {
-            let actual = digest_of(&top, d);
-            if &actual != d {
-                return Err(PullError {
-                    message: format!("{} served {actual} for the manifest {d}", e.label),
-                    hint: Some("it served wrong content; nothing was stored".into()),
-                });
-            }
+        if let Some(d) = &r.digest
+            && let Err(actual) = d.verify(&top)
+        {
+            return Err(PullError {
+                message: format!("{} served {actual} for the manifest {d}", e.label),
+                hint: Some("it served wrong content; nothing was stored".into()),
+            });
         }
         Ok((top, ct))
     })
@@ -363,7 +364,7 @@ async fn pull_image(
     served.lock().await.add(&top_from.label, top.len() as u64);
     let top_digest = match &r.digest {
         Some(d) => d.clone(),
-        None => digest_of(&top, "sha256:"),
+        None => Digest::sha256(&top),
     };
     let doc = manifest::parse(&top, ct.as_deref()).map_err(PullError::new)?;
     let (manifest_bytes, mut desc, index_bytes) = match doc {
@@ -389,10 +390,11 @@ async fn pull_image(
                     ),
                     hint: Some("choose another platform with --platform, or another image".into()),
                 })?;
-            check_digest(&chosen.digest).map_err(PullError::new)?;
             let ((child, _), from) = first_ok(&all, "manifest", async |e: &Session| {
-                let (child, ct) = e.get_manifest(&r.repository, &chosen.digest).await?;
-                let actual = digest_of(&child, &chosen.digest);
+                let (child, ct) = e
+                    .get_manifest(&r.repository, chosen.digest.as_str())
+                    .await?;
+                let actual = Digest::of(chosen.digest.algorithm(), &child);
                 if actual != chosen.digest || child.len() as u64 != chosen.size {
                     return Err(PullError {
                         message: format!(
@@ -457,7 +459,7 @@ async fn pull_image(
     }
 
     // Manifests, then the index entry that makes the image visible.
-    let put = |d: &str, b: &[u8]| {
+    let put = |d: &Digest, b: &[u8]| {
         store.put_small(d, b).map_err(|e| PullError {
             message: format!("cannot store manifest {d}: {e}"),
             hint: Some(format!(
@@ -475,7 +477,7 @@ async fn pull_image(
         .map_err(|e| PullError::new(format!("cannot sync the store: {e}")))?;
     let mut ann = serde_json::Map::new();
     ann.insert(REF_NAME.into(), Value::from(name.clone()));
-    ann.insert(RESOLVED.into(), Value::from(top_digest.clone()));
+    ann.insert(RESOLVED.into(), Value::from(top_digest.to_string()));
     desc.annotations = Some(ann);
     let status = match &stored {
         Some(s) if s.digest == desc.digest => Status::Present,
@@ -506,7 +508,6 @@ async fn fetch_shared(
     d: &Descriptor,
     served: &Mutex<Served>,
 ) -> Result<u64, PullError> {
-    check_digest(&d.digest).map_err(PullError::new)?;
     if shared.store.has_blob(&d.digest, d.size) {
         return Ok(0);
     }

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::host::{DOCKER_HUB, Host, RegistryHost};
+use crate::oci::Digest;
 
 /// The longest name (registry and repository) the grammar allows.
 const NAME_MAX: usize = 255;
@@ -15,7 +16,7 @@ pub struct Reference {
     pub registry: RegistryHost,
     pub repository: String,
     pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
 }
 
 impl fmt::Display for Reference {
@@ -47,7 +48,7 @@ impl Reference {
             ));
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((n, d)) => (n, Some(check_digest(d)?)),
+            Some((n, d)) => (n, Some(Digest::parse(d).map_err(|e| e.to_string())?)),
             None => (input, None),
         };
         // A tag is a ':' after the last '/': earlier colons belong to a registry port.
@@ -163,32 +164,6 @@ fn check_tag(t: &str) -> Result<String, String> {
     }
 }
 
-fn check_digest(d: &str) -> Result<String, String> {
-    let (alg, hex) = d
-        .split_once(':')
-        .ok_or_else(|| format!("digest {d:?} is not of the form sha256:<64 hex digits>"))?;
-    let want = match alg {
-        "sha256" => 64,
-        "sha384" => 96,
-        "sha512" => 128,
-        _ => {
-            return Err(format!(
-                "digest {d:?} uses algorithm {alg:?}; supported are sha256, sha384 and sha512"
-            ));
-        }
-    };
-    if hex.len() != want
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(format!(
-            "digest {d:?} must have exactly {want} lower-case hex digits after {alg}:"
-        ));
-    }
-    Ok(d.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +260,10 @@ mod tests {
             ("nginx@sha256:abc", "64"),
             ("nginx@md5:0123456789abcdef0123456789abcdef", "algorithm"),
             ("nginx@sha256", "form"),
+            (
+                "nginx@sha384:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "\"sha384\", which is not supported",
+            ),
             (
                 "nginx@SHA256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
                 "algorithm",

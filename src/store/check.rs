@@ -1,0 +1,210 @@
+//! `store-check`: re-verifies the whole store. Without `fix` it only looks.
+
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use rustix::fs::FileType;
+
+use super::{REF_NAME, Store};
+use crate::fsutil;
+use crate::oci::{Algorithm, Digest};
+
+/// One inconsistency found by [`Store::check`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// `corrupt-blob`, `stray-file`, `incomplete-image`, `bad-index`.
+    pub kind: &'static str,
+    pub path: String,
+    pub detail: String,
+    /// Whether `--fix` removed it.
+    pub fixed: bool,
+}
+
+impl Store {
+    /// Verifies the whole store: every blob is a regular file that hashes to its name, nothing
+    /// stray is left in `ingest/` or as a temporary file, `index.json` parses and each of its
+    /// images is complete. With `fix`, removes what is wrong (blobs, stray files, index entries
+    /// of incomplete images); blobs of complete images are never touched. Without `fix`,
+    /// nothing is changed.
+    pub fn check(&self, fix: bool) -> io::Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut corrupt: Vec<Digest> = Vec::new();
+        let mut note =
+            |kind, dir: std::os::fd::BorrowedFd<'_>, name: &str, path: &Path, detail: String| {
+                let fixed = fix && fsutil::remove(dir, name).is_ok();
+                problems.push(Problem {
+                    kind,
+                    path: path.display().to_string(),
+                    detail,
+                    fixed,
+                });
+            };
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let Ok(dir) = self.alg_dir(alg) else { continue };
+            for (name, ty) in fsutil::list(dir)? {
+                let p = self.root.join("blobs").join(alg.name()).join(&name);
+                let digest = match Digest::parse(&format!("{}:{name}", alg.name())) {
+                    Ok(d) if ty == FileType::RegularFile => d,
+                    Ok(_) => {
+                        note(
+                            "stray-file",
+                            dir,
+                            &name,
+                            &p,
+                            format!("not a regular file but {ty:?}"),
+                        );
+                        continue;
+                    }
+                    Err(_) => {
+                        note("stray-file", dir, &name, &p, "not a blob name".into());
+                        continue;
+                    }
+                };
+                let Some(mut f) = fsutil::open_file(dir, &name, &p)? else {
+                    continue;
+                };
+                let mut h = alg.hasher();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                let actual = h.finish();
+                if actual != digest {
+                    note(
+                        "corrupt-blob",
+                        dir,
+                        &name,
+                        &p,
+                        format!("content hashes to {actual}"),
+                    );
+                    corrupt.push(digest);
+                }
+            }
+        }
+        if let Ok(dir) = self.ingest_dir() {
+            for (name, _) in fsutil::list(dir)? {
+                let p = self.root.join("ingest").join(&name);
+                note(
+                    "stray-file",
+                    dir,
+                    &name,
+                    &p,
+                    "left over from an interrupted pull".into(),
+                );
+            }
+        }
+        let root = self.root_fd.as_fd();
+        for (name, _) in fsutil::list(root)? {
+            if name.contains(fsutil::TEMP_MARK) {
+                let p = self.root.join(&name);
+                note(
+                    "stray-file",
+                    root,
+                    &name,
+                    &p,
+                    "temporary file of an interrupted write".into(),
+                );
+            }
+        }
+        let index = match self.read_index() {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(Problem {
+                    kind: "bad-index",
+                    path: self.root.join("index.json").display().to_string(),
+                    detail: e.to_string(),
+                    fixed: false,
+                });
+                return Ok(problems);
+            }
+        };
+        let mut incomplete = Vec::new();
+        for m in index["manifests"].as_array().into_iter().flatten() {
+            let name = m["annotations"][REF_NAME]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let digest = m["digest"].as_str().map(Digest::parse);
+            let ok = match digest {
+                Some(Ok(d)) => {
+                    !corrupt.contains(&d)
+                        && self.manifest_blobs(&d).is_some_and(|blobs| {
+                            blobs.iter().all(|x| {
+                                self.has_blob(&x.digest, x.size) && !corrupt.contains(&x.digest)
+                            })
+                        })
+                }
+                _ => false,
+            };
+            if !ok {
+                incomplete.push(name);
+            }
+        }
+        if !incomplete.is_empty() {
+            let fixed = fix && self.remove_refs(&incomplete).is_ok();
+            for name in incomplete {
+                problems.push(Problem {
+                    kind: "incomplete-image",
+                    path: self.root.join("index.json").display().to_string(),
+                    detail: format!(
+                        "{name:?}: its digest is invalid, or its manifest or a blob is missing or corrupt"
+                    ),
+                    fixed,
+                });
+            }
+        }
+        Ok(problems)
+    }
+
+    fn remove_refs(&self, names: &[String]) -> io::Result<()> {
+        let mut index = self.read_index()?;
+        if let Some(list) = index["manifests"].as_array_mut() {
+            list.retain(|m| {
+                !names
+                    .iter()
+                    .any(|n| m["annotations"][REF_NAME].as_str() == Some(n.as_str()))
+            });
+        }
+        self.write_index(&index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// SPEC §9: without --fix, store-check changes nothing (the old check emptied ingest/).
+    #[test]
+    fn a_check_without_fix_changes_nothing_and_with_fix_removes_strays() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        fs::write(dir.path().join("ingest/abc.1.partial"), "part").unwrap();
+        fs::write(dir.path().join("blobs/sha256/not-a-digest"), "x").unwrap();
+        let store = Store::open_existing(dir.path()).unwrap();
+        let problems = store.check(false).unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().all(|p| !p.fixed));
+        assert!(dir.path().join("ingest/abc.1.partial").exists());
+        assert!(dir.path().join("blobs/sha256/not-a-digest").exists());
+        let problems = store.check(true).unwrap();
+        assert!(problems.iter().all(|p| p.fixed), "{problems:?}");
+        assert!(!dir.path().join("ingest/abc.1.partial").exists());
+    }
+
+    #[test]
+    fn a_missing_store_is_an_error_and_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("imgaes");
+        let e = Store::open_existing(&typo).unwrap_err();
+        assert!(e.to_string().contains("no image store"), "{e}");
+        assert!(!typo.exists());
+        let e = Store::open_existing(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not an image store"), "{e}");
+    }
+}

@@ -1,0 +1,503 @@
+//! The image store: an OCI image layout (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`).
+//!
+//! Blobs stream into `ingest/` while they are hashed and are renamed into `blobs/` only after
+//! their size and digest match, so every file under `blobs/` is verified content.
+//! `index.json` is replaced atomically. An exclusive lock (`.lock`) keeps two runs apart.
+//!
+//! The store on disk is not trusted (SPEC §9): every entry is reached from an open handle of
+//! its directory without following a symbolic link (`blobs`, `blobs/sha256`, `ingest`,
+//! `index.json`, the blobs themselves), temporary files are created exclusively under
+//! unpredictable names, and every digest read back from `index.json` is validated before it
+//! names a file.
+
+mod check;
+mod ingest;
+
+use std::fs::File;
+use std::io::{self, ErrorKind};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::fsutil;
+use crate::oci::{Algorithm, Digest};
+use crate::pull::manifest::{Descriptor, MAX_MANIFEST, OCI_INDEX};
+
+pub use check::Problem;
+pub use ingest::IngestFile;
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// What the reference resolved to at the registry (the index for a multi-platform image):
+/// lets a later pull of a tag decide "present" from a HEAD request alone.
+pub const RESOLVED: &str = "com.ksyun.kci.resolved-digest";
+/// Largest `index.json` read.
+const MAX_INDEX: u64 = 64 << 20;
+/// Mode of the store's files.
+const FILE_MODE: u32 = 0o644;
+
+/// An open, locked store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    /// `blobs/sha256` and `blobs/sha512` (the latter only if present, in a check).
+    sha256: Option<OwnedFd>,
+    sha512: Option<OwnedFd>,
+    ingest: Option<OwnedFd>,
+    _lock: Option<File>,
+    /// Whether large blobs are written with `O_DIRECT` (see [`IngestFile`]).
+    direct_io: bool,
+}
+
+fn ctx(path: &Path, what: &str) -> impl FnOnce(io::Error) -> io::Error {
+    let p = path.display().to_string();
+    let what = what.to_string();
+    move |e| io::Error::new(e.kind(), format!("{what} {p}: {e}"))
+}
+
+fn missing(path: &Path) -> io::Error {
+    io::Error::new(
+        ErrorKind::NotFound,
+        format!("{} is missing", path.display()),
+    )
+}
+
+impl Store {
+    /// Opens (creating if needed) the layout at `root` and takes its lock, waiting for another
+    /// run that holds it. Leftovers of an interrupted run in `ingest/` are removed.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        std::fs::create_dir_all(root).map_err(ctx(root, "cannot create"))?;
+        let root_fd = fsutil::open_dir(root).map_err(ctx(root, "cannot open"))?;
+        let lock = Self::lock(root, root_fd.as_fd(), true)?;
+        let blobs = fsutil::open_subdir(root_fd.as_fd(), "blobs", true, &root.join("blobs"))?;
+        let sub = |alg: &str| {
+            fsutil::open_subdir(blobs.as_fd(), alg, true, &root.join("blobs").join(alg))
+        };
+        let (sha256, sha512) = (sub("sha256")?, sub("sha512")?);
+        let ingest = fsutil::open_subdir(root_fd.as_fd(), "ingest", true, &root.join("ingest"))?;
+        if fsutil::regular_file_size(root_fd.as_fd(), "oci-layout").is_none() {
+            fsutil::replace(
+                root_fd.as_fd(),
+                "oci-layout",
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+                FILE_MODE,
+            )
+            .map_err(ctx(&root.join("oci-layout"), "cannot write"))?;
+        }
+        // Partial blobs of an interrupted run (ours: we hold the lock).
+        for (name, ty) in fsutil::list(ingest.as_fd())? {
+            if ty != rustix::fs::FileType::Directory {
+                let _ = fsutil::remove(ingest.as_fd(), &name);
+            }
+        }
+        // Temporary files of writes interrupted before their rename (oci-layout, index.json).
+        fsutil::remove_stale_temps(root_fd.as_fd());
+        Ok(Store {
+            root: root.to_path_buf(),
+            root_fd,
+            sha256: Some(sha256),
+            sha512: Some(sha512),
+            ingest: Some(ingest),
+            _lock: Some(lock),
+            direct_io: true,
+        })
+    }
+
+    /// Opens an existing store for `store-check`, changing nothing: a path that is not a
+    /// store is an error; missing parts are left for [`Store::check`] to report.
+    pub fn open_existing(root: &Path) -> io::Result<Store> {
+        let root_fd = fsutil::open_dir(root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("there is no image store at {}: {e}", root.display()),
+            )
+        })?;
+        let blobs = match fsutil::open_subdir(root_fd.as_fd(), "blobs", false, &root.join("blobs"))
+        {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let has_layout = fsutil::regular_file_size(root_fd.as_fd(), "oci-layout").is_some();
+        if blobs.is_none() && !has_layout {
+            return Err(io::Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "{} is not an image store (no oci-layout, no blobs/)",
+                    root.display()
+                ),
+            ));
+        }
+        let opt = |dir: Option<BorrowedFd<'_>>, name: &str, shown: PathBuf| match dir {
+            None => Ok(None),
+            Some(d) => match fsutil::open_subdir(d, name, false, &shown) {
+                Ok(fd) => Ok(Some(fd)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        let b = blobs.as_ref().map(|b| b.as_fd());
+        let sha256 = opt(b, "sha256", root.join("blobs/sha256"))?;
+        let sha512 = opt(b, "sha512", root.join("blobs/sha512"))?;
+        let ingest = opt(Some(root_fd.as_fd()), "ingest", root.join("ingest"))?;
+        let lock = if fsutil::regular_file_size(root_fd.as_fd(), ".lock").is_some() {
+            Some(Self::lock(root, root_fd.as_fd(), false)?)
+        } else {
+            None
+        };
+        Ok(Store {
+            root: root.to_path_buf(),
+            root_fd,
+            sha256,
+            sha512,
+            ingest,
+            _lock: lock,
+            direct_io: false,
+        })
+    }
+
+    /// Takes the store's lock (`.lock`, never through a link), waiting for another run.
+    fn lock(root: &Path, dir: BorrowedFd<'_>, create: bool) -> io::Result<File> {
+        let path = root.join(".lock");
+        let mut flags =
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC;
+        if create {
+            flags |= rustix::fs::OFlags::CREATE;
+        }
+        let lock = File::from(
+            rustix::fs::openat(dir, ".lock", flags, rustix::fs::Mode::from_raw_mode(0o600))
+                .map_err(io::Error::from)
+                .map_err(ctx(&path, "cannot open"))?,
+        );
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!(
+                    store = %root.display(),
+                    "another kci-pull-agent run holds the store lock; waiting for it"
+                );
+                lock.lock().map_err(ctx(&path, "cannot lock"))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(ctx(&path, "cannot lock")(e)),
+        }
+        Ok(lock)
+    }
+
+    /// Chooses between direct writes of large blobs (the default) and writes through the page
+    /// cache (`--buffered-writes`).
+    pub fn set_direct_io(&mut self, on: bool) {
+        self.direct_io = on;
+    }
+
+    /// Whether a blob of `size` bytes is to be written with `O_DIRECT`.
+    pub fn direct_for(&self, size: u64) -> bool {
+        self.direct_io && size >= ingest::DIRECT_CHUNK as u64
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn alg_dir(&self, alg: Algorithm) -> io::Result<BorrowedFd<'_>> {
+        let fd = match alg {
+            Algorithm::Sha256 => &self.sha256,
+            Algorithm::Sha512 => &self.sha512,
+        };
+        fd.as_ref()
+            .map(|f| f.as_fd())
+            .ok_or_else(|| missing(&self.root.join("blobs").join(alg.name())))
+    }
+
+    fn ingest_dir(&self) -> io::Result<BorrowedFd<'_>> {
+        self.ingest
+            .as_ref()
+            .map(|f| f.as_fd())
+            .ok_or_else(|| missing(&self.root.join("ingest")))
+    }
+
+    /// Where the blob of `digest` lives (for messages; the store is reached through handles).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
+    }
+
+    /// Whether a verified blob of that digest and size is present (a regular file, not a link).
+    pub fn has_blob(&self, digest: &Digest, size: u64) -> bool {
+        self.alg_dir(digest.algorithm())
+            .ok()
+            .and_then(|d| fsutil::regular_file_size(d, digest.hex()))
+            == Some(size)
+    }
+
+    /// Creates a new partial file in `ingest/` for `digest`, under an unpredictable name.
+    /// Returns the writer and the name to [`Store::commit`] or [`Store::discard`].
+    pub fn begin_ingest(&self, digest: &Digest, direct: bool) -> io::Result<(IngestFile, String)> {
+        let dir = self.ingest_dir()?;
+        loop {
+            let name = format!(
+                "{}.{}.{}.partial",
+                digest.hex(),
+                std::process::id(),
+                fsutil::random_hex()
+            );
+            match fsutil::create_new(dir, &name, FILE_MODE) {
+                Ok(f) => return Ok((IngestFile::new(f, digest.algorithm(), direct)?, name)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(ctx(&self.root.join("ingest").join(&name), "cannot create")(
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Moves a verified ingest file into `blobs/`.
+    pub fn commit(&self, ingest_name: &str, digest: &Digest) -> io::Result<()> {
+        fsutil::rename(
+            self.ingest_dir()?,
+            ingest_name,
+            self.alg_dir(digest.algorithm())?,
+            digest.hex(),
+        )
+        .map_err(ctx(&self.blob_path(digest), "cannot move blob to"))
+    }
+
+    /// Removes an ingest file that will not be committed.
+    pub fn discard(&self, ingest_name: &str) {
+        if let Ok(d) = self.ingest_dir() {
+            let _ = fsutil::remove(d, ingest_name);
+        }
+    }
+
+    /// Stores a small blob held in memory (a manifest), after checking its digest.
+    pub fn put_small(&self, digest: &Digest, bytes: &[u8]) -> io::Result<()> {
+        if self.has_blob(digest, bytes.len() as u64) {
+            return Ok(());
+        }
+        if let Err(actual) = digest.verify(bytes) {
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("refusing to store {digest}: the content is {actual}"),
+            ));
+        }
+        // Through ingest/ like any blob: nothing but complete, verified blobs under blobs/.
+        let (mut f, name) = self.begin_ingest(digest, false)?;
+        let written = f.write(bytes).and_then(|()| f.finish());
+        match written {
+            Ok(_) => self.commit(&name, digest),
+            Err(e) => {
+                self.discard(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads a blob of at most `max` bytes (never through a link).
+    pub fn read_blob(&self, digest: &Digest, max: u64) -> io::Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        fsutil::read_file(self.alg_dir(digest.algorithm())?, digest.hex(), max, &path)?
+            .ok_or_else(|| missing(&path))
+    }
+
+    /// The config and layers of the image manifest stored as `digest`, if that blob is present,
+    /// intact, and an image manifest.
+    pub fn manifest_blobs(&self, digest: &Digest) -> Option<Vec<Descriptor>> {
+        let bytes = self.read_blob(digest, MAX_MANIFEST).ok()?;
+        digest.verify(&bytes).ok()?;
+        match crate::pull::manifest::parse(&bytes, None).ok()? {
+            crate::pull::manifest::Document::Manifest { config, layers, .. } => {
+                Some(std::iter::once(*config).chain(layers).collect())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the manifest `digest` and every blob it references are present.
+    pub fn is_complete(&self, digest: &Digest) -> bool {
+        self.manifest_blobs(digest)
+            .is_some_and(|blobs| blobs.iter().all(|d| self.has_blob(&d.digest, d.size)))
+    }
+
+    /// Makes the renames into `blobs/` durable.
+    pub fn sync_blobs(&self) -> io::Result<()> {
+        for d in [&self.sha256, &self.sha512].into_iter().flatten() {
+            fsutil::sync_dir(d.as_fd())?;
+        }
+        Ok(())
+    }
+
+    fn read_index(&self) -> io::Result<Value> {
+        let path = self.root.join("index.json");
+        match fsutil::read_file(self.root_fd.as_fd(), "index.json", MAX_INDEX, &path)? {
+            Some(bytes) => {
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    io::Error::new(
+                        ErrorKind::InvalidData,
+                        format!(
+                            "{} is not valid JSON ({e}); move it aside to start a fresh index",
+                            path.display()
+                        ),
+                    )
+                })?;
+                if !v.get("manifests").is_some_and(Value::is_array) {
+                    return Err(io::Error::new(
+                        ErrorKind::InvalidData,
+                        format!("{} has no manifests array", path.display()),
+                    ));
+                }
+                Ok(v)
+            }
+            None => Ok(json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [],
+            })),
+        }
+    }
+
+    /// The descriptor stored for a reference name. An entry that is not a valid descriptor
+    /// (a digest that is not one, say) counts as absent: the pull replaces it.
+    pub fn find_ref(&self, name: &str) -> io::Result<Option<Descriptor>> {
+        let index = self.read_index()?;
+        let found = index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["annotations"][REF_NAME] == name)
+            .cloned();
+        Ok(found.and_then(|m| match serde_json::from_value(m) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(
+                    store = %self.root.display(),
+                    "the index.json entry of {name} is invalid ({e}); it is replaced"
+                );
+                None
+            }
+        }))
+    }
+
+    /// Replaces (or adds) the descriptor of each reference in `index.json`, in one atomic write.
+    pub fn set_refs(&self, descriptors: &[Descriptor]) -> io::Result<()> {
+        if descriptors.is_empty() {
+            return Ok(());
+        }
+        let mut index = self.read_index()?;
+        let manifests = index["manifests"].as_array_mut().expect("checked");
+        for d in descriptors {
+            let name = d
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let value = serde_json::to_value(d)?;
+            match manifests
+                .iter_mut()
+                .find(|m| m["annotations"][REF_NAME] == name)
+            {
+                Some(slot) => *slot = value,
+                None => manifests.push(value),
+            }
+        }
+        self.write_index(&index)
+    }
+
+    fn write_index(&self, index: &Value) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(index)?;
+        bytes.push(b'\n');
+        fsutil::replace(self.root_fd.as_fd(), "index.json", &bytes, FILE_MODE)
+            .map_err(ctx(&self.root.join("index.json"), "cannot write"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn desc(name: &str, n: u8) -> Descriptor {
+        Descriptor {
+            media_type: crate::pull::manifest::OCI_MANIFEST.into(),
+            digest: Digest::parse(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap(),
+            size: n as u64,
+            platform: None,
+            annotations: Some(
+                [(REF_NAME.to_string(), Value::from(name))]
+                    .into_iter()
+                    .collect(),
+            ),
+            urls: None,
+        }
+    }
+
+    #[test]
+    fn index_refs_are_replaced_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .set_refs(&[desc("r/a:1", 1), desc("r/b:1", 2)])
+            .unwrap();
+        store.set_refs(&[desc("r/a:1", 3)]).unwrap();
+        assert_eq!(store.find_ref("r/a:1").unwrap().unwrap().size, 3);
+        assert_eq!(store.find_ref("r/b:1").unwrap().unwrap().size, 2);
+        assert!(store.find_ref("r/c:1").unwrap().is_none());
+        let index: Value =
+            serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+        assert!(dir.path().join("oci-layout").exists());
+    }
+
+    /// SPEC §9: a digest read back from index.json is validated before it names a file. On
+    /// the old store, this entry made the next pull read /dev/zero until it was killed.
+    #[test]
+    fn a_path_in_an_index_digest_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let index = json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": crate::pull::manifest::OCI_MANIFEST,
+            "digest": "sha256:../../../../../../../../dev/zero", "size": 1,
+            "annotations": {REF_NAME: "r/a:1"}}]});
+        fs::write(dir.path().join("index.json"), index.to_string()).unwrap();
+        assert_eq!(store.find_ref("r/a:1").unwrap(), None);
+        // The entry is replaced by the next pull of that name.
+        store.set_refs(&[desc("r/a:1", 4)]).unwrap();
+        assert_eq!(store.find_ref("r/a:1").unwrap().unwrap().size, 4);
+    }
+
+    /// SPEC §9: a link where the store expects its own directory is refused, never followed.
+    #[test]
+    fn links_in_place_of_the_stores_directories_are_refused() {
+        for part in ["ingest", "blobs", "blobs/sha256"] {
+            let dir = tempfile::tempdir().unwrap();
+            let victim = tempfile::tempdir().unwrap();
+            fs::write(victim.path().join("precious"), "keep").unwrap();
+            let link = dir.path().join(part);
+            fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(victim.path(), &link).unwrap();
+            let e = Store::open(dir.path()).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{part}: {e}");
+            assert_eq!(
+                fs::read_dir(victim.path()).unwrap().count(),
+                1,
+                "{part}: the link's target was changed"
+            );
+        }
+    }
+
+    #[test]
+    fn blobs_that_are_links_are_not_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outside = dir.path().join("elsewhere");
+        fs::write(&outside, "abc").unwrap();
+        let d = Digest::sha256(b"abc");
+        std::os::unix::fs::symlink(&outside, store.blob_path(&d)).unwrap();
+        assert!(!store.has_blob(&d, 3));
+        assert!(store.read_blob(&d, 100).is_err());
+    }
+}
