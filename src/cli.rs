@@ -160,6 +160,17 @@ pub struct PullTuning {
     /// Seconds of silence after which a download is considered stalled and retried.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_timeout: u64,
+    /// A transfer slower than this many bytes per second for --low-speed-time seconds is
+    /// treated like a reset: retried, resumed, then the image fails (curl's meaning; 0: off).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    pub low_speed_limit: u64,
+    /// Seconds a transfer may stay below --low-speed-limit.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub low_speed_time: u64,
+    /// Ends the pulls of this run after this many seconds: unfinished images are failed with
+    /// a deadline error and the report is still written (default: no deadline).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub deadline: Option<u64>,
     /// Write blobs through the page cache instead of with O_DIRECT. Direct writes are faster
     /// where guest memory is costly (microVMs); buffered writes leave the blobs cached for an
     /// unpack that follows at once.

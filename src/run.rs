@@ -135,6 +135,8 @@ const DEFAULT_REPORT: &str = "run/kci/pull-report.json";
 
 /// Runs the command; the caller maps the error to an exit code.
 pub fn run(cli: &Cli) -> Result<(), Error> {
+    // --deadline counts from here: the whole command, network files included.
+    let started_at = Instant::now();
     let images: &[String] = match &cli.command {
         Command::Explain { images, .. } | Command::Pull { images, .. } => images,
         Command::Network { .. } | Command::Boot { .. } | Command::StoreCheck { .. } => &[],
@@ -168,7 +170,15 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                         .into(),
                 ));
             }
-            pull_and_report(cli, &cfg, mirrors, tuning, report.as_deref(), None)
+            pull_and_report(
+                cli,
+                &cfg,
+                mirrors,
+                tuning,
+                report.as_deref(),
+                None,
+                started_at,
+            )
         }
         Command::Boot { report, tuning } => {
             // Everything was validated above; now the network files, then the images, which
@@ -197,6 +207,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 tuning,
                 Some(&report_path),
                 Some(network),
+                started_at,
             )
         }
         Command::StoreCheck { fix, output } => store_check(&store_path(&cli.common), *fix, *output),
@@ -246,6 +257,7 @@ fn pull_and_report(
     tuning: &PullTuning,
     report_path: Option<&Path>,
     network: Option<serde_json::Value>,
+    started_at: Instant,
 ) -> Result<(), Error> {
     let opts = PullOptions {
         root: cli.common.root.clone(),
@@ -255,7 +267,10 @@ fn pull_and_report(
         net: NetOptions {
             connect_timeout: Duration::from_secs(tuning.connect_timeout),
             read_timeout: Duration::from_secs(tuning.read_timeout),
+            low_speed_limit: tuning.low_speed_limit,
+            low_speed_time: Duration::from_secs(tuning.low_speed_time),
         },
+        deadline: tuning.deadline.map(|s| started_at + Duration::from_secs(s)),
         progress: cli.common.log_format == LogFormat::Text && cli.common.quiet == 0,
         mirrors,
         direct_io: !tuning.buffered_writes,

@@ -152,27 +152,30 @@ fn store_check_finds_corruption_and_fix_removes_it() {
     let mut bytes = fs::read(&blob).unwrap();
     bytes[10] ^= 1;
     fs::write(&blob, bytes).unwrap();
-    // A temporary file of a killed write (removed when the store is opened) and a file that
-    // is not a blob at all (reported).
+    // A temporary file of a killed write and a file that is not a blob at all: both reported,
+    // and removed only by --fix.
     let temp = store.path().join(".index.json.kci-tmp-999999999");
     fs::write(&temp, b"{").unwrap();
     fs::write(store.path().join("blobs/sha256/not-a-digest"), b"?").unwrap();
 
     let (code, found) = problems(&root, store.path(), false);
     assert_eq!(code, 1);
-    assert!(
-        !temp.exists(),
-        "leftovers of killed writes are removed when the store is opened"
-    );
+    assert!(temp.exists(), "store-check without --fix changes nothing");
     let mut kinds: Vec<&str> = found.iter().map(|p| p["kind"].as_str().unwrap()).collect();
     kinds.sort();
     assert_eq!(
         kinds,
-        vec!["corrupt-blob", "incomplete-image", "stray-file"],
+        vec![
+            "corrupt-blob",
+            "incomplete-image",
+            "stray-file",
+            "stray-file"
+        ],
         "{found:?}"
     );
     let (code, found) = problems(&root, store.path(), true);
     assert_eq!(code, 0, "{found:?}");
+    assert!(!temp.exists(), "--fix removes the temporary file");
     assert!(found.iter().all(|p| p["fixed"] == true));
     assert!(!blob.exists());
     assert!(

@@ -15,6 +15,7 @@ use reqwest::{Client, Method, Response, StatusCode, Url};
 use tokio::sync::mpsc;
 
 use super::manifest::{ACCEPT, Descriptor, MAX_MANIFEST};
+use super::speed::LowSpeed;
 use super::{Failure, PullError};
 use crate::config::auth::Credentials;
 use crate::oci::Digest;
@@ -27,6 +28,8 @@ pub const RETRIES: u32 = 4;
 /// Retries for a mirror before the next host is tried.
 pub const MIRROR_RETRIES: u32 = 1;
 const MAX_REDIRECTS: usize = 10;
+/// Largest token response kept in memory (SPEC §9).
+pub const MAX_TOKEN_BODY: u64 = 1 << 20;
 /// Bytes gathered from the network before they are handed to the blob's writer thread.
 const WRITE_BATCH: usize = 512 << 10;
 
@@ -70,6 +73,8 @@ pub struct Session {
     transports: Arc<Transports>,
     creds: Option<Credentials>,
     auth: tokio::sync::Mutex<AuthState>,
+    /// Set once the warning about credentials sent without verified TLS was logged.
+    warned_clear: std::sync::Once,
 }
 
 /// Back-off before retry `attempt` (1-based): 250 ms doubling, jittered, at most 8 s, or what
@@ -92,19 +97,97 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     v.parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// The whole error chain of a reqwest error, for classification and messages.
-fn chain(e: &reqwest::Error) -> String {
+/// A URL as it may appear in a message or the report: no user name or password, no query
+/// (a presigned storage URL carries its signature there).
+pub fn redact(u: &Url) -> String {
+    let mut u = u.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+/// [`redact`] for a URL held as text; text that is not a URL is shown as it is.
+fn redact_str(u: &str) -> String {
+    Url::parse(u)
+        .map(|u| redact(&u))
+        .unwrap_or_else(|_| u.to_string())
+}
+
+/// Every error in the chain of `e`, including what an `io::Error` wraps (its `source()` skips
+/// the wrapped error itself).
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut todo = vec![e];
+    while let Some(err) = todo.pop() {
+        if out.len() > 32 {
+            break;
+        }
+        out.push(err);
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            todo.push(inner);
+        }
+        if let Some(next) = err.source() {
+            todo.push(next);
+        }
+    }
+    out
+}
+
+/// The whole error chain of a reqwest error, for messages (URLs redacted).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), &redact(u));
+    }
+    for inner in causes(e).into_iter().skip(1) {
         let t = inner.to_string();
         if !s.contains(&t) {
             s.push_str(": ");
             s.push_str(&t);
         }
-        src = inner.source();
     }
     s
+}
+
+/// What a transport failure is, decided by the types in its chain, never by its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransportKind {
+    /// The server's certificate was not accepted.
+    Certificate,
+    /// The TLS handshake got something that is not TLS (a plain-HTTP server).
+    NotTls,
+    /// The host name could not be resolved.
+    Resolve,
+    /// Anything else (refused, reset, closed, timed out): worth another try.
+    Transient,
+}
+
+fn transport_kind(e: &reqwest::Error) -> TransportKind {
+    for err in causes(e) {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return match tls {
+                rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::UnsupportedNameType => TransportKind::Certificate,
+                rustls::Error::InvalidMessage(_) => TransportKind::NotTls,
+                _ => TransportKind::Transient,
+            };
+        }
+        if err
+            .downcast_ref::<crate::registry::dns::ResolveError>()
+            .is_some()
+        {
+            return TransportKind::Resolve;
+        }
+    }
+    TransportKind::Transient
 }
 
 impl Session {
@@ -139,6 +222,7 @@ impl Session {
             transports,
             creds,
             auth: tokio::sync::Mutex::new(AuthState::default()),
+            warned_clear: std::sync::Once::new(),
         })
     }
 
@@ -198,7 +282,27 @@ impl Session {
             transports,
             creds,
             auth: tokio::sync::Mutex::new(AuthState::default()),
+            warned_clear: std::sync::Once::new(),
         })
+    }
+
+    /// Logs, once per registry, that the auth file's credentials go out without verified TLS:
+    /// the lists allow it, but an operator should know.
+    fn warn_clear_credentials(&self, how: &str) {
+        self.warned_clear.call_once(|| {
+            tracing::warn!(
+                registry = %self.label,
+                "credentials for {} are sent over {how}, as the registry lists ask: anyone on \
+                 the path can read them; use verified HTTPS for registries that need credentials",
+                self.label
+            );
+        });
+    }
+
+    /// A fresh low-speed check for one response body.
+    fn low_speed(&self) -> LowSpeed {
+        let o = self.transports.options();
+        LowSpeed::new(o.low_speed_limit, o.low_speed_time)
     }
 
     /// Whether this endpoint was given up for the rest of the run.
@@ -224,9 +328,8 @@ impl Session {
 
     /// Explains a transport-level failure to the operator: what went wrong and what to change.
     fn transport_failure(&self, url: &Url, e: &reqwest::Error) -> Failure {
-        let text = chain(e);
+        let text = describe(e);
         let reg = &self.route.registry;
-        let lower = text.to_ascii_lowercase();
         let certs = self.transports.certs_dir(reg);
         let near: Vec<&String> = self
             .route
@@ -245,10 +348,8 @@ impl Session {
                     .join(" ")
             )
         };
-        if lower.contains("certificate")
-            || lower.contains("unknownissuer")
-            || lower.contains("notvalidforname")
-        {
+        let kind = transport_kind(e);
+        if kind == TransportKind::Certificate {
             return Failure::Fatal(PullError {
                 message: format!(
                     "TLS certificate of {} not accepted: {text}",
@@ -261,11 +362,7 @@ impl Session {
                 )),
             });
         }
-        if self.route.transport != Transport::Http
-            && (lower.contains("invalidcontenttype")
-                || lower.contains("corrupt message")
-                || lower.contains("wrong version"))
-        {
+        if kind == TransportKind::NotTls && url.scheme() == "https" {
             return Failure::Fatal(PullError {
                 message: format!("TLS handshake with {} failed: {text}", url.authority()),
                 hint: Some(format!(
@@ -275,7 +372,7 @@ impl Session {
                 )),
             });
         }
-        if lower.contains("dns") || lower.contains("resolve") || lower.contains("hosts file") {
+        if kind == TransportKind::Resolve {
             return Failure::Fatal(PullError {
                 message: format!("cannot resolve {}: {text}", url.host_str().unwrap_or("")),
                 hint: Some(
@@ -288,7 +385,7 @@ impl Session {
         Failure::Retry {
             message: format!(
                 "{} {}: {text}",
-                e.url().map(|u| u.as_str()).unwrap_or(url.as_str()),
+                redact(e.url().unwrap_or(url)),
                 if e.is_timeout() {
                     "timed out"
                 } else {
@@ -334,13 +431,16 @@ impl Session {
             };
             let next = url.join(loc).map_err(|e| {
                 Failure::Fatal(PullError {
-                    message: format!("{url} redirected to an invalid location {loc:?}: {e}"),
+                    message: format!(
+                        "{url} redirected to an invalid location {loc:?}: {e}",
+                        url = redact(&url)
+                    ),
                     hint: None,
                 })
             })?;
             if url.scheme() == "https" && next.scheme() != "https" {
                 return Err(Failure::Fatal(PullError {
-                    message: format!("refused a redirect from HTTPS ({url}) to {next}"),
+                    message: format!("refused a redirect from HTTPS ({url}) to {next}", url = redact(&url), next = redact(&next)),
                     hint: Some("the registry or its storage redirects to plain HTTP; fix its configuration (the agent never downgrades)".into()),
                 }));
             }
@@ -362,15 +462,15 @@ impl Session {
                 })?
             } else {
                 return Err(Failure::Fatal(PullError {
-                    message: format!("refused a redirect to {next}"),
+                    message: format!("refused a redirect to {next}", next = redact(&next)),
                     hint: None,
                 }));
             };
-            tracing::debug!(from = %url, to = %next, "following redirect");
+            tracing::debug!(from = %redact(&url), to = %redact(&next), "following redirect");
             url = next;
         }
         Err(Failure::Fatal(PullError {
-            message: format!("too many redirects from {url}"),
+            message: format!("too many redirects from {url}", url = redact(&url)),
             hint: None,
         }))
     }
@@ -414,6 +514,18 @@ impl Session {
         };
         let c = match resp.status() {
             s if s.is_success() => Challenge::Anonymous,
+            // Only the registry's own origin may name a token realm (SPEC §9).
+            StatusCode::UNAUTHORIZED if !self.same_origin(resp.url()) => {
+                return Err(Failure::Fatal(PullError {
+                    message: format!(
+                        "{} redirected GET /v2/ to {}, which asks for authentication; \
+                         credentials are only sent to the registry itself",
+                        self.label,
+                        redact(resp.url())
+                    ),
+                    hint: Some(format!("fix the configuration of {}", self.label)),
+                }));
+            }
             StatusCode::UNAUTHORIZED => parse_challenge(resp.headers()).ok_or_else(|| {
                 Failure::Fatal(PullError {
                     message: format!(
@@ -441,6 +553,13 @@ impl Session {
         match self.challenge().await? {
             Challenge::Anonymous => Ok(None),
             Challenge::Basic => Ok(self.creds.as_ref().map(|c| {
+                match self.route.transport {
+                    Transport::Http => self.warn_clear_credentials("plain HTTP"),
+                    Transport::HttpsInsecure => {
+                        self.warn_clear_credentials("HTTPS without certificate verification")
+                    }
+                    Transport::Https => {}
+                }
                 format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD
@@ -489,13 +608,19 @@ impl Session {
         } else {
             return Err(fatal(
                 format!(
-                    "refused the token realm {realm}: plain HTTP for a registry reached over HTTPS"
+                    "refused the token realm {realm}: plain HTTP for a registry reached over HTTPS",
+                    realm = redact_str(realm)
                 ),
                 Some("the registry's token service must use HTTPS".into()),
             ));
         };
         let mut req = client.get(url.clone());
         if let Some(c) = &self.creds {
+            if url.scheme() == "http" {
+                self.warn_clear_credentials("plain HTTP");
+            } else if self.same_origin(&url) && self.route.transport == Transport::HttpsInsecure {
+                self.warn_clear_credentials("HTTPS without certificate verification");
+            }
             req = req.basic_auth(&c.username, Some(&c.password));
         }
         let resp = req
@@ -507,14 +632,18 @@ impl Session {
             return Err(status_failure(
                 status,
                 resp.headers(),
-                &format!("token request to {realm}"),
+                &format!("token request to {realm}", realm = redact_str(realm)),
                 &self.route,
             ));
         }
-        let body = resp.bytes().await.map_err(|e| Failure::Retry {
-            message: format!("reading token: {e}"),
-            after: None,
-        })?;
+        let mut resp = resp;
+        let body = read_capped(
+            &mut resp,
+            MAX_TOKEN_BODY,
+            &format!("the token response of {}", redact(&url)),
+            self.low_speed(),
+        )
+        .await?;
         #[derive(serde::Deserialize)]
         struct Tok {
             token: Option<String>,
@@ -522,14 +651,25 @@ impl Session {
         }
         let t: Tok = serde_json::from_slice(&body).map_err(|e| {
             fatal(
-                format!("token service {realm} sent invalid JSON: {e}"),
+                format!(
+                    "token service {realm} sent invalid JSON: {e}",
+                    realm = redact_str(realm)
+                ),
                 None,
             )
         })?;
         t.token
             .or(t.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| fatal(format!("token service {realm} sent no token"), None))
+            .ok_or_else(|| {
+                fatal(
+                    format!(
+                        "token service {realm} sent no token",
+                        realm = redact_str(realm)
+                    ),
+                    None,
+                )
+            })
     }
 
     /// A GET (or HEAD) on the registry with authentication; on 401 the token is refreshed once.
@@ -552,8 +692,15 @@ impl Session {
                 )
                 .await?;
             if resp.status() == StatusCode::UNAUTHORIZED && !refreshed {
-                if let Some(c) = parse_challenge(resp.headers()) {
-                    self.auth.lock().await.challenge = Some(c);
+                // A challenge counts only from the registry's own origin: a host reached by a
+                // redirect (blob storage) must never name the realm that receives the
+                // registry's credentials (SPEC §9).
+                if self.same_origin(resp.url()) {
+                    if let Some(c) = parse_challenge(resp.headers()) {
+                        self.auth.lock().await.challenge = Some(c);
+                    }
+                } else {
+                    tracing::debug!(host = %redact(resp.url()), "ignoring the challenge of a host reached by a redirect");
                 }
                 refreshed = true;
                 continue;
@@ -610,7 +757,7 @@ impl Session {
                 return Err(status_failure(
                     resp.status(),
                     resp.headers(),
-                    &format!("HEAD {url}"),
+                    &format!("HEAD {url}", url = redact(&url)),
                     &self.route,
                 ));
             }
@@ -636,25 +783,16 @@ impl Session {
         self.retrying("GET manifest", async || {
             let mut resp = self.get(Method::GET, repo, url.clone(), h.clone()).await?;
             if !resp.status().is_success() {
-                return Err(status_failure(resp.status(), resp.headers(), &format!("GET {url}"), &self.route));
+                return Err(status_failure(resp.status(), resp.headers(), &format!("GET {url}", url = redact(&url)), &self.route));
             }
             let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
             let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
-            let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| Failure::Retry { message: format!("reading {url}: {}", chain(&e)), after: None })? {
-                body.extend_from_slice(&chunk);
-                if body.len() as u64 > MAX_MANIFEST {
-                    return Err(Failure::Fatal(PullError {
-                        message: format!("manifest {url} is larger than {MAX_MANIFEST} bytes"),
-                        hint: None,
-                    }));
-                }
-            }
+            let body = read_capped(&mut resp, MAX_MANIFEST, &format!("the manifest {}", redact(&url)), self.low_speed()).await?;
             if let Some(c) = claimed.and_then(|c| Digest::parse(&c).ok())
                 && let Err(actual) = c.verify(&body)
             {
                 return Err(Failure::Fatal(PullError {
-                    message: format!("{url}: the registry says the manifest is {c} but its content is {actual}"),
+                    message: format!("{url}: the registry says the manifest is {c} but its content is {actual}", url = redact(&url)),
                     hint: Some("the registry or something between it and this instance altered the content".into()),
                 }));
             }
@@ -793,12 +931,13 @@ impl Session {
                         }
                     }
                     StatusCode::RANGE_NOT_SATISFIABLE if received == size => return Ok(()),
-                    s => return Err(status_failure(s, resp.headers(), &format!("GET {url}"), &self.route)),
+                    s => return Err(status_failure(s, resp.headers(), &format!("GET {url}", url = redact(&url)), &self.route)),
                 }
                 let mut batch: Vec<bytes::Bytes> = Vec::new();
                 let mut batch_len = 0usize;
+                let mut speed = self.low_speed();
                 loop {
-                    match resp.chunk().await {
+                    match speed.chunk(&mut resp).await {
                         Ok(Some(b)) => {
                             if received + b.len() as u64 > size {
                                 return Err(Failure::Fatal(PullError {
@@ -822,10 +961,7 @@ impl Session {
                             if !batch.is_empty() {
                                 tx.send(Msg::Data(batch)).await.map_err(|_| writer_gone())?;
                             }
-                            return Err(Failure::Retry {
-                                message: format!("download interrupted at {received} of {size} bytes: {}", chain(&e)),
-                                after: None,
-                            });
+                            return Err(e.into_failure(&format!("download interrupted at {received} of {size} bytes")));
                         }
                     }
                 }
@@ -879,6 +1015,40 @@ impl Session {
         }
         Ok(network)
     }
+}
+
+/// Reads a body that is kept in memory, refusing more than `max` bytes (by its
+/// `Content-Length`, or as soon as more arrives).
+async fn read_capped(
+    resp: &mut Response,
+    max: u64,
+    what: &str,
+    mut speed: LowSpeed,
+) -> Result<Vec<u8>, Failure> {
+    let too_large = || {
+        Failure::Fatal(PullError {
+            message: format!("{what} is larger than {max} bytes; it was not read"),
+            hint: Some(
+                "the server sends far more than such a response can be; check which server this is"
+                    .into(),
+            ),
+        })
+    };
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = speed
+        .chunk(resp)
+        .await
+        .map_err(|e| e.into_failure(&format!("reading {what}")))?
+    {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn parse_challenge(headers: &HeaderMap) -> Option<Challenge> {

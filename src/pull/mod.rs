@@ -4,6 +4,7 @@
 pub mod client;
 pub mod manifest;
 pub mod progress;
+pub mod speed;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -80,6 +81,8 @@ pub struct PullOptions {
     pub mirrors: HashMap<RegistryHost, Vec<Mirror>>,
     /// Write large blobs with `O_DIRECT` (off: through the page cache).
     pub direct_io: bool,
+    /// When the run ends (`--deadline`): images not complete by then fail.
+    pub deadline: Option<Instant>,
 }
 
 /// Reads the hosts.toml of every registry of `cfg` under `root`: errors name the file, and are
@@ -121,6 +124,7 @@ struct Shared {
     inflight: std::sync::Mutex<HashMap<Digest, Arc<OnceCell<()>>>>,
     downloads: Semaphore,
     index: Mutex<()>,
+    deadline: Option<Instant>,
 }
 
 /// Pulls every image of `cfg`; one failure does not stop the others.
@@ -154,6 +158,7 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
         inflight: std::sync::Mutex::new(HashMap::new()),
         downloads: Semaphore::new(opts.max_concurrent_downloads.max(1)),
         index: Mutex::new(()),
+        deadline: opts.deadline,
     });
     // All images on this task: their time goes to the network (connection tasks) and to the
     // blob writer threads, so no spawning is needed to overlap them.
@@ -205,7 +210,23 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     let bytes = AtomicU64::new(0);
     let served = Mutex::new(Served::default());
     let has_mirrors = !shared.mirrors(&req.reference.registry).is_empty();
-    let result = pull_image(shared, req, &bytes, &served).await;
+    let result = match shared.deadline {
+        None => pull_image(shared, req, &bytes, &served).await,
+        Some(at) => tokio::time::timeout_at(at.into(), pull_image(shared, req, &bytes, &served))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PullError {
+                    message: "the deadline of this run (--deadline) passed before the image was \
+                              complete; what was downloaded is discarded"
+                        .into(),
+                    hint: Some(
+                        "find out why the registry is slow (the warnings above), or raise \
+                         --deadline (and TimeoutStartSec= of the systemd unit with it)"
+                            .into(),
+                    ),
+                })
+            }),
+    };
     if has_mirrors {
         report.served_by = served.lock().await.main();
     }

@@ -10,6 +10,16 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::ResolveHosts;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
+/// A name that could not be resolved: a type of its own, so that a failed request is known to
+/// be a resolution failure by its kind, never by searching the text of the error (which holds
+/// the URL, and an image may be called `coredns/coredns`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ResolveError {
+    pub name: String,
+    pub message: String,
+}
+
 /// Hosts-file entries first (in file order), then DNS with the resolv.conf settings.
 pub struct RootResolver {
     hosts: HashMap<String, Vec<IpAddr>>,
@@ -66,7 +76,11 @@ impl RootResolver {
         }
     }
 
-    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, String> {
+    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        let fail = |message: String| ResolveError {
+            name: name.to_string(),
+            message,
+        };
         let key = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(ips) = self.hosts.get(&key) {
             return Ok(ips.clone());
@@ -77,17 +91,18 @@ impl RootResolver {
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
             ]);
         }
-        let dns = self
-            .dns
-            .as_ref()
-            .map_err(|e| format!("{name} is not in the hosts file and DNS is unavailable ({e})"))?;
+        let dns = self.dns.as_ref().map_err(|e| {
+            fail(format!(
+                "{name} is not in the hosts file and DNS is unavailable ({e})"
+            ))
+        })?;
         let found = dns
             .lookup_ip(name)
             .await
-            .map_err(|e| format!("cannot resolve {name}: {e}"))?;
+            .map_err(|e| fail(format!("cannot resolve {name}: {e}")))?;
         let ips: Vec<IpAddr> = found.iter().collect();
         if ips.is_empty() {
-            return Err(format!("cannot resolve {name}: no addresses"));
+            return Err(fail(format!("cannot resolve {name}: no addresses")));
         }
         Ok(ips)
     }
@@ -144,6 +159,6 @@ mod tests {
             vec!["127.0.0.9".parse::<IpAddr>().unwrap()]
         );
         let err = r.lookup("other.test").await.unwrap_err();
-        assert!(err.contains("resolv.conf"), "{err}");
+        assert!(err.message.contains("resolv.conf"), "{err}");
     }
 }

@@ -23,6 +23,10 @@ pub struct NetOptions {
     pub connect_timeout: Duration,
     /// Longest silence while reading a response (a stalled body).
     pub read_timeout: Duration,
+    /// A body slower than `low_speed_limit` bytes per second over `low_speed_time` fails like
+    /// a reset (0: no limit).
+    pub low_speed_limit: u64,
+    pub low_speed_time: Duration,
 }
 
 impl Default for NetOptions {
@@ -30,6 +34,8 @@ impl Default for NetOptions {
         NetOptions {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            low_speed_limit: 1024,
+            low_speed_time: Duration::from_secs(30),
         }
     }
 }
@@ -98,6 +104,10 @@ pub struct Transports {
 }
 
 impl Transports {
+    pub fn options(&self) -> NetOptions {
+        self.opts
+    }
+
     pub fn new(root: &Path, resolver: Arc<RootResolver>, opts: NetOptions) -> Transports {
         Transports {
             root: root.to_path_buf(),
