@@ -231,7 +231,7 @@ fn the_systemd_unit_verifies() {
     let path = dir.path().join("kci-pull-agent.service");
     fs::write(
         &path,
-        unit.replace("/usr/bin/kci-pull-agent", common::bin()),
+        unit.replace("/usr/bin/kci-pull-agent", &common::bin()),
     )
     .unwrap();
     let out = std::process::Command::new("systemd-analyze")

@@ -1,8 +1,9 @@
 //! An HTTP/1.1 fault injector in front of a real registry: it forwards each request upstream
 //! (one connection per request) and, for requests whose path contains a pattern, misbehaves on
 //! demand: error statuses, truncated or stalled bodies, bodies larger than the blob, corrupted
-//! bytes, redirects. It can also demand Basic credentials and serve over TLS. It records every
-//! request with its Authorization header.
+//! bytes, redirects, a dropped connection, a 401 naming a realm of its choosing, a streaming
+//! body that never ends, a trickle. It can also demand Basic credentials and serve over TLS.
+//! It records every request with its Authorization header.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,6 +27,15 @@ pub enum Fault {
     Corrupt { offset: usize },
     /// Redirect (307) to `base` + the same path and query.
     Redirect { base: String },
+    /// Read the request and close the connection without a response.
+    Drop,
+    /// Answer 401 with `WWW-Authenticate: Bearer realm="<realm>"`.
+    Unauthorized { realm: String },
+    /// Answer 200 with a chunked body of `0x20` bytes that never ends (until `limit` bytes or
+    /// the client goes away). The bytes sent are counted in [`FaultServer::bomb_sent`].
+    Bomb { limit: u64 },
+    /// Forward, but send the body `bytes_per_sec` bytes at a time, once a second.
+    Trickle { bytes_per_sec: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +57,8 @@ pub struct Seen {
 pub struct FaultServer {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub bomb_sent: Arc<std::sync::atomic::AtomicU64>,
+    rules: Arc<Mutex<Vec<Rule>>>,
 }
 
 impl FaultServer {
@@ -65,7 +77,9 @@ impl FaultServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let bomb_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let rules = Arc::new(Mutex::new(rules));
+        let shared_rules = rules.clone();
         let upstream = upstream.to_string();
         let want_auth = basic.map(|(u, p)| {
             use base64::Engine as _;
@@ -90,12 +104,14 @@ impl FaultServer {
             )
         });
         let s2 = seen.clone();
+        let b2 = bomb_sent.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
+                let bomb = b2.clone();
                 let (seen, rules, upstream, want_auth, tls) = (
                     s2.clone(),
-                    rules.clone(),
+                    shared_rules.clone(),
                     upstream.clone(),
                     want_auth.clone(),
                     tls_config.clone(),
@@ -105,15 +121,32 @@ impl FaultServer {
                         Some(cfg) => {
                             let server = rustls::ServerConnection::new(cfg).unwrap();
                             let stream = rustls::StreamOwned::new(server, conn);
-                            serve(stream, &seen, &rules, &upstream, want_auth.as_deref())
+                            serve(
+                                stream,
+                                &seen,
+                                &rules,
+                                &upstream,
+                                want_auth.as_deref(),
+                                &bomb,
+                            )
                         }
-                        None => serve(conn, &seen, &rules, &upstream, want_auth.as_deref()),
+                        None => serve(conn, &seen, &rules, &upstream, want_auth.as_deref(), &bomb),
                     };
                     let _ = result;
                 });
             }
         });
-        FaultServer { port, seen }
+        FaultServer {
+            port,
+            seen,
+            bomb_sent,
+            rules,
+        }
+    }
+
+    /// Adds a rule, after the others (for faults that name this server's own address).
+    pub fn add_rule(&self, rule: Rule) {
+        self.rules.lock().unwrap().push(rule);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -128,6 +161,7 @@ fn serve<S: Read + Write>(
     rules: &Mutex<Vec<Rule>>,
     upstream: &str,
     want_auth: Option<&str>,
+    bomb_sent: &std::sync::atomic::AtomicU64,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
@@ -193,6 +227,30 @@ fn serve<S: Read + Write>(
                 )?;
                 continue;
             }
+            Some(Fault::Drop) => return Ok(()),
+            Some(Fault::Unauthorized { realm }) => {
+                write!(
+                    out,
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"fault\"\r\nContent-Length: 0\r\n\r\n"
+                )?;
+                continue;
+            }
+            Some(Fault::Bomb { limit }) => {
+                out.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                )?;
+                let chunk = vec![b' '; 64 << 10];
+                let mut sent = 0u64;
+                while sent < *limit {
+                    write!(out, "{:x}\r\n", chunk.len())?;
+                    out.write_all(&chunk)?;
+                    out.write_all(b"\r\n")?;
+                    sent += chunk.len() as u64;
+                    bomb_sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                }
+                out.write_all(b"0\r\n\r\n")?;
+                return Ok(());
+            }
             Some(Fault::Redirect { base }) => {
                 write!(
                     out,
@@ -243,6 +301,7 @@ fn serve<S: Read + Write>(
             .collect();
         let mut close_after = None;
         let mut pause = None;
+        let mut trickle = None;
         match &fault {
             Some(Fault::Extra { extra }) => body.extend(std::iter::repeat_n(0x42u8, *extra)),
             Some(Fault::Corrupt { offset }) if *offset < body.len() => body[*offset] ^= 0xff,
@@ -251,6 +310,7 @@ fn serve<S: Read + Write>(
                 close_after = Some(*after);
                 pause = Some(*p);
             }
+            Some(Fault::Trickle { bytes_per_sec }) => trickle = Some(*bytes_per_sec),
             _ => {}
         }
         let mut resp = format!("{status_line}\r\n");
@@ -261,6 +321,14 @@ fn serve<S: Read + Write>(
         resp.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         out.write_all(resp.as_bytes())?;
         if method == "HEAD" {
+            continue;
+        }
+        if let Some(rate) = trickle {
+            for piece in body.chunks(rate.max(1)) {
+                out.write_all(piece)?;
+                out.flush()?;
+                std::thread::sleep(Duration::from_secs(1));
+            }
             continue;
         }
         match close_after {

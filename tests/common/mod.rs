@@ -5,8 +5,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_kci-pull-agent")
+/// The agent under test: the binary of this build, or `KCI_AGENT_BIN` (to run the same tests
+/// against another build, e.g. to show that a test fails on an older one).
+pub fn bin() -> String {
+    std::env::var("KCI_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kci-pull-agent").to_string())
 }
 
 /// A command for the agent with a clean environment: no VK-level variables leak in from the
