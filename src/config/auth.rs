@@ -30,11 +30,13 @@ pub struct AuthFile {
 }
 
 impl AuthFile {
-    /// The credentials for exactly this registry.
+    /// The credentials for exactly this registry (Docker Hub's names, `docker.io`,
+    /// `registry-1.docker.io` and `index.docker.io`, are one registry).
     pub fn lookup(&self, registry: &RegistryHost) -> Option<&Credentials> {
+        let registry = hub_alias(registry.clone());
         self.entries
             .iter()
-            .find(|(r, _)| r == registry)
+            .find(|(r, _)| *r == registry)
             .map(|(_, c)| c)
     }
 }
@@ -66,20 +68,35 @@ fn parse_key(key: &str) -> Result<RegistryHost, String> {
         }
     }
     let k = k.split('/').next().unwrap_or("");
-    let mut host = RegistryHost::parse(k)?;
+    Ok(hub_alias(RegistryHost::parse(k)?))
+}
+
+/// Docker Hub's other names, without a port, as `docker.io`.
+fn hub_alias(mut host: RegistryHost) -> RegistryHost {
     if host.port.is_none()
         && matches!(&host.host, Host::Name(n) if n == "registry-1.docker.io" || n == "index.docker.io")
     {
         host.host = Host::Name(DOCKER_HUB.to_string());
     }
-    Ok(host)
+    host
 }
 
 pub fn parse_auth_file(text: &str, path: &Path, notes: &mut Notes) -> Result<AuthFile, InputError> {
     let origin = Origin::AuthFile(path.to_path_buf());
     let err = |d: String| InputError::new(origin.clone(), d);
-    let raw: ConfigJson = serde_json::from_str(text)
-        .map_err(|e| err(format!("not a Docker config.json auth file ({e})")))?;
+    // serde's message may quote the offending value, which may be a secret: only its place.
+    let raw: ConfigJson = serde_json::from_str(text).map_err(|e| {
+        err(format!(
+            "not a Docker config.json auth file ({} at line {} column {})",
+            match e.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof =>
+                    "invalid JSON",
+                _ => "an unexpected value or type",
+            },
+            e.line(),
+            e.column()
+        ))
+    })?;
     if raw.cred_helpers.is_some() || raw.creds_store.is_some() {
         notes.warn(format!(
             "{}: credHelpers and credsStore are not supported; only \"auths\" entries are used",
@@ -162,6 +179,12 @@ mod tests {
         };
         assert_eq!(get("nginx"), Some(("u1".into(), "p1".into())));
         assert_eq!(
+            get("registry-1.docker.io/library/nginx"),
+            Some(("u1".into(), "p1".into())),
+            "Docker Hub's API name is Docker Hub"
+        );
+        assert_eq!(get("registry-1.docker.io:443/library/nginx"), None);
+        assert_eq!(
             get("reg.example.com:5000/a"),
             Some(("u2".into(), "p:2".into()))
         );
@@ -193,6 +216,19 @@ mod tests {
                 msg.contains("auth.json") && msg.contains(want),
                 "{text}: {msg}"
             );
+        }
+        // Values are never echoed: a password in the wrong place stays out of the message.
+        for text in [
+            r#"{"auths":{"reg":"c2VjcmV0LXZhbHVl"}}"#,
+            r#"{"auths":{"reg":{"username":"u","password":12345678}}}"#,
+            r#"{"auths":{"reg":{"username":"u","password":"s3cret-value" }"#,
+        ] {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(
+                !msg.contains("c2VjcmV0") && !msg.contains("12345678") && !msg.contains("s3cret"),
+                "{msg}"
+            );
+            assert!(msg.contains("line 1"), "{msg}");
         }
         let mut notes = Notes::default();
         let f = parse_auth_file(r#"{"credsStore":"desktop"}"#, Path::new("a"), &mut notes).unwrap();

@@ -26,20 +26,35 @@ pub struct Mirror {
     pub ca: Vec<PathBuf>,
     /// The URL's path is the API root as is (no `/v2` appended).
     pub override_path: bool,
+    /// The port as written in hosts.toml, when `url` dropped it as the scheme's default.
+    pub written_port: Option<u16>,
     /// Extra request headers for this mirror (`[host."URL".header]`), e.g. Dragonfly's
     /// `X-Dragonfly-Registry`.
     pub headers: Vec<(String, String)>,
 }
 
 impl Mirror {
-    /// `host[:port]` of the mirror, for credentials and messages.
+    /// `host[:port]` of the mirror, for credentials and messages: the port as written in
+    /// hosts.toml, even the scheme's default (`https://m:443` is `m:443`, port-exact).
     pub fn authority(&self) -> String {
         let host = self.url.host_str().unwrap_or("");
-        match self.url.port() {
+        match self.url.port().or(self.written_port) {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         }
     }
+}
+
+/// The port written in a URL's text, even the scheme's default (which `Url` drops).
+fn written_port(text: &str) -> Option<u16> {
+    let rest = text.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let port = match authority.rfind(']') {
+        Some(i) => authority[i + 1..].strip_prefix(':')?,
+        None => authority.rsplit_once(':')?.1,
+    };
+    port.parse().ok()
 }
 
 /// The hosts file that applies to `registry`, if any: its path and its mirrors.
@@ -87,16 +102,20 @@ fn check_server(text: &str, registry: &RegistryHost) -> Result<(), String> {
         return Ok(());
     };
     let url = Url::parse(server).map_err(|e| format!("server {server:?}: not a URL ({e})"))?;
-    let authority = match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => return Err(format!("server {server:?} has no host")),
+    let Some(host) = url.host_str() else {
+        return Err(format!("server {server:?} has no host"));
     };
-    let same = RegistryHost::parse(&authority)
-        .map(|h| {
-            h == *registry || (registry.is_docker_hub() && authority == "registry-1.docker.io")
-        })
-        .unwrap_or(false);
+    // The same endpoint: the same host, and the same port once the scheme's default fills in
+    // what is not written (`https://h:443` is `h:443`, and is `h` reached over HTTPS).
+    let default = match url.scheme() {
+        "http" => 80,
+        _ => 443,
+    };
+    let port = url.port().unwrap_or(default);
+    let same = RegistryHost::parse(host).is_ok_and(|h| {
+        (h.host == registry.host && registry.port.unwrap_or(default) == port)
+            || (registry.is_docker_hub() && host == "registry-1.docker.io" && url.port().is_none())
+    });
     if same {
         Ok(())
     } else {
@@ -144,6 +163,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<Mirror>, String> {
             ));
         }
         let mut m = Mirror {
+            written_port: written_port(url_text),
             url: url.clone(),
             api_prefix: String::new(),
             resolve: true,
@@ -325,6 +345,15 @@ server = "https://registry-1.docker.io"
             )
             .is_err()
         );
+        // Written with the default port on both sides, or on one: the same endpoint.
+        assert!(check_server("server = \"https://h.example:443\"", &reg("h.example:443")).is_ok());
+        assert!(check_server("server = \"https://h.example\"", &reg("h.example:443")).is_ok());
+        assert!(check_server("server = \"http://h.example:80\"", &reg("h.example:80")).is_ok());
+        assert!(check_server("server = \"https://h.example\"", &reg("h.example:80")).is_err());
+        assert_eq!(written_port("https://m.example:443/v2"), Some(443));
+        assert_eq!(written_port("https://[::1]:443"), Some(443));
+        assert_eq!(written_port("https://[::1]"), None);
+        assert_eq!(written_port("https://m.example"), None);
     }
 
     #[test]
