@@ -192,7 +192,14 @@ fn a_streaming_token_bomb_is_cut_off_at_one_mebibyte() {
     // The registry's own origin names the realm, which streams without end.
     let f = FaultServer::start(
         &e.registry.addr(),
-        vec![rule("/token", Fault::Bomb { limit: 512 << 20 }, 10)],
+        vec![rule(
+            "/token",
+            Fault::Bomb {
+                status: 200,
+                limit: 512 << 20,
+            },
+            10,
+        )],
         None,
         None,
     );
@@ -502,4 +509,40 @@ fn credentials_over_plain_http_are_warned_about_once() {
     assert_eq!(p.code, 0, "{}", p.stderr);
     let warnings = p.stderr.matches("are sent over plain HTTP").count();
     assert_eq!(warnings, 1, "{}", p.stderr);
+}
+
+/// Error bodies are read for the operator (the registry's own words), but at most 64 KiB of
+/// them: a 404 whose body never ends does not hold the pull.
+#[test]
+fn error_bodies_are_quoted_and_capped() {
+    let e = env(&["fault/app"]);
+    let store = tempfile::tempdir().unwrap();
+    let reg = e.registry.addr();
+    let p = pull_report(
+        &e.root,
+        store.path(),
+        &["--http-registry", &reg, &format!("{reg}/fault/app:nope")],
+    );
+    assert_eq!(p.code, 4);
+    let err = p.report["images"][0]["error"].as_str().unwrap();
+    assert!(err.contains("the registry says: MANIFEST_UNKNOWN"), "{err}");
+
+    let f = FaultServer::start(
+        &reg,
+        vec![rule(
+            "/manifests/v1",
+            Fault::Bomb {
+                status: 404,
+                limit: 512 << 20,
+            },
+            10,
+        )],
+        None,
+        None,
+    );
+    let (p, took) = pull(&e, store.path(), &f.addr(), "fault/app", &[]);
+    assert_eq!(p.code, 4, "{}", p.stderr);
+    let sent = f.bomb_sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(sent < 64 << 20, "{sent} bytes of the error body were sent");
+    assert!(took < Duration::from_secs(30), "{took:?}");
 }

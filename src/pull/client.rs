@@ -28,6 +28,8 @@ pub const RETRIES: u32 = 4;
 /// Retries for a mirror before the next host is tried.
 pub const MIRROR_RETRIES: u32 = 1;
 const MAX_REDIRECTS: usize = 10;
+/// Largest error body read (SPEC §9).
+pub const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Largest token response kept in memory (SPEC §9).
 pub const MAX_TOKEN_BODY: u64 = 1 << 20;
 /// Bytes gathered from the network before they are handed to the blob's writer thread.
@@ -299,6 +301,27 @@ impl Session {
         });
     }
 
+    /// The failure for an unexpected status: retried (429, 5xx), or explained, with what the
+    /// registry's error body says (read up to 64 KiB, within 5 s).
+    async fn failure_of(&self, mut resp: Response, what: &str) -> Failure {
+        match status_failure(resp.status(), resp.headers(), what, &self.route) {
+            Failure::Fatal(mut e) => {
+                let body = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    read_capped(&mut resp, MAX_ERROR_BODY, what, self.low_speed()),
+                )
+                .await;
+                if let Ok(Ok(body)) = body
+                    && let Some(said) = registry_says(&body)
+                {
+                    e.message.push_str(&format!(" (the registry says: {said})"));
+                }
+                Failure::Fatal(e)
+            }
+            retry => retry,
+        }
+    }
+
     /// A fresh low-speed check for one response body.
     fn low_speed(&self) -> LowSpeed {
         let o = self.transports.options();
@@ -535,13 +558,9 @@ impl Session {
                     hint: None,
                 })
             })?,
-            s => {
-                return Err(status_failure(
-                    s,
-                    resp.headers(),
-                    &format!("GET {}", self.url("/")),
-                    &self.route,
-                ));
+            _ => {
+                let what = format!("GET {}", redact(&self.url("/")));
+                return Err(self.failure_of(resp, &what).await);
             }
         };
         self.auth.lock().await.challenge = Some(c.clone());
@@ -627,14 +646,9 @@ impl Session {
             .send()
             .await
             .map_err(|e| self.transport_failure(&url, &e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(status_failure(
-                status,
-                resp.headers(),
-                &format!("token request to {realm}", realm = redact_str(realm)),
-                &self.route,
-            ));
+        if !resp.status().is_success() {
+            let what = format!("token request to {realm}", realm = redact_str(realm));
+            return Err(self.failure_of(resp, &what).await);
         }
         let mut resp = resp;
         let body = read_capped(
@@ -754,12 +768,9 @@ impl Session {
         self.retrying("HEAD manifest", async || {
             let resp = self.get(Method::HEAD, repo, url.clone(), h.clone()).await?;
             if !resp.status().is_success() {
-                return Err(status_failure(
-                    resp.status(),
-                    resp.headers(),
-                    &format!("HEAD {url}", url = redact(&url)),
-                    &self.route,
-                ));
+                return Err(self
+                    .failure_of(resp, &format!("HEAD {url}", url = redact(&url)))
+                    .await);
             }
             Ok(resp
                 .headers()
@@ -783,7 +794,7 @@ impl Session {
         self.retrying("GET manifest", async || {
             let mut resp = self.get(Method::GET, repo, url.clone(), h.clone()).await?;
             if !resp.status().is_success() {
-                return Err(status_failure(resp.status(), resp.headers(), &format!("GET {url}", url = redact(&url)), &self.route));
+                return Err(self.failure_of(resp, &format!("GET {url}", url = redact(&url))).await);
             }
             let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
             let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -931,7 +942,7 @@ impl Session {
                         }
                     }
                     StatusCode::RANGE_NOT_SATISFIABLE if received == size => return Ok(()),
-                    s => return Err(status_failure(s, resp.headers(), &format!("GET {url}", url = redact(&url)), &self.route)),
+                    _ => return Err(self.failure_of(resp, &format!("GET {url}", url = redact(&url))).await),
                 }
                 let mut batch: Vec<bytes::Bytes> = Vec::new();
                 let mut batch_len = 0usize;
@@ -1080,6 +1091,39 @@ fn parse_challenge(headers: &HeaderMap) -> Option<Challenge> {
     basic.then_some(Challenge::Basic)
 }
 
+/// The `errors` of a distribution error body (`{"errors":[{"code","message"}]}`), as one
+/// printable line of at most 300 characters.
+fn registry_says(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let b: Body = serde_json::from_slice(body).ok()?;
+    let text = b
+        .errors
+        .iter()
+        .take(3)
+        .map(|e| match (&e.code, &e.message) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(x), None) | (None, Some(x)) => x.clone(),
+            (None, None) => String::new(),
+        })
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    (!text.trim().is_empty()).then_some(text)
+}
+
 /// Turns an unexpected status into a retry (429, 5xx) or an explained error.
 fn status_failure(status: StatusCode, headers: &HeaderMap, what: &str, route: &Route) -> Failure {
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -1131,6 +1175,22 @@ mod tests {
         );
         assert_eq!(parse_challenge(&h), Some(Challenge::Basic));
         assert_eq!(parse_challenge(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_registrys_error_body_is_quoted_printable_and_short() {
+        assert_eq!(
+            registry_says(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#),
+            Some("MANIFEST_UNKNOWN: manifest unknown".into())
+        );
+        let long = format!(
+            r#"{{"errors":[{{"code":"X","message":"a\nb{}"}}]}}"#,
+            "c".repeat(1000)
+        );
+        let said = registry_says(long.as_bytes()).unwrap();
+        assert!(said.len() <= 300 && !said.contains('\n'), "{said}");
+        assert_eq!(registry_says(b"<html>nope</html>"), None);
+        assert_eq!(registry_says(br#"{"errors":[]}"#), None);
     }
 
     #[test]

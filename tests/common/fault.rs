@@ -31,9 +31,10 @@ pub enum Fault {
     Drop,
     /// Answer 401 with `WWW-Authenticate: Bearer realm="<realm>"`.
     Unauthorized { realm: String },
-    /// Answer 200 with a chunked body of `0x20` bytes that never ends (until `limit` bytes or
-    /// the client goes away). The bytes sent are counted in [`FaultServer::bomb_sent`].
-    Bomb { limit: u64 },
+    /// Answer `status` with a chunked body of `0x20` bytes that never ends (until `limit`
+    /// bytes or the client goes away). The bytes sent are counted in
+    /// [`FaultServer::bomb_sent`].
+    Bomb { status: u16, limit: u64 },
     /// Forward, but send the body `bytes_per_sec` bytes at a time, once a second.
     Trickle { bytes_per_sec: usize },
 }
@@ -235,9 +236,10 @@ fn serve<S: Read + Write>(
                 )?;
                 continue;
             }
-            Some(Fault::Bomb { limit }) => {
-                out.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Some(Fault::Bomb { status, limit }) => {
+                write!(
+                    out,
+                    "HTTP/1.1 {status} Bomb\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                 )?;
                 let chunk = vec![b' '; 64 << 10];
                 let mut sent = 0u64;
