@@ -226,6 +226,25 @@ fn the_systemd_unit_verifies() {
     ] {
         assert!(unit.contains(want), "{want}");
     }
+    // The agent's own deadline ends the run (and writes the report) before systemd kills it.
+    let number_after = |key: &str| -> u64 {
+        let line = unit
+            .lines()
+            .find(|l| !l.starts_with('#') && l.contains(key))
+            .unwrap_or_else(|| panic!("{key} in the unit"));
+        let rest = &line[line.find(key).unwrap() + key.len()..];
+        rest.trim_start_matches([' ', '='])
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (deadline, timeout) = (number_after("--deadline"), number_after("TimeoutStartSec"));
+    assert!(
+        deadline + 30 <= timeout,
+        "--deadline {deadline} must end well before TimeoutStartSec={timeout}"
+    );
     // systemd-analyze checks that ExecStart exists: point it at the binary under test.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kci-pull-agent.service");
