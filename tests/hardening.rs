@@ -546,3 +546,141 @@ fn error_bodies_are_quoted_and_capped() {
     assert!(sent < 64 << 20, "{sent} bytes of the error body were sent");
     assert!(took < Duration::from_secs(30), "{took:?}");
 }
+
+/// A `Docker-Content-Digest` that disagrees with the manifest's content is refused, and a
+/// manifest that never ends is cut off at 8 MiB.
+#[test]
+fn a_lying_digest_header_and_an_endless_manifest_are_refused() {
+    let e = env(&["fault/app"]);
+    let f = FaultServer::start(
+        &e.registry.addr(),
+        vec![rule(
+            "/manifests/v1",
+            Fault::Header {
+                name: "Docker-Content-Digest".into(),
+                value: format!("sha256:{}", "0".repeat(64)),
+            },
+            10,
+        )],
+        None,
+        None,
+    );
+    let store = tempfile::tempdir().unwrap();
+    let (p, _) = pull(&e, store.path(), &f.addr(), "fault/app", &[]);
+    assert_eq!(p.code, 4, "{}", p.stderr);
+    let err = p.report["images"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("the registry says the manifest is sha256:000"),
+        "{err}"
+    );
+
+    let f = FaultServer::start(
+        &e.registry.addr(),
+        vec![rule(
+            "/manifests/v1",
+            Fault::Bomb {
+                status: 200,
+                limit: 512 << 20,
+            },
+            10,
+        )],
+        None,
+        None,
+    );
+    let (p, _) = pull(&e, store.path(), &f.addr(), "fault/app", &[]);
+    assert_eq!(p.code, 4, "{}", p.stderr);
+    let err = p.report["images"][0]["error"].as_str().unwrap();
+    assert!(err.contains("larger than 8388608 bytes"), "{err}");
+    let sent = f.bomb_sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(sent < 64 << 20, "{sent} bytes of the manifest were sent");
+    assert!(!store.path().join("index.json").exists());
+}
+
+/// A registry reached over HTTPS that names a plain-HTTP token realm gets no credentials
+/// sent there: the realm is never contacted.
+#[test]
+fn a_plain_http_realm_of_an_https_registry_is_refused() {
+    let e = env(&["fault/app"]);
+    let realm = FaultServer::start(&e.registry.addr(), vec![], None, None);
+    let pki = common::registry::Pki::new();
+    let tls = pki.self_signed("realm", &["127.0.0.1"]);
+    let secure = FaultServer::start(
+        &e.registry.addr(),
+        vec![rule(
+            "/v2/",
+            Fault::Unauthorized {
+                realm: format!("http://{}/token", realm.addr()),
+            },
+            1000,
+        )],
+        None,
+        Some(tls),
+    );
+    let auth = auth_file(&e.root, &secure.addr());
+    let store = tempfile::tempdir().unwrap();
+    let image = format!("{}/fault/app:v1", secure.addr());
+    let p = pull_report(
+        &e.root,
+        store.path(),
+        &[
+            "--insecure-registry",
+            &secure.addr(),
+            "--auth-file",
+            &auth,
+            &image,
+        ],
+    );
+    assert_eq!(p.code, 4, "{}", p.stderr);
+    let err = p.report["images"][0]["error"].as_str().unwrap();
+    assert!(err.contains("refused the token realm"), "{err}");
+    assert!(realm.seen().is_empty(), "{:?}", realm.seen());
+}
+
+/// URLs in errors and the report lose their user info and query string: a presigned storage
+/// URL's signature stays out of logs and reports.
+#[test]
+fn presigned_urls_are_redacted_in_errors() {
+    let e = env(&["fault/app"]);
+    let storage = FaultServer::start(
+        &e.registry.addr(),
+        vec![rule(
+            "X-Amz-Signature=SECRETSIG",
+            Fault::Status {
+                status: 403,
+                retry_after: None,
+            },
+            1000,
+        )],
+        None,
+        None,
+    );
+    let registry = FaultServer::start(
+        &e.registry.addr(),
+        vec![rule(
+            "/blobs/",
+            Fault::Redirect {
+                base: format!(
+                    "http://bucketuser:BUCKETPASS@localhost:{}/bucket?X-Amz-Signature=SECRETSIG&k=",
+                    storage.port
+                ),
+            },
+            1000,
+        )],
+        None,
+        None,
+    );
+    let store = tempfile::tempdir().unwrap();
+    let (p, _) = pull(&e, store.path(), &registry.addr(), "fault/app", &[]);
+    assert_eq!(p.code, 4, "{}", p.stderr);
+    assert!(!storage.seen().is_empty(), "the redirect was followed");
+    let report = p.report.to_string();
+    assert!(report.contains("/bucket"), "{report}");
+    for secret in ["SECRETSIG", "BUCKETPASS", "bucketuser"] {
+        assert!(!report.contains(secret), "{secret} in the report: {report}");
+        assert!(
+            !p.stderr.contains(secret),
+            "{secret} in the log: {}",
+            p.stderr
+        );
+    }
+}

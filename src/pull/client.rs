@@ -304,8 +304,24 @@ impl Session {
     /// The failure for an unexpected status: retried (429, 5xx), or explained, with what the
     /// registry's error body says (read up to 64 KiB, within 5 s).
     async fn failure_of(&self, mut resp: Response, what: &str) -> Failure {
+        // Where the answer came from, when a redirect led elsewhere (blob storage).
+        let redirected = !self.same_origin(resp.url());
+        let what = if redirected {
+            format!("{what} (redirected to {})", redact(resp.url()))
+        } else {
+            what.to_string()
+        };
+        let what = what.as_str();
         match status_failure(resp.status(), resp.headers(), what, &self.route) {
             Failure::Fatal(mut e) => {
+                if redirected {
+                    e.hint = Some(format!(
+                        "the storage that {} redirects to refused the request: check the \
+                         registry's storage configuration (its credentials are the registry's \
+                         business, never the auth file's)",
+                        self.label
+                    ));
+                }
                 let body = tokio::time::timeout(
                     Duration::from_secs(5),
                     read_capped(&mut resp, MAX_ERROR_BODY, what, self.low_speed()),

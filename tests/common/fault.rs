@@ -37,6 +37,8 @@ pub enum Fault {
     Bomb { status: u16, limit: u64 },
     /// Forward, but send the body `bytes_per_sec` bytes at a time, once a second.
     Trickle { bytes_per_sec: usize },
+    /// Forward, with the response header `name` set to `value` (replacing the registry's).
+    Header { name: String, value: String },
 }
 
 #[derive(Clone, Debug)]
@@ -317,8 +319,16 @@ fn serve<S: Read + Write>(
         }
         let mut resp = format!("{status_line}\r\n");
         for l in kept {
+            if let Some(Fault::Header { name, .. }) = &fault
+                && l.split(':').next().unwrap_or("").eq_ignore_ascii_case(name)
+            {
+                continue;
+            }
             resp.push_str(l);
             resp.push_str("\r\n");
+        }
+        if let Some(Fault::Header { name, value }) = &fault {
+            resp.push_str(&format!("{name}: {value}\r\n"));
         }
         resp.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         out.write_all(resp.as_bytes())?;
