@@ -15,6 +15,9 @@ pub struct LowSpeed {
     window: Duration,
     start: Instant,
     bytes: u64,
+    /// Fires at the end of the current window; one timer per window, not one per chunk.
+    /// (Made on first use: a timer needs the runtime.)
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LowSpeed {
@@ -25,6 +28,7 @@ impl LowSpeed {
             window,
             start: Instant::now(),
             bytes: 0,
+            timer: None,
         }
     }
 
@@ -54,24 +58,33 @@ impl LowSpeed {
     /// The next chunk of `resp`, or a retryable failure when the transfer is too slow (checked
     /// when a chunk arrives and at the end of every window, so a trickle is caught on time).
     pub async fn chunk(&mut self, resp: &mut Response) -> Result<Option<bytes::Bytes>, ChunkError> {
+        if self.limit == 0 {
+            return resp.chunk().await.map_err(ChunkError::Network);
+        }
         loop {
             let window_end = self.start + self.window;
-            let next = if self.limit == 0 {
-                Ok(resp.chunk().await)
-            } else {
-                tokio::time::timeout_at(window_end, resp.chunk()).await
-            };
-            match next {
-                Ok(Ok(Some(b))) => {
-                    self.account(Instant::now(), b.len() as u64)
-                        .map_err(ChunkError::TooSlow)?;
-                    return Ok(Some(b));
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(window_end)));
+            if timer.deadline() != window_end {
+                timer.as_mut().reset(window_end);
+            }
+            tokio::select! {
+                biased;
+                next = resp.chunk() => {
+                    return match next {
+                        Ok(Some(b)) => {
+                            self.account(Instant::now(), b.len() as u64)
+                                .map_err(ChunkError::TooSlow)?;
+                            Ok(Some(b))
+                        }
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(ChunkError::Network(e)),
+                    };
                 }
-                Ok(Ok(None)) => return Ok(None),
-                Ok(Err(e)) => return Err(ChunkError::Network(e)),
-                Err(_) => self
-                    .account(Instant::now(), 0)
-                    .map_err(ChunkError::TooSlow)?,
+                () = timer.as_mut() => {
+                    self.account(Instant::now(), 0).map_err(ChunkError::TooSlow)?;
+                }
             }
         }
     }
