@@ -7,39 +7,17 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::fault::{Fault, FaultServer, Rule};
-use common::images::{Image, Pusher, block_on, image};
-use common::registry::{Front, Pki, Registry};
+use common::fault::{Fault, FaultEnv, FaultServer, rule};
+use common::images::{Image, image};
+use common::registry::Pki;
 use common::{Root, verify_store};
 use serde_json::Value;
 
-struct Env {
-    _storage: tempfile::TempDir,
-    registry: Registry,
-    img: Image,
-    root: Root,
-}
-
-fn env() -> Env {
-    let storage = tempfile::tempdir().unwrap();
-    let registry = Registry::start(storage.path(), &Front::default());
-    let img = image(41, &[200_000, 30_000], "amd64", false);
-    block_on(Pusher::new(&registry.addr()).image("fault/app", "v1", &img));
-    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
-    Env {
-        _storage: storage,
-        registry,
-        img,
-        root,
-    }
-}
-
-fn rule(path: &str, fault: Fault, times: usize) -> Rule {
-    Rule {
-        path_contains: path.into(),
-        fault,
-        times,
-    }
+fn env() -> FaultEnv {
+    FaultEnv::start(
+        image(41, &[200_000, 30_000], "amd64", false),
+        &["fault/app"],
+    )
 }
 
 fn pull(root: &Root, store: &Path, list: &str, reg: &str, extra: &[&str]) -> (i32, String, Value) {
@@ -58,29 +36,24 @@ fn blob_path(img: &Image) -> String {
 #[test]
 fn bursts_of_503_and_429_are_retried_honouring_retry_after() {
     let e = env();
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![
-            rule(
-                "/manifests/v1",
-                Fault::Status {
-                    status: 503,
-                    retry_after: Some(1),
-                },
-                2,
-            ),
-            rule(
-                &blob_path(&e.img),
-                Fault::Status {
-                    status: 429,
-                    retry_after: None,
-                },
-                2,
-            ),
-        ],
-        None,
-        None,
-    );
+    let f = e.front(vec![
+        rule(
+            "/manifests/v1",
+            Fault::Status {
+                status: 503,
+                retry_after: Some(1),
+            },
+            2,
+        ),
+        rule(
+            &blob_path(&e.img),
+            Fault::Status {
+                status: 429,
+                retry_after: None,
+            },
+            2,
+        ),
+    ]);
     let store = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let (code, err, rep) = pull(&e.root, store.path(), "--http-registry", &f.addr(), &[]);
@@ -97,19 +70,14 @@ fn bursts_of_503_and_429_are_retried_honouring_retry_after() {
 #[test]
 fn persistent_5xx_gives_up_with_an_explanation() {
     let e = env();
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            "/manifests/",
-            Fault::Status {
-                status: 502,
-                retry_after: None,
-            },
-            100,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        "/manifests/",
+        Fault::Status {
+            status: 502,
+            retry_after: None,
+        },
+        100,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let (code, _, rep) = pull(&e.root, store.path(), "--http-registry", &f.addr(), &[]);
     assert_eq!(code, 4);
@@ -123,16 +91,11 @@ fn persistent_5xx_gives_up_with_an_explanation() {
 #[test]
 fn a_truncated_body_is_resumed_with_range() {
     let e = env();
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            &blob_path(&e.img),
-            Fault::Truncate { after: 50_000 },
-            2,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        &blob_path(&e.img),
+        Fault::Truncate { after: 50_000 },
+        2,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let (code, err, rep) = pull(&e.root, store.path(), "--http-registry", &f.addr(), &[]);
     assert_eq!(code, 0, "{err}");
@@ -152,19 +115,14 @@ fn a_truncated_body_is_resumed_with_range() {
 #[test]
 fn a_stalled_body_hits_the_idle_timeout_and_is_retried() {
     let e = env();
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            &blob_path(&e.img),
-            Fault::Stall {
-                after: 20_000,
-                pause: Duration::from_secs(20),
-            },
-            1,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        &blob_path(&e.img),
+        Fault::Stall {
+            after: 20_000,
+            pause: Duration::from_secs(20),
+        },
+        1,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let (code, err, _) = pull(
@@ -186,12 +144,11 @@ fn a_stalled_body_hits_the_idle_timeout_and_is_retried() {
 #[test]
 fn a_body_larger_than_the_descriptor_is_cut_at_the_limit() {
     let e = env();
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(&blob_path(&e.img), Fault::Extra { extra: 4096 }, 100)],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        &blob_path(&e.img),
+        Fault::Extra { extra: 4096 },
+        100,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let (code, _, rep) = pull(&e.root, store.path(), "--http-registry", &f.addr(), &[]);
     assert_eq!(code, 4);
@@ -215,28 +172,22 @@ fn a_body_larger_than_the_descriptor_is_cut_at_the_limit() {
 fn corrupted_bytes_are_downloaded_again_once_then_refused() {
     let e = env();
     // Once: the second download is clean.
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(&blob_path(&e.img), Fault::Corrupt { offset: 1234 }, 1)],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        &blob_path(&e.img),
+        Fault::Corrupt { offset: 1234 },
+        1,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let (code, err, _) = pull(&e.root, store.path(), "--http-registry", &f.addr(), &[]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("downloading it again"), "{err}");
     assert_eq!(verify_store(store.path()), 4);
     // Always: refused, nothing stored.
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            &blob_path(&e.img),
-            Fault::Corrupt { offset: 1234 },
-            100,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        &blob_path(&e.img),
+        Fault::Corrupt { offset: 1234 },
+        100,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let (code, _, rep) = pull(&e.root, store.path(), "--http-registry", &f.addr(), &[]);
     assert_eq!(code, 4);
@@ -266,7 +217,7 @@ fn corrupted_bytes_are_downloaded_again_once_then_refused() {
 fn a_redirect_to_another_host_never_carries_the_credentials() {
     let e = env();
     // Blob storage on "another host": localhost instead of 127.0.0.1, another port.
-    let storage_host = FaultServer::start(&e.registry.addr(), vec![], None, None);
+    let storage_host = e.front(vec![]);
     let registry = FaultServer::start(
         &e.registry.addr(),
         vec![rule(
@@ -316,7 +267,7 @@ fn a_redirect_to_another_host_never_carries_the_credentials() {
 #[test]
 fn a_redirect_from_https_to_plain_http_is_refused() {
     let e = env();
-    let plain = FaultServer::start(&e.registry.addr(), vec![], None, None);
+    let plain = e.front(vec![]);
     let pki = Pki::new();
     let tls = pki.self_signed("fault", &["127.0.0.1"]);
     let secure = FaultServer::start(

@@ -13,49 +13,18 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::fault::{Fault, FaultServer, Rule};
-use common::images::{Image, Pusher, block_on, image};
-use common::registry::{Front, Registry};
+use common::fault::{Fault, FaultEnv, FaultServer, rule};
+use common::images::image;
 use common::{Pull, Root, agent, pull_report, verify_store};
 
-struct Env {
-    _storage: tempfile::TempDir,
-    registry: Registry,
-    img: Image,
-    root: Root,
-}
-
 /// A real registry holding one small image under each of `repos`.
-fn env(repos: &[&str]) -> Env {
-    let storage = tempfile::tempdir().unwrap();
-    let registry = Registry::start(storage.path(), &Front::default());
-    let img = image(61, &[300_000, 20_000], "amd64", false);
-    block_on(async {
-        let p = Pusher::new(&registry.addr());
-        for r in repos {
-            p.image(r, "v1", &img).await;
-        }
-    });
-    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
-    Env {
-        _storage: storage,
-        registry,
-        img,
-        root,
-    }
-}
-
-fn rule(path: &str, fault: Fault, times: usize) -> Rule {
-    Rule {
-        path_contains: path.into(),
-        fault,
-        times,
-    }
+fn env(repos: &[&str]) -> FaultEnv {
+    FaultEnv::start(image(61, &[300_000, 20_000], "amd64", false), repos)
 }
 
 /// `pull --http-registry REG EXTRA... REG/REPO:v1`, with a time limit so that a hang fails
 /// the test instead of holding it.
-fn pull(e: &Env, store: &Path, reg: &str, repo: &str, extra: &[&str]) -> (Pull, Duration) {
+fn pull(e: &FaultEnv, store: &Path, reg: &str, repo: &str, extra: &[&str]) -> (Pull, Duration) {
     let image = format!("{reg}/{repo}:v1");
     let mut args = vec!["--http-registry", reg];
     args.extend_from_slice(extra);
@@ -110,19 +79,14 @@ fn a_dropped_connection_is_retried_whatever_the_image_is_called() {
     ];
     let e = env(&repos);
     for repo in repos {
-        let f = FaultServer::start(
-            &e.registry.addr(),
-            vec![
-                rule("/manifests/v1", Fault::Drop, 1),
-                rule(
-                    &format!("/blobs/{}", e.img.layers[0].digest),
-                    Fault::Drop,
-                    1,
-                ),
-            ],
-            None,
-            None,
-        );
+        let f = e.front(vec![
+            rule("/manifests/v1", Fault::Drop, 1),
+            rule(
+                &format!("/blobs/{}", e.img.layers[0].digest),
+                Fault::Drop,
+                1,
+            ),
+        ]);
         let store = tempfile::tempdir().unwrap();
         let (p, _) = pull(&e, store.path(), &f.addr(), repo, &[]);
         assert_eq!(p.code, 0, "{repo}: {}", p.stderr);
@@ -138,7 +102,7 @@ fn a_dropped_connection_is_retried_whatever_the_image_is_called() {
 fn a_realm_named_by_a_redirect_target_never_receives_the_credentials() {
     let e = env(&["fault/app"]);
     // The storage host answers every blob with a 401 naming a realm of its own.
-    let storage = FaultServer::start(&e.registry.addr(), vec![], None, None);
+    let storage = e.front(vec![]);
     storage.add_rule(rule(
         "/blobs/",
         Fault::Unauthorized {
@@ -190,19 +154,14 @@ fn a_realm_named_by_a_redirect_target_never_receives_the_credentials() {
 fn a_streaming_token_bomb_is_cut_off_at_one_mebibyte() {
     let e = env(&["fault/app"]);
     // The registry's own origin names the realm, which streams without end.
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            "/token",
-            Fault::Bomb {
-                status: 200,
-                limit: 512 << 20,
-            },
-            10,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        "/token",
+        Fault::Bomb {
+            status: 200,
+            limit: 512 << 20,
+        },
+        10,
+    )]);
     f.add_rule(rule(
         "/v2/",
         Fault::Unauthorized {
@@ -229,12 +188,7 @@ fn a_streaming_token_bomb_is_cut_off_at_one_mebibyte() {
 fn a_trickling_blob_is_abandoned_after_the_low_speed_time_and_resumed() {
     let e = env(&["fault/app"]);
     let blob = format!("/blobs/{}", e.img.layers[0].digest);
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(&blob, Fault::Trickle { bytes_per_sec: 256 }, 1)],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(&blob, Fault::Trickle { bytes_per_sec: 256 }, 1)]);
     let store = tempfile::tempdir().unwrap();
     let (p, took) = pull(
         &e,
@@ -267,18 +221,13 @@ fn a_trickling_blob_is_abandoned_after_the_low_speed_time_and_resumed() {
 fn the_deadline_ends_the_run_and_the_report_is_still_written() {
     let e = env(&["fault/app"]);
     let blob = format!("/blobs/{}", e.img.layers[0].digest);
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            &blob,
-            Fault::Trickle {
-                bytes_per_sec: 4096,
-            },
-            1000,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        &blob,
+        Fault::Trickle {
+            bytes_per_sec: 4096,
+        },
+        1000,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let (p, took) = pull(
         &e,
@@ -527,19 +476,14 @@ fn error_bodies_are_quoted_and_capped() {
     let err = p.report["images"][0]["error"].as_str().unwrap();
     assert!(err.contains("the registry says: MANIFEST_UNKNOWN"), "{err}");
 
-    let f = FaultServer::start(
-        &reg,
-        vec![rule(
-            "/manifests/v1",
-            Fault::Bomb {
-                status: 404,
-                limit: 512 << 20,
-            },
-            10,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        "/manifests/v1",
+        Fault::Bomb {
+            status: 404,
+            limit: 512 << 20,
+        },
+        10,
+    )]);
     let (p, took) = pull(&e, store.path(), &f.addr(), "fault/app", &[]);
     assert_eq!(p.code, 4, "{}", p.stderr);
     let sent = f.bomb_sent.load(std::sync::atomic::Ordering::SeqCst);
@@ -552,19 +496,14 @@ fn error_bodies_are_quoted_and_capped() {
 #[test]
 fn a_lying_digest_header_and_an_endless_manifest_are_refused() {
     let e = env(&["fault/app"]);
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            "/manifests/v1",
-            Fault::Header {
-                name: "Docker-Content-Digest".into(),
-                value: format!("sha256:{}", "0".repeat(64)),
-            },
-            10,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        "/manifests/v1",
+        Fault::Header {
+            name: "Docker-Content-Digest".into(),
+            value: format!("sha256:{}", "0".repeat(64)),
+        },
+        10,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let (p, _) = pull(&e, store.path(), &f.addr(), "fault/app", &[]);
     assert_eq!(p.code, 4, "{}", p.stderr);
@@ -574,19 +513,14 @@ fn a_lying_digest_header_and_an_endless_manifest_are_refused() {
         "{err}"
     );
 
-    let f = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            "/manifests/v1",
-            Fault::Bomb {
-                status: 200,
-                limit: 512 << 20,
-            },
-            10,
-        )],
-        None,
-        None,
-    );
+    let f = e.front(vec![rule(
+        "/manifests/v1",
+        Fault::Bomb {
+            status: 200,
+            limit: 512 << 20,
+        },
+        10,
+    )]);
     let (p, _) = pull(&e, store.path(), &f.addr(), "fault/app", &[]);
     assert_eq!(p.code, 4, "{}", p.stderr);
     let err = p.report["images"][0]["error"].as_str().unwrap();
@@ -601,7 +535,7 @@ fn a_lying_digest_header_and_an_endless_manifest_are_refused() {
 #[test]
 fn a_plain_http_realm_of_an_https_registry_is_refused() {
     let e = env(&["fault/app"]);
-    let realm = FaultServer::start(&e.registry.addr(), vec![], None, None);
+    let realm = e.front(vec![]);
     let pki = common::registry::Pki::new();
     let tls = pki.self_signed("realm", &["127.0.0.1"]);
     let secure = FaultServer::start(
@@ -641,34 +575,24 @@ fn a_plain_http_realm_of_an_https_registry_is_refused() {
 #[test]
 fn presigned_urls_are_redacted_in_errors() {
     let e = env(&["fault/app"]);
-    let storage = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            "X-Amz-Signature=SECRETSIG",
-            Fault::Status {
-                status: 403,
-                retry_after: None,
-            },
-            1000,
-        )],
-        None,
-        None,
-    );
-    let registry = FaultServer::start(
-        &e.registry.addr(),
-        vec![rule(
-            "/blobs/",
-            Fault::Redirect {
-                base: format!(
-                    "http://bucketuser:BUCKETPASS@localhost:{}/bucket?X-Amz-Signature=SECRETSIG&k=",
-                    storage.port
-                ),
-            },
-            1000,
-        )],
-        None,
-        None,
-    );
+    let storage = e.front(vec![rule(
+        "X-Amz-Signature=SECRETSIG",
+        Fault::Status {
+            status: 403,
+            retry_after: None,
+        },
+        1000,
+    )]);
+    let registry = e.front(vec![rule(
+        "/blobs/",
+        Fault::Redirect {
+            base: format!(
+                "http://bucketuser:BUCKETPASS@localhost:{}/bucket?X-Amz-Signature=SECRETSIG&k=",
+                storage.port
+            ),
+        },
+        1000,
+    )]);
     let store = tempfile::tempdir().unwrap();
     let (p, _) = pull(&e, store.path(), &registry.addr(), "fault/app", &[]);
     assert_eq!(p.code, 4, "{}", p.stderr);

@@ -357,3 +357,48 @@ fn serve<S: Read + Write>(
         out.flush()?;
     }
 }
+
+/// A rule that gives `fault` to the first `times` requests whose path contains `path`.
+pub fn rule(path: &str, fault: Fault, times: usize) -> Rule {
+    Rule {
+        path_contains: path.into(),
+        fault,
+        times,
+    }
+}
+
+/// A real plain-HTTP registry holding `img` as `REPO:v1` for each of `repos`, and a root to
+/// pull into: what every fault test starts from.
+pub struct FaultEnv {
+    _storage: tempfile::TempDir,
+    pub registry: super::registry::Registry,
+    pub img: super::images::Image,
+    pub root: super::Root,
+}
+
+impl FaultEnv {
+    /// A plain-HTTP fault injector in front of this registry.
+    pub fn front(&self, rules: Vec<Rule>) -> FaultServer {
+        FaultServer::start(&self.registry.addr(), rules, None, None)
+    }
+
+    pub fn start(img: super::images::Image, repos: &[&str]) -> FaultEnv {
+        use super::images::{Pusher, block_on};
+        let storage = tempfile::tempdir().unwrap();
+        let registry =
+            super::registry::Registry::start(storage.path(), &super::registry::Front::default());
+        block_on(async {
+            let p = Pusher::new(&registry.addr());
+            for r in repos {
+                p.image(r, "v1", &img).await;
+            }
+        });
+        let root = super::Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+        FaultEnv {
+            _storage: storage,
+            registry,
+            img,
+            root,
+        }
+    }
+}
