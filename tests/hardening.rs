@@ -252,6 +252,11 @@ fn the_deadline_ends_the_run_and_the_report_is_still_written() {
             .exists(),
         "the unfinished layer is not a blob"
     );
+    assert_eq!(
+        fs::read_dir(store.path().join("ingest")).unwrap().count(),
+        0,
+        "the partial download is removed at once"
+    );
 }
 
 /// Item 5: a symbolic link where the store expects its own directory is refused, never

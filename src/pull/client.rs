@@ -847,28 +847,25 @@ impl Session {
             ))
         };
         loop {
-            let (file, name) = store
+            // Dropped uncommitted (an error, a retry, a deadline), the partial file goes.
+            let (file, pending) = store
                 .begin_ingest(&desc.digest, store.direct_for(desc.size))
                 .map_err(|e| PullError {
                     message: e.to_string(),
                     hint: store_hint(),
                 })?;
-            let result = self
+            match self
                 .fetch_blob_once(repo, desc, file, progress, slots)
-                .await;
-            match result {
+                .await
+            {
                 Ok(net) => {
-                    store.commit(&name, &desc.digest).map_err(|e| {
-                        store.discard(&name);
-                        PullError {
-                            message: e.to_string(),
-                            hint: store_hint(),
-                        }
+                    pending.commit(&desc.digest).map_err(|e| PullError {
+                        message: e.to_string(),
+                        hint: store_hint(),
                     })?;
                     return Ok(net);
                 }
                 Err((e, mismatch)) => {
-                    store.discard(&name);
                     if mismatch && fresh_start_left > 0 {
                         fresh_start_left -= 1;
                         tracing::warn!(digest = %desc.digest, "{}; downloading it again", e.message);

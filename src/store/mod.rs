@@ -36,6 +36,39 @@ const MAX_INDEX: u64 = 64 << 20;
 /// Mode of the store's files.
 const FILE_MODE: u32 = 0o644;
 
+/// A partial file in `ingest/`: moved into `blobs/` by [`Pending::commit`], removed when
+/// dropped uncommitted.
+#[derive(Debug)]
+pub struct Pending<'a> {
+    store: &'a Store,
+    name: Option<String>,
+}
+
+impl Pending<'_> {
+    /// Moves the verified file into `blobs/` as `digest`.
+    pub fn commit(mut self, digest: &Digest) -> io::Result<()> {
+        let Some(name) = self.name.take() else {
+            return Ok(());
+        };
+        let s = self.store;
+        let moved = s.ingest_dir().and_then(|from| {
+            fsutil::rename(from, &name, s.alg_dir(digest.algorithm())?, digest.hex())
+        });
+        if moved.is_err() {
+            s.discard(&name);
+        }
+        moved.map_err(ctx(&s.blob_path(digest), "cannot move blob to"))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            self.store.discard(&name);
+        }
+    }
+}
+
 /// An open, locked store.
 #[derive(Debug)]
 pub struct Store {
@@ -233,8 +266,13 @@ impl Store {
     }
 
     /// Creates a new partial file in `ingest/` for `digest`, under an unpredictable name.
-    /// Returns the writer and the name to [`Store::commit`] or [`Store::discard`].
-    pub fn begin_ingest(&self, digest: &Digest, direct: bool) -> io::Result<(IngestFile, String)> {
+    /// Returns the writer and its [`Pending`] entry: committed into `blobs/` once verified,
+    /// removed when dropped otherwise (an error, a retry, a deadline).
+    pub fn begin_ingest(
+        &self,
+        digest: &Digest,
+        direct: bool,
+    ) -> io::Result<(IngestFile, Pending<'_>)> {
         let dir = self.ingest_dir()?;
         loop {
             let name = format!(
@@ -244,7 +282,13 @@ impl Store {
                 fsutil::random_hex()
             );
             match fsutil::create_new(dir, &name, FILE_MODE) {
-                Ok(f) => return Ok((IngestFile::new(f, digest.algorithm(), direct)?, name)),
+                Ok(f) => {
+                    let pending = Pending {
+                        store: self,
+                        name: Some(name),
+                    };
+                    return Ok((IngestFile::new(f, digest.algorithm(), direct)?, pending));
+                }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => {
                     return Err(ctx(&self.root.join("ingest").join(&name), "cannot create")(
@@ -255,19 +299,8 @@ impl Store {
         }
     }
 
-    /// Moves a verified ingest file into `blobs/`.
-    pub fn commit(&self, ingest_name: &str, digest: &Digest) -> io::Result<()> {
-        fsutil::rename(
-            self.ingest_dir()?,
-            ingest_name,
-            self.alg_dir(digest.algorithm())?,
-            digest.hex(),
-        )
-        .map_err(ctx(&self.blob_path(digest), "cannot move blob to"))
-    }
-
     /// Removes an ingest file that will not be committed.
-    pub fn discard(&self, ingest_name: &str) {
+    fn discard(&self, ingest_name: &str) {
         if let Ok(d) = self.ingest_dir() {
             let _ = fsutil::remove(d, ingest_name);
         }
@@ -285,15 +318,10 @@ impl Store {
             ));
         }
         // Through ingest/ like any blob: nothing but complete, verified blobs under blobs/.
-        let (mut f, name) = self.begin_ingest(digest, false)?;
-        let written = f.write(bytes).and_then(|()| f.finish());
-        match written {
-            Ok(_) => self.commit(&name, digest),
-            Err(e) => {
-                self.discard(&name);
-                Err(e)
-            }
-        }
+        let (mut f, pending) = self.begin_ingest(digest, false)?;
+        f.write(bytes)?;
+        f.finish()?;
+        pending.commit(digest)
     }
 
     /// Reads a blob of at most `max` bytes (never through a link).
