@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use crate::registry::host::RegistryHost;
-use crate::registry::hosts::Mirror;
+use crate::registry::mirrors::Mirror;
 
 use crate::config::{Config, ImageRequest};
 use crate::registry::policy::{Route, Transport};

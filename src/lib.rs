@@ -10,7 +10,6 @@ pub mod explain;
 pub mod fsutil;
 pub mod netfiles;
 pub mod oci;
-pub mod platform;
 pub mod pull;
 pub mod registry;
 pub mod report;

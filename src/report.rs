@@ -73,7 +73,7 @@ pub fn write(path: &Path, report: &Value) -> std::io::Result<()> {
     }
     let mut bytes = serde_json::to_vec_pretty(report)?;
     bytes.push(b'\n');
-    crate::netfiles::atomic::write_file(path, path, &bytes).map(|_| ())
+    crate::fsutil::atomic::write_file(path, path, &bytes).map(|_| ())
 }
 
 /// The one-line summary printed at the end of a run.

@@ -13,7 +13,7 @@ use crate::error::{Error, InputError, Notes, Origin};
 use crate::explain;
 use crate::netfiles;
 use crate::pull::{self, PullOptions};
-use crate::registry::hosts::Mirror;
+use crate::registry::mirrors::Mirror;
 use crate::registry::transport::NetOptions;
 use crate::report::{self, Status};
 use std::time::{Duration, Instant};
@@ -124,7 +124,7 @@ pub fn store_path(common: &Common) -> PathBuf {
 /// A default path under `--root`, with every link on the way resolved inside the root, so
 /// that a link planted there never leads a write out of it.
 fn under_root(root: &Path, rel: &str) -> PathBuf {
-    netfiles::atomic::resolve_in_root(root, Path::new(rel))
+    crate::fsutil::atomic::resolve_in_root(root, Path::new(rel))
         .map(|(p, _)| p)
         .unwrap_or_else(|_| root.join(rel))
 }

@@ -13,7 +13,7 @@ use kci_pull_agent::config::pod::Pod;
 use kci_pull_agent::config::{Config, Sources};
 use kci_pull_agent::error::{Notes, Origin};
 use kci_pull_agent::netfiles::{self, hosts, resolv};
-use kci_pull_agent::platform::Platform;
+use kci_pull_agent::oci::platform::Platform;
 use kci_pull_agent::registry::policy::{ListKind, Policy, RegistryList};
 use kci_pull_agent::registry::reference::Reference;
 
@@ -238,7 +238,7 @@ proptest! {
         size in any::<i64>(),
         docker in any::<bool>(),
     ) {
-        use kci_pull_agent::pull::manifest::{DOCKER_MANIFEST, Document, OCI_MANIFEST, parse};
+        use kci_pull_agent::oci::manifest::{DOCKER_MANIFEST, Document, OCI_MANIFEST, parse};
         let _ = parse(&bytes, None);
         let media_type = if docker { DOCKER_MANIFEST } else { OCI_MANIFEST };
         let doc = serde_json::json!({"schemaVersion": 2, "mediaType": media_type,

@@ -13,7 +13,7 @@ pub mod pod;
 use std::path::PathBuf;
 
 use crate::error::{InputError, Notes, Origin};
-use crate::platform::Platform;
+use crate::oci::platform::Platform;
 use crate::registry::policy::{ListKind, Policy, RegistryList};
 use crate::registry::reference::Reference;
 use auth::{AuthFile, parse_auth_file};

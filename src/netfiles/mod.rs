@@ -13,7 +13,6 @@
 //! replaced by a regular file: writing through the link would change a file another service
 //! owns and regenerates. The link target is recorded in `resolv.conf.symlink`.
 
-pub mod atomic;
 pub mod hosts;
 pub mod resolv;
 
@@ -23,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::{NetFileError, Notes};
-use atomic::{WriteMode, resolve_in_root, write_file};
+use crate::fsutil::atomic::{self, WriteMode, resolve_in_root, write_file};
 
 pub const HOSTS: &str = "etc/hosts";
 pub const RESOLV: &str = "etc/resolv.conf";

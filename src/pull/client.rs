@@ -14,11 +14,11 @@ use reqwest::header::{
 use reqwest::{Client, Method, Response, StatusCode, Url};
 use tokio::sync::mpsc;
 
-use super::manifest::{ACCEPT, Descriptor, MAX_MANIFEST};
 use super::speed::LowSpeed;
 use super::{Failure, PullError};
 use crate::config::auth::Credentials;
 use crate::oci::Digest;
+use crate::oci::manifest::{ACCEPT, Descriptor, MAX_MANIFEST};
 use crate::registry::policy::{Route, Transport};
 use crate::registry::transport::Transports;
 use crate::store::Store;
@@ -183,7 +183,7 @@ fn transport_kind(e: &reqwest::Error) -> TransportKind {
             };
         }
         if err
-            .downcast_ref::<crate::registry::dns::ResolveError>()
+            .downcast_ref::<crate::registry::resolver::ResolveError>()
             .is_some()
         {
             return TransportKind::Resolve;
@@ -230,7 +230,7 @@ impl Session {
 
     /// A session with a mirror of `registry`, reached exactly as its hosts.toml entry says.
     pub fn mirror(
-        m: &crate::registry::hosts::Mirror,
+        m: &crate::registry::mirrors::Mirror,
         registry: &crate::registry::host::RegistryHost,
         transports: Arc<Transports>,
         creds: Option<Credentials>,

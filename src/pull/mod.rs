@@ -2,7 +2,6 @@
 //! concurrently (bounded by one semaphore for the whole run), each blob fetched once per run.
 
 pub mod client;
-pub mod manifest;
 pub mod progress;
 pub mod speed;
 
@@ -19,16 +18,17 @@ use tokio::sync::{Mutex, OnceCell, Semaphore};
 use crate::config::auth::AuthFile;
 use crate::config::{Config, ImageRequest};
 use crate::oci::Digest;
-use crate::platform::Platform;
-use crate::registry::dns::RootResolver;
+use crate::oci::manifest::{self, Descriptor, Document};
+use crate::oci::platform;
+use crate::oci::platform::Platform;
 use crate::registry::host::RegistryHost;
-use crate::registry::hosts::Mirror;
+use crate::registry::mirrors::Mirror;
 use crate::registry::policy::Policy;
+use crate::registry::resolver::RootResolver;
 use crate::registry::transport::{NetOptions, Transports};
 use crate::report::{ImageReport, Status};
 use crate::store::{REF_NAME, RESOLVED, Store};
 use client::Session;
-use manifest::{Descriptor, Document};
 
 /// Why an image failed, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +97,7 @@ pub fn load_mirrors(
         if out.contains_key(reg) {
             continue;
         }
-        let mirrors = crate::registry::hosts::load(root, reg)?
+        let mirrors = crate::registry::mirrors::load(root, reg)?
             .map(|(_, m)| m)
             .unwrap_or_default();
         out.insert(reg.clone(), mirrors);
@@ -338,7 +338,7 @@ async fn pull_image(
     let stored_ok = stored.as_ref().filter(|d| {
         store.is_complete(&d.digest)
             && (d.platform.is_none()
-                || manifest::choose(std::slice::from_ref(*d), &shared.platform).is_some())
+                || platform::choose(std::slice::from_ref(*d), &shared.platform).is_some())
     });
 
     // Pinned by digest and already complete: nothing to ask the registry.
@@ -403,11 +403,11 @@ async fn pull_image(
         ),
         Document::Index { manifests, .. } => {
             let chosen =
-                manifest::choose(&manifests, &shared.platform).ok_or_else(|| PullError {
+                platform::choose(&manifests, &shared.platform).ok_or_else(|| PullError {
                     message: format!(
                         "no manifest for platform {} (the image offers {})",
                         shared.platform,
-                        manifest::offered(&manifests)
+                        platform::offered(&manifests)
                     ),
                     hint: Some("choose another platform with --platform, or another image".into()),
                 })?;

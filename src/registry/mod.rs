@@ -1,8 +1,9 @@
-//! Registries: references, exact `host[:port]` identity, and the transport policy.
+//! Registries: references, exact `host[:port]` identity, the transport policy, mirrors and
+//! name resolution.
 
-pub mod dns;
 pub mod host;
-pub mod hosts;
+pub mod mirrors;
 pub mod policy;
 pub mod reference;
+pub mod resolver;
 pub mod transport;

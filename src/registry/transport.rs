@@ -13,9 +13,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::dns::{ReqwestResolver, RootResolver};
 use super::host::RegistryHost;
 use super::policy::{Route, Transport};
+use super::resolver::{ReqwestResolver, RootResolver};
 
 /// Timeouts for every connection.
 #[derive(Debug, Clone, Copy)]

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::fsutil;
+use crate::oci::manifest::{Descriptor, MAX_MANIFEST, OCI_INDEX};
 use crate::oci::{Algorithm, Digest};
-use crate::pull::manifest::{Descriptor, MAX_MANIFEST, OCI_INDEX};
 
 pub use check::Problem;
 pub use ingest::IngestFile;
@@ -336,8 +336,8 @@ impl Store {
     pub fn manifest_blobs(&self, digest: &Digest) -> Option<Vec<Descriptor>> {
         let bytes = self.read_blob(digest, MAX_MANIFEST).ok()?;
         digest.verify(&bytes).ok()?;
-        match crate::pull::manifest::parse(&bytes, None).ok()? {
-            crate::pull::manifest::Document::Manifest { config, layers, .. } => {
+        match crate::oci::manifest::parse(&bytes, None).ok()? {
+            crate::oci::manifest::Document::Manifest { config, layers, .. } => {
                 Some(std::iter::once(*config).chain(layers).collect())
             }
             _ => None,
@@ -450,7 +450,7 @@ mod tests {
 
     fn desc(name: &str, n: u8) -> Descriptor {
         Descriptor {
-            media_type: crate::pull::manifest::OCI_MANIFEST.into(),
+            media_type: crate::oci::manifest::OCI_MANIFEST.into(),
             digest: Digest::parse(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap(),
             size: n as u64,
             platform: None,
@@ -487,7 +487,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let index = json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": crate::pull::manifest::OCI_MANIFEST,
+            "mediaType": crate::oci::manifest::OCI_MANIFEST,
             "digest": "sha256:../../../../../../../../dev/zero", "size": 1,
             "annotations": {REF_NAME: "r/a:1"}}]});
         fs::write(dir.path().join("index.json"), index.to_string()).unwrap();

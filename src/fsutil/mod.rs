@@ -11,6 +11,8 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+pub mod atomic;
+
 /// Marks a temporary file: `.NAME.kci-tmp-PID-RANDOM`.
 pub const TEMP_MARK: &str = ".kci-tmp-";
 
