@@ -1,8 +1,11 @@
 //! Pulling images into the store: every image concurrently, the blobs of an image
 //! concurrently (bounded by one semaphore for the whole run), each blob fetched once per run.
 
-pub mod client;
+mod auth;
+mod blob;
 pub mod progress;
+pub mod retry;
+pub mod session;
 pub mod speed;
 
 use std::collections::HashMap;
@@ -10,7 +13,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
@@ -28,7 +31,7 @@ use crate::registry::resolver::RootResolver;
 use crate::registry::transport::{NetOptions, Transports};
 use crate::report::{ImageReport, Status};
 use crate::store::{REF_NAME, RESOLVED, Store};
-use client::Session;
+use session::Session;
 
 /// Why an image failed, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,17 +57,6 @@ impl PullError {
             hint: None,
         }
     }
-}
-
-/// The outcome of one attempt at a request.
-#[derive(Debug)]
-pub enum Failure {
-    /// Worth another try (reset, timeout, 5xx, 429), after `after` if the server said so.
-    Retry {
-        message: String,
-        after: Option<Duration>,
-    },
-    Fatal(PullError),
 }
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Response;
 use tokio::time::Instant;
 
-use super::Failure;
+use super::retry::Failure;
 
 pub struct LowSpeed {
     limit: u64,
@@ -100,7 +100,7 @@ impl ChunkError {
     /// As a failure of one attempt: both kinds are worth another try, resuming the body.
     pub fn into_failure(self, what: &str) -> Failure {
         let message = match self {
-            ChunkError::Network(e) => format!("{what}: {}", super::client::describe(&e)),
+            ChunkError::Network(e) => format!("{what}: {}", super::retry::describe(&e)),
             ChunkError::TooSlow(m) => format!("{what}: {m}"),
         };
         Failure::Retry {

@@ -1,0 +1,524 @@
+//! One registry's session: the distribution API over the transport the policy chose, with
+//! redirects (credentials only for the registry's own origin), retries and capped bodies.
+//! Authentication is in [`super::auth`], blobs in [`super::blob`].
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
+use reqwest::{Client, Method, Response, StatusCode, Url};
+
+use super::PullError;
+use super::auth::{AuthState, parse_challenge};
+use super::retry::{
+    Failure, MIRROR_RETRIES, RETRIES, TransportKind, backoff, describe, redact, registry_says,
+    status_failure, transport_kind,
+};
+use super::speed::LowSpeed;
+use crate::config::auth::Credentials;
+use crate::oci::Digest;
+use crate::oci::manifest::{ACCEPT, MAX_MANIFEST};
+use crate::registry::policy::{Route, Transport};
+use crate::registry::transport::Transports;
+
+const MAX_REDIRECTS: usize = 10;
+/// Largest error body read (SPEC §9).
+pub const MAX_ERROR_BODY: u64 = 64 << 10;
+
+pub struct Session {
+    pub route: Route,
+    /// `host[:port]` of this endpoint (the registry, or a mirror), for the report.
+    pub label: String,
+    /// May resolve tags (a mirror without the `resolve` capability serves digests only).
+    pub resolve: bool,
+    pub(super) base: Url,
+    /// API root: `/v2`, or a mirror's own path.
+    pub(super) prefix: String,
+    /// `?ns=<registry>` on a mirror's requests, as containerd sends it.
+    pub(super) ns: Option<String>,
+    /// Failed attempts to reach `/v2/`, and why a mirror was given up for this run.
+    pub(super) ping_failures: AtomicU64,
+    pub(super) unreachable: std::sync::OnceLock<String>,
+    /// Extra headers sent to this endpoint (a mirror's hosts.toml `header` table).
+    pub(super) headers: HeaderMap,
+    /// Retries after a transient failure: a mirror gets one, so that a dead mirror costs
+    /// little before the next host is tried; the origin gets [`RETRIES`].
+    pub(super) retries: u32,
+    pub(super) client: Client,
+    pub(super) transports: Arc<Transports>,
+    pub(super) creds: Option<Credentials>,
+    pub(super) auth: tokio::sync::Mutex<AuthState>,
+    /// Set once the warning about credentials sent without verified TLS was logged.
+    pub(super) warned_clear: std::sync::Once,
+}
+
+impl Session {
+    pub fn new(
+        route: Route,
+        transports: Arc<Transports>,
+        creds: Option<Credentials>,
+    ) -> Result<Session, PullError> {
+        let client = transports.for_route(&route).map_err(|e| PullError {
+            message: e,
+            hint: Some(format!(
+                "fix or remove the CA files in {}",
+                transports.certs_dir(&route.registry).display()
+            )),
+        })?;
+        let base = Url::parse(&route.endpoint()).map_err(|e| PullError {
+            message: format!("invalid endpoint {}: {e}", route.endpoint()),
+            hint: None,
+        })?;
+        Ok(Session {
+            label: route.registry.to_string(),
+            resolve: true,
+            prefix: "/v2".into(),
+            ns: None,
+            headers: HeaderMap::new(),
+            ping_failures: AtomicU64::new(0),
+            unreachable: std::sync::OnceLock::new(),
+            retries: RETRIES,
+            route,
+            base,
+            client,
+            transports,
+            creds,
+            auth: tokio::sync::Mutex::new(AuthState::default()),
+            warned_clear: std::sync::Once::new(),
+        })
+    }
+
+    /// A session with a mirror of `registry`, reached exactly as its hosts.toml entry says.
+    pub fn mirror(
+        m: &crate::registry::mirrors::Mirror,
+        registry: &crate::registry::host::RegistryHost,
+        transports: Arc<Transports>,
+        creds: Option<Credentials>,
+    ) -> Result<Session, PullError> {
+        let fail = |e: String| PullError {
+            message: format!("mirror {}: {e}", m.url),
+            hint: Some("fix the mirror's entry in hosts.toml".into()),
+        };
+        let host = crate::registry::host::RegistryHost::parse(&m.authority())
+            .map_err(|e| fail(e.to_string()))?;
+        let (client, transport) = match (m.url.scheme(), m.skip_verify) {
+            ("http", _) => (transports.plain().map_err(fail)?, Transport::Http),
+            (_, true) => (
+                transports.insecure().map_err(fail)?,
+                Transport::HttpsInsecure,
+            ),
+            _ => {
+                let dir = transports.certs_dir(&host);
+                (
+                    transports.verified_with(Some(&dir), &m.ca).map_err(fail)?,
+                    Transport::Https,
+                )
+            }
+        };
+        Ok(Session {
+            route: Route {
+                registry: host,
+                transport,
+                matched: None,
+                notes: Vec::new(),
+            },
+            label: m.authority(),
+            resolve: m.resolve,
+            base: m.url.clone(),
+            prefix: m.api_prefix.clone(),
+            ns: Some(registry.to_string()),
+            headers: {
+                let mut h = HeaderMap::new();
+                for (k, v) in &m.headers {
+                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|e| fail(e.to_string()))?;
+                    let value = HeaderValue::from_str(v).map_err(|e| fail(e.to_string()))?;
+                    h.append(name, value);
+                }
+                h
+            },
+            ping_failures: AtomicU64::new(0),
+            unreachable: std::sync::OnceLock::new(),
+            retries: MIRROR_RETRIES,
+            client,
+            transports,
+            creds,
+            auth: tokio::sync::Mutex::new(AuthState::default()),
+            warned_clear: std::sync::Once::new(),
+        })
+    }
+
+    /// The failure for an unexpected status: retried (429, 5xx), or explained, with what the
+    /// registry's error body says (read up to 64 KiB, within 5 s).
+    pub(super) async fn failure_of(&self, mut resp: Response, what: &str) -> Failure {
+        // Where the answer came from, when a redirect led elsewhere (blob storage).
+        let redirected = !self.same_origin(resp.url());
+        let what = if redirected {
+            format!("{what} (redirected to {})", redact(resp.url()))
+        } else {
+            what.to_string()
+        };
+        let what = what.as_str();
+        match status_failure(resp.status(), resp.headers(), what, &self.route) {
+            Failure::Fatal(mut e) => {
+                if redirected {
+                    e.hint = Some(format!(
+                        "the storage that {} redirects to refused the request: check the \
+                         registry's storage configuration (its credentials are the registry's \
+                         business, never the auth file's)",
+                        self.label
+                    ));
+                }
+                let body = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    read_capped(&mut resp, MAX_ERROR_BODY, what, self.low_speed()),
+                )
+                .await;
+                if let Ok(Ok(body)) = body
+                    && let Some(said) = registry_says(&body)
+                {
+                    e.message.push_str(&format!(" (the registry says: {said})"));
+                }
+                Failure::Fatal(e)
+            }
+            retry => retry,
+        }
+    }
+
+    /// A fresh low-speed check for one response body.
+    pub(super) fn low_speed(&self) -> LowSpeed {
+        let o = self.transports.options();
+        LowSpeed::new(o.low_speed_limit, o.low_speed_time)
+    }
+
+    /// Whether this endpoint was given up for the rest of the run.
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable.get().is_some()
+    }
+
+    /// The URL of an API path (`/` for the ping, `/<repo>/manifests/<ref>`, ...).
+    pub(super) fn url(&self, path: &str) -> Url {
+        let mut u = self.base.clone();
+        u.set_path(&format!("{}{path}", self.prefix));
+        if let Some(ns) = &self.ns {
+            u.query_pairs_mut().append_pair("ns", ns);
+        }
+        u
+    }
+
+    pub(super) fn same_origin(&self, u: &Url) -> bool {
+        u.scheme() == self.base.scheme()
+            && u.host_str() == self.base.host_str()
+            && u.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// Explains a transport-level failure to the operator: what went wrong and what to change.
+    pub(super) fn transport_failure(&self, url: &Url, e: &reqwest::Error) -> Failure {
+        let text = describe(e);
+        let reg = &self.route.registry;
+        let certs = self.transports.certs_dir(reg);
+        let near: Vec<&String> = self
+            .route
+            .notes
+            .iter()
+            .filter(|n| n.contains("port-exact"))
+            .collect();
+        let near = if near.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Note: {}",
+                near.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        };
+        let kind = transport_kind(e);
+        if kind == TransportKind::Certificate {
+            return Failure::Fatal(PullError {
+                message: format!(
+                    "TLS certificate of {} not accepted: {text}",
+                    url.authority()
+                ),
+                hint: Some(format!(
+                    "put the registry's CA certificate in {}/ca.crt, or, to skip verification \
+                     for this registry, list exactly {reg} in k8s.ksyun.com/kci-insecure-registry.{near}",
+                    certs.display()
+                )),
+            });
+        }
+        if kind == TransportKind::NotTls && url.scheme() == "https" {
+            return Failure::Fatal(PullError {
+                message: format!("TLS handshake with {} failed: {text}", url.authority()),
+                hint: Some(format!(
+                    "the registry seems to speak plain HTTP; if that is intended, list exactly \
+                     {reg} in k8s.ksyun.com/kci-http-registry (the agent never falls back to \
+                     HTTP by itself).{near}"
+                )),
+            });
+        }
+        if kind == TransportKind::Resolve {
+            return Failure::Fatal(PullError {
+                message: format!("cannot resolve {}: {text}", url.host_str().unwrap_or("")),
+                hint: Some(
+                    "add a host alias (k8s.ksyun.com/kci-host-aliases or KCI_HOST_ALIASES) or a \
+                     DNS config that resolves it"
+                        .into(),
+                ),
+            });
+        }
+        Failure::Retry {
+            message: format!(
+                "{} {}: {text}",
+                redact(e.url().unwrap_or(url)),
+                if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "failed"
+                }
+            ),
+            after: None,
+        }
+    }
+
+    /// Sends one request, following redirects: to any host, never from HTTPS to plain HTTP,
+    /// and with credentials only for the registry itself.
+    pub(super) async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        auth: Option<&str>,
+    ) -> Result<Response, Failure> {
+        let mut url = url;
+        let mut client = self.client.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if self.same_origin(&url) {
+                if let Some(a) = auth {
+                    req = req.header(AUTHORIZATION, a);
+                }
+                for (k, v) in &self.headers {
+                    req = req.header(k, v);
+                }
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| self.transport_failure(&url, &e))?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let Some(loc) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
+                return Ok(resp);
+            };
+            let next = url.join(loc).map_err(|e| {
+                Failure::Fatal(PullError {
+                    message: format!(
+                        "{url} redirected to an invalid location {loc:?}: {e}",
+                        url = redact(&url)
+                    ),
+                    hint: None,
+                })
+            })?;
+            if url.scheme() == "https" && next.scheme() != "https" {
+                return Err(Failure::Fatal(PullError {
+                    message: format!("refused a redirect from HTTPS ({url}) to {next}", url = redact(&url), next = redact(&next)),
+                    hint: Some("the registry or its storage redirects to plain HTTP; fix its configuration (the agent never downgrades)".into()),
+                }));
+            }
+            client = if self.same_origin(&next) {
+                self.client.clone()
+            } else if next.scheme() == "https" {
+                self.transports.verified(None).map_err(|e| {
+                    Failure::Fatal(PullError {
+                        message: e,
+                        hint: None,
+                    })
+                })?
+            } else if next.scheme() == "http" {
+                self.transports.plain().map_err(|e| {
+                    Failure::Fatal(PullError {
+                        message: e,
+                        hint: None,
+                    })
+                })?
+            } else {
+                return Err(Failure::Fatal(PullError {
+                    message: format!("refused a redirect to {next}", next = redact(&next)),
+                    hint: None,
+                }));
+            };
+            tracing::debug!(from = %redact(&url), to = %redact(&next), "following redirect");
+            url = next;
+        }
+        Err(Failure::Fatal(PullError {
+            message: format!("too many redirects from {url}", url = redact(&url)),
+            hint: None,
+        }))
+    }
+
+    /// A GET (or HEAD) on the registry with authentication; on 401 the token is refreshed once.
+    pub(super) async fn get(
+        &self,
+        method: Method,
+        repo: &str,
+        url: Url,
+        headers: HeaderMap,
+    ) -> Result<Response, Failure> {
+        let mut refreshed = false;
+        loop {
+            let auth = self.authorization(repo, refreshed).await?;
+            let resp = self
+                .send(
+                    method.clone(),
+                    url.clone(),
+                    headers.clone(),
+                    auth.as_deref(),
+                )
+                .await?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !refreshed {
+                // A challenge counts only from the registry's own origin: a host reached by a
+                // redirect (blob storage) must never name the realm that receives the
+                // registry's credentials (SPEC §9).
+                if self.same_origin(resp.url()) {
+                    if let Some(c) = parse_challenge(resp.headers()) {
+                        self.auth.lock().await.challenge = Some(c);
+                    }
+                } else {
+                    tracing::debug!(host = %redact(resp.url()), "ignoring the challenge of a host reached by a redirect");
+                }
+                refreshed = true;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Runs `op` with retries on transient failures.
+    pub(super) async fn retrying<T>(
+        &self,
+        what: &str,
+        mut op: impl AsyncFnMut() -> Result<T, Failure>,
+    ) -> Result<T, PullError> {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry { message, after }) => {
+                    attempt += 1;
+                    if attempt > self.retries {
+                        return Err(PullError {
+                            message: format!(
+                                "{what}: {message} (gave up after {} attempts)",
+                                attempt
+                            ),
+                            hint: Some(format!(
+                                "check that {} is reachable and healthy, then rerun",
+                                self.route.registry
+                            )),
+                        });
+                    }
+                    let wait = backoff(attempt, after);
+                    tracing::warn!(registry = %self.route.registry, "{what}: {message}; retrying in {} ms", wait.as_millis());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// `HEAD` of a manifest: its digest, if the registry says it (`Docker-Content-Digest`).
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<Digest>, PullError> {
+        let url = self.url(&format!("/{repo}/manifests/{reference}"));
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
+        self.retrying("HEAD manifest", async || {
+            let resp = self.get(Method::HEAD, repo, url.clone(), h.clone()).await?;
+            if !resp.status().is_success() {
+                return Err(self
+                    .failure_of(resp, &format!("HEAD {url}", url = redact(&url)))
+                    .await);
+            }
+            Ok(resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Digest::parse(v).ok()))
+        })
+        .await
+    }
+
+    /// GETs a manifest or index; returns its bytes and `Content-Type`. The caller verifies the
+    /// digest; a `Docker-Content-Digest` that disagrees with the content is an error here.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Option<String>), PullError> {
+        let url = self.url(&format!("/{repo}/manifests/{reference}"));
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
+        self.retrying("GET manifest", async || {
+            let mut resp = self.get(Method::GET, repo, url.clone(), h.clone()).await?;
+            if !resp.status().is_success() {
+                return Err(self.failure_of(resp, &format!("GET {url}", url = redact(&url))).await);
+            }
+            let ct = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let body = read_capped(&mut resp, MAX_MANIFEST, &format!("the manifest {}", redact(&url)), self.low_speed()).await?;
+            if let Some(c) = claimed.and_then(|c| Digest::parse(&c).ok())
+                && let Err(actual) = c.verify(&body)
+            {
+                return Err(Failure::Fatal(PullError {
+                    message: format!("{url}: the registry says the manifest is {c} but its content is {actual}", url = redact(&url)),
+                    hint: Some("the registry or something between it and this instance altered the content".into()),
+                }));
+            }
+            Ok((body, ct))
+        })
+        .await
+    }
+}
+
+/// Reads a body that is kept in memory, refusing more than `max` bytes (by its
+/// `Content-Length`, or as soon as more arrives).
+pub(super) async fn read_capped(
+    resp: &mut Response,
+    max: u64,
+    what: &str,
+    mut speed: LowSpeed,
+) -> Result<Vec<u8>, Failure> {
+    let too_large = || {
+        Failure::Fatal(PullError {
+            message: format!("{what} is larger than {max} bytes; it was not read"),
+            hint: Some(
+                "the server sends far more than such a response can be; check which server this is"
+                    .into(),
+            ),
+        })
+    };
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = speed
+        .chunk(resp)
+        .await
+        .map_err(|e| e.into_failure(&format!("reading {what}")))?
+    {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
