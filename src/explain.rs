@@ -76,7 +76,7 @@ impl Explanation<'_> {
             "transport": r.transport.as_str(),
             "endpoint": r.endpoint(),
             "hosts": self.hosts_json(),
-            "notes": r.notes,
+            "notes": r.notes(),
         })
     }
 
@@ -153,7 +153,7 @@ impl Explanation<'_> {
                 r.endpoint()
             ));
         }
-        for n in &r.notes {
+        for n in &r.notes() {
             out.push_str(&format!("  note       {n}\n"));
         }
         out

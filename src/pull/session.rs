@@ -117,12 +117,7 @@ impl Session {
             }
         };
         Ok(Session {
-            route: Route {
-                registry: host,
-                transport,
-                matched: None,
-                notes: Vec::new(),
-            },
+            route: Route::direct(host, transport),
             label: m.authority(),
             resolve: m.resolve,
             base: m.url.clone(),
@@ -218,22 +213,16 @@ impl Session {
         let text = describe(e);
         let reg = &self.route.registry;
         let certs = self.transports.certs_dir(reg);
-        let near: Vec<&String> = self
+        let near: Vec<String> = self
             .route
-            .notes
+            .near_misses
             .iter()
-            .filter(|n| n.contains("port-exact"))
+            .map(|n| n.explain(reg))
             .collect();
         let near = if near.is_empty() {
             String::new()
         } else {
-            format!(
-                " Note: {}",
-                near.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
+            format!(" Note: {}", near.join(" "))
         };
         let kind = transport_kind(e);
         if kind == TransportKind::Certificate {

@@ -186,17 +186,65 @@ pub struct Matched {
     pub entry: RegistryHost,
 }
 
+/// Entries of a list with the registry's host but another port: they do not apply (matching
+/// is port-exact), and an operator wondering why a list "does not work" should hear of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NearMiss {
+    pub list: ListKind,
+    pub entries: Vec<RegistryHost>,
+}
+
+impl NearMiss {
+    /// The sentence for `explain` and for error hints.
+    pub fn explain(&self, registry: &RegistryHost) -> String {
+        let listed: Vec<String> = self.entries.iter().map(|e| e.to_string()).collect();
+        format!(
+            "{} lists {}, which {} not match {registry}: matching is port-exact (no port is not \
+             :443 or :80); add {registry} to the list if it should apply",
+            self.list.short(),
+            listed.join(" and "),
+            if listed.len() == 1 { "does" } else { "do" }
+        )
+    }
+}
+
 /// The decision for one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub registry: RegistryHost,
     pub transport: Transport,
     pub matched: Option<Matched>,
-    /// Things an operator debugging this registry should know (near misses, overlaps).
-    pub notes: Vec<String>,
+    /// Listed in both lists (plain HTTP wins).
+    pub in_both: bool,
+    /// Entries that name the same host with another port.
+    pub near_misses: Vec<NearMiss>,
 }
 
 impl Route {
+    /// A route decided by explicit configuration rather than the lists (a mirror).
+    pub fn direct(registry: RegistryHost, transport: Transport) -> Route {
+        Route {
+            registry,
+            transport,
+            matched: None,
+            in_both: false,
+            near_misses: Vec::new(),
+        }
+    }
+
+    /// Things an operator debugging this registry should know (overlaps, near misses).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.in_both {
+            notes.push(format!(
+                "{} is in both kci-http-registry and kci-insecure-registry; plain HTTP wins",
+                self.registry
+            ));
+        }
+        notes.extend(self.near_misses.iter().map(|n| n.explain(&self.registry)));
+        notes
+    }
+
     /// Base URL of the registry API, e.g. `https://registry-1.docker.io`.
     pub fn endpoint(&self) -> String {
         format!(
@@ -248,30 +296,21 @@ impl Policy {
         } else {
             (Transport::Https, None)
         };
-        let mut notes = Vec::new();
-        if in_http && in_insecure {
-            notes.push(format!(
-                "{registry} is in both kci-http-registry and kci-insecure-registry; plain HTTP \
-                 wins"
-            ));
-        }
-        for list in [&self.http, &self.insecure] {
-            let near: Vec<String> = list
-                .entries
-                .iter()
-                .filter(|e| *e != registry && e.same_host(registry))
-                .map(|e| e.to_string())
-                .collect();
-            if !near.is_empty() {
-                notes.push(format!(
-                    "{} lists {}, which {} not match {registry}: matching is port-exact (no \
-                     port is not :443 or :80); add {registry} to the list if it should apply",
-                    list.kind.short(),
-                    near.join(" and "),
-                    if near.len() == 1 { "does" } else { "do" }
-                ));
-            }
-        }
+        let near_misses = [&self.http, &self.insecure]
+            .into_iter()
+            .filter_map(|list| {
+                let entries: Vec<RegistryHost> = list
+                    .entries
+                    .iter()
+                    .filter(|e| *e != registry && e.same_host(registry))
+                    .cloned()
+                    .collect();
+                (!entries.is_empty()).then_some(NearMiss {
+                    list: list.kind,
+                    entries,
+                })
+            })
+            .collect();
         Route {
             registry: registry.clone(),
             transport,
@@ -279,7 +318,8 @@ impl Policy {
                 list,
                 entry: registry.clone(),
             }),
-            notes,
+            in_both: in_http && in_insecure,
+            near_misses,
         }
     }
 }
@@ -447,8 +487,8 @@ mod tests {
         assert!(notes.warnings[0].contains("plain HTTP"));
         let r = p.route(&Reference::parse("reg.example.com:5000/a").unwrap().registry);
         assert_eq!(r.transport, Transport::Http);
-        assert_eq!(r.matched.unwrap().list, ListKind::Http);
-        assert!(r.notes[0].contains("both"));
+        assert_eq!(r.matched.as_ref().unwrap().list, ListKind::Http);
+        assert!(r.notes()[0].contains("both"));
     }
 
     #[test]
@@ -460,9 +500,9 @@ mod tests {
                 .registry,
         );
         assert_eq!(r.transport, Transport::Https);
-        assert_eq!(r.notes.len(), 1);
-        assert!(r.notes[0].contains("port-exact"), "{:?}", r.notes);
-        assert!(r.notes[0].contains("kci-insecure-registry lists harbor.example.com"));
+        assert_eq!(r.notes().len(), 1);
+        assert!(r.notes()[0].contains("port-exact"), "{:?}", r.notes());
+        assert!(r.notes()[0].contains("kci-insecure-registry lists harbor.example.com"));
     }
 
     #[test]
