@@ -1,68 +1,80 @@
-//! `explain`: what the agent would do for each image, from the same routing function `pull`
-//! uses.
-
-use std::path::Path;
+//! `explain`: what the agent would do for each image, from the same function `pull` opens its
+//! sessions from ([`crate::registry::endpoints::endpoints`]).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::config::{Config, ImageRequest};
+use crate::registry::endpoints::{Endpoint, Role, endpoints};
 use crate::registry::host::RegistryHost;
 use crate::registry::mirrors::Mirror;
-
-use crate::config::{Config, ImageRequest};
-use crate::registry::policy::{Route, Transport};
+use crate::registry::policy::Transport;
 
 /// One image's decision.
 pub struct Explanation<'a> {
     pub request: &'a ImageRequest,
-    pub route: Route,
-    /// Mirrors tried before the origin (hosts.toml), in order.
-    pub mirrors: Vec<Mirror>,
+    /// The hosts it would be fetched from, in order: mirrors, then the origin (last).
+    pub endpoints: Vec<Endpoint>,
 }
 
 pub fn explain<'a>(
     cfg: &'a Config,
     mirrors: &HashMap<RegistryHost, Vec<Mirror>>,
-) -> Vec<Explanation<'a>> {
+    root: &Path,
+) -> Result<Vec<Explanation<'a>>, String> {
     cfg.images
         .iter()
-        .map(|request| Explanation {
-            request,
-            route: cfg.policy.route(&request.reference.registry),
-            mirrors: mirrors
-                .get(&request.reference.registry)
-                .cloned()
-                .unwrap_or_default(),
+        .map(|request| {
+            let registry = &request.reference.registry;
+            let route = cfg.policy.route(registry);
+            let mirrors = mirrors.get(registry).map(Vec::as_slice).unwrap_or_default();
+            Ok(Explanation {
+                request,
+                endpoints: endpoints(root, &route, mirrors)?,
+            })
         })
         .collect()
 }
 
-fn mirror_url(m: &Mirror) -> String {
-    format!("{}{}", m.url.as_str().trim_end_matches('/'), m.api_prefix)
-}
-
-fn capabilities(m: &Mirror) -> Vec<&'static str> {
+fn capabilities(e: &Endpoint) -> Vec<&'static str> {
+    let (pull, resolve) = match e.role {
+        Role::Origin => (true, true),
+        Role::Mirror { resolve, pull } => (pull, resolve),
+    };
     let mut c = Vec::new();
-    if m.pull {
+    if pull {
         c.push("pull");
     }
-    if m.resolve {
+    if resolve {
         c.push("resolve");
     }
     c
 }
 
-/// The directory of extra CA files for a registry, under `root`.
-pub fn certs_dir(root: &Path, e: &Explanation<'_>) -> std::path::PathBuf {
-    root.join("etc/kci/certs.d")
-        .join(e.route.registry.to_string())
+fn role(e: &Endpoint) -> &'static str {
+    match e.role {
+        Role::Origin => "origin",
+        Role::Mirror { .. } => "mirror",
+    }
 }
 
 impl Explanation<'_> {
+    /// The origin: the registry itself, always the last endpoint.
+    pub fn origin(&self) -> &Endpoint {
+        self.endpoints
+            .last()
+            .expect("the origin is always an endpoint")
+    }
+
+    fn mirrors(&self) -> &[Endpoint] {
+        &self.endpoints[..self.endpoints.len() - 1]
+    }
+
     /// One line of `explain --output json` (SPEC §6, plus `transport`, `endpoint`, `notes`).
     pub fn to_json(&self) -> Value {
-        let r = &self.route;
+        let r = &self.origin().route;
         json!({
             "image": self.request.image,
             "reference": self.request.reference.to_string(),
@@ -75,37 +87,20 @@ impl Explanation<'_> {
             })),
             "transport": r.transport.as_str(),
             "endpoint": r.endpoint(),
-            "hosts": self.hosts_json(),
+            "hosts": self.endpoints.iter().map(|e| json!({
+                "url": e.api_url(),
+                "role": role(e),
+                "capabilities": capabilities(e),
+                "tls_verify": e.route.transport.tls_verify(),
+            })).collect::<Vec<_>>(),
             "notes": r.notes(),
         })
     }
 
-    /// The ordered hosts an image would be fetched from: mirrors, then the origin.
-    fn hosts_json(&self) -> Value {
-        let mut hosts: Vec<Value> = self
-            .mirrors
-            .iter()
-            .map(|m| {
-                json!({
-                    "url": mirror_url(m),
-                    "role": "mirror",
-                    "capabilities": capabilities(m),
-                    "tls_verify": (m.url.scheme() == "https").then_some(!m.skip_verify),
-                })
-            })
-            .collect();
-        hosts.push(json!({
-            "url": format!("{}/v2", self.route.endpoint()),
-            "role": "origin",
-            "capabilities": ["pull", "resolve"],
-            "tls_verify": self.route.transport.tls_verify(),
-        }));
-        Value::Array(hosts)
-    }
-
     /// The human-readable block.
-    pub fn to_text(&self, root: &Path) -> String {
-        let r = &self.route;
+    pub fn to_text(&self) -> String {
+        let origin = self.origin();
+        let r = &origin.route;
         let transport = match r.transport {
             Transport::Http => "http (plain HTTP, no TLS)".to_string(),
             Transport::HttpsInsecure => {
@@ -114,7 +109,7 @@ impl Explanation<'_> {
             }
             Transport::Https => format!(
                 "https, certificate verified (system roots + {}/*.crt)",
-                certs_dir(root, self).display()
+                origin.ca_dir.as_deref().unwrap_or(Path::new("")).display()
             ),
         };
         let matched = match &r.matched {
@@ -132,25 +127,26 @@ impl Explanation<'_> {
             transport,
             matched
         );
-        if !self.mirrors.is_empty() {
-            for (i, m) in self.mirrors.iter().enumerate() {
-                let tls = match (m.url.scheme(), m.skip_verify) {
-                    ("http", _) => "plain HTTP",
-                    (_, true) => "certificate NOT verified",
-                    _ => "certificate verified",
+        let mirrors = self.mirrors();
+        if !mirrors.is_empty() {
+            for (i, m) in mirrors.iter().enumerate() {
+                let tls = match m.route.transport {
+                    Transport::Http => "plain HTTP",
+                    Transport::HttpsInsecure => "certificate NOT verified",
+                    Transport::Https => "certificate verified",
                 };
                 out.push_str(&format!(
                     "  {}  {}. {} (mirror: {}; {tls})\n",
                     if i == 0 { "hosts    " } else { "         " },
                     i + 1,
-                    mirror_url(m),
+                    m.api_url(),
                     capabilities(m).join(", ")
                 ));
             }
             out.push_str(&format!(
-                "             {}. {}/v2 (origin)\n",
-                self.mirrors.len() + 1,
-                r.endpoint()
+                "             {}. {} (origin)\n",
+                mirrors.len() + 1,
+                origin.api_url()
             ));
         }
         for n in &r.notes() {

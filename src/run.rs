@@ -220,10 +220,10 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 ));
             }
             let mut stdout = std::io::stdout().lock();
-            for e in explain::explain(&cfg, &mirrors) {
+            for e in explain::explain(&cfg, &mirrors, root).map_err(Error::Config)? {
                 let text = match output {
                     OutputFormat::Json => format!("{}\n", e.to_json()),
-                    OutputFormat::Text => e.to_text(root),
+                    OutputFormat::Text => e.to_text(),
                 };
                 let _ = stdout.write_all(text.as_bytes());
             }

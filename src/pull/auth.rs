@@ -11,6 +11,7 @@ use reqwest::{Method, StatusCode, Url};
 use super::PullError;
 use super::retry::{Failure, redact, redact_str};
 use super::session::{Session, read_capped};
+use crate::registry::endpoints::Role;
 use crate::registry::policy::Transport;
 
 /// Largest token response kept in memory (SPEC §9).
@@ -67,7 +68,7 @@ impl Session {
                 // A mirror that cannot be reached is given up for the rest of the run after
                 // its retries, instead of being tried again for every blob.
                 let failures = self.ping_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if self.ns.is_some() && failures > u64::from(self.retries) {
+                if self.endpoint.role != Role::Origin && failures > u64::from(self.retries) {
                     if self.unreachable.set(message.clone()).is_ok() {
                         tracing::warn!(
                             host = %self.label,
@@ -102,7 +103,7 @@ impl Session {
                 Failure::Fatal(PullError {
                     message: format!(
                         "{} answered 401 without a usable WWW-Authenticate challenge",
-                        self.route.registry
+                        self.route().registry
                     ),
                     hint: None,
                 })
@@ -125,7 +126,7 @@ impl Session {
         match self.challenge().await? {
             Challenge::Anonymous => Ok(None),
             Challenge::Basic => Ok(self.creds.as_ref().map(|c| {
-                match self.route.transport {
+                match self.route().transport {
                     Transport::Http => self.warn_clear_credentials("plain HTTP"),
                     Transport::HttpsInsecure => {
                         self.warn_clear_credentials("HTTPS without certificate verification")
@@ -171,26 +172,24 @@ impl Session {
             }
             q.append_pair("scope", scope);
         }
-        let client = if self.same_origin(&url) {
-            self.client.clone()
-        } else if url.scheme() == "https" {
-            self.transports.verified(None).map_err(|e| fatal(e, None))?
-        } else if url.scheme() == "http" && self.route.transport == Transport::Http {
-            self.transports.plain().map_err(|e| fatal(e, None))?
-        } else {
-            return Err(fatal(
-                format!(
-                    "refused the token realm {realm}: plain HTTP for a registry reached over HTTPS",
-                    realm = redact_str(realm)
-                ),
-                Some("the registry's token service must use HTTPS".into()),
-            ));
-        };
+        // A realm named by the registry's own origin (the only challenge that counts), reached
+        // as onward() allows: never plain HTTP for a registry reached over HTTPS.
+        let (client, _) = self
+            .onward_client(self.route().transport, &url)
+            .map_err(|why| {
+                fatal(
+                    format!(
+                        "refused the token realm {realm}: {why}",
+                        realm = redact_str(realm)
+                    ),
+                    Some("the registry's token service must use HTTPS".into()),
+                )
+            })?;
         let mut req = client.get(url.clone());
         if let Some(c) = &self.creds {
             if url.scheme() == "http" {
                 self.warn_clear_credentials("plain HTTP");
-            } else if self.same_origin(&url) && self.route.transport == Transport::HttpsInsecure {
+            } else if self.same_origin(&url) && self.route().transport == Transport::HttpsInsecure {
                 self.warn_clear_credentials("HTTPS without certificate verification");
             }
             req = req.basic_auth(&c.username, Some(&c.password));

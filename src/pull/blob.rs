@@ -222,7 +222,7 @@ impl Session {
                     ),
                     hint: Some(format!(
                         "{} or something in between served wrong bytes; nothing was stored",
-                        self.route.registry
+                        self.route().registry
                     )),
                 },
                 true,

@@ -104,6 +104,8 @@ impl Shared {
 }
 
 struct Shared {
+    /// `--root`, for the endpoints' CA directories.
+    root: std::path::PathBuf,
     progress: Arc<progress::Progress>,
     store: Store,
     transports: Arc<Transports>,
@@ -139,9 +141,10 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     };
     let resolver = Arc::new(RootResolver::from_root(&opts.root));
     let shared = Arc::new(Shared {
+        root: opts.root.clone(),
         progress: Arc::new(progress::Progress::default()),
         store,
-        transports: Arc::new(Transports::new(&opts.root, resolver, opts.net)),
+        transports: Arc::new(Transports::new(resolver, opts.net)),
         policy: cfg.policy.clone(),
         auth: auth.clone(),
         platform: opts.platform.clone(),
@@ -261,24 +264,23 @@ async fn endpoints(
     if let Some(s) = map.get(registry) {
         return Ok(s.clone());
     }
-    let mut list = Vec::new();
-    for m in &shared.mirrors(registry) {
-        let host = RegistryHost::parse(&m.authority()).ok();
-        let creds = host.and_then(|h| shared.auth.lookup(&h).cloned());
-        list.push(Arc::new(Session::mirror(
-            m,
-            registry,
+    let route = shared.policy.route(registry);
+    let planned =
+        crate::registry::endpoints::endpoints(&shared.root, &route, &shared.mirrors(registry))
+            .map_err(|e| PullError {
+                message: e,
+                hint: Some("fix the registry's hosts.toml".into()),
+            })?;
+    let mut list = Vec::with_capacity(planned.len());
+    for endpoint in planned {
+        // Credentials by the endpoint's own host[:port], port-exact.
+        let creds = shared.auth.lookup(endpoint.authority()).cloned();
+        list.push(Arc::new(Session::new(
+            endpoint,
             shared.transports.clone(),
             creds,
         )?));
     }
-    let route = shared.policy.route(registry);
-    let creds = shared.auth.lookup(registry).cloned();
-    list.push(Arc::new(Session::new(
-        route,
-        shared.transports.clone(),
-        creds,
-    )?));
     let list = Arc::new(list);
     map.insert(registry.clone(), list.clone());
     Ok(list)
@@ -341,7 +343,11 @@ async fn pull_image(
     }
     let all = endpoints(shared, &r.registry).await?;
     // Tags are resolved only by hosts allowed to; content addressed by digest comes from any.
-    let resolvers: Vec<Arc<Session>> = all.iter().filter(|s| s.resolve).cloned().collect();
+    let resolvers: Vec<Arc<Session>> = all
+        .iter()
+        .filter(|s| s.endpoint.resolves())
+        .cloned()
+        .collect();
     let tag_or_digest = r
         .digest
         .as_ref()

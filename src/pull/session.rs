@@ -19,6 +19,7 @@ use super::speed::LowSpeed;
 use crate::config::auth::Credentials;
 use crate::oci::Digest;
 use crate::oci::manifest::{ACCEPT, MAX_MANIFEST};
+use crate::registry::endpoints::{Endpoint, Role, onward, same_origin};
 use crate::registry::policy::{Route, Transport};
 use crate::registry::transport::Transports;
 
@@ -27,20 +28,14 @@ const MAX_REDIRECTS: usize = 10;
 pub const MAX_ERROR_BODY: u64 = 64 << 10;
 
 pub struct Session {
-    pub route: Route,
+    /// How this host is reached ([`crate::registry::endpoints::endpoints`]).
+    pub endpoint: Endpoint,
     /// `host[:port]` of this endpoint (the registry, or a mirror), for the report.
     pub label: String,
-    /// May resolve tags (a mirror without the `resolve` capability serves digests only).
-    pub resolve: bool,
-    pub(super) base: Url,
-    /// API root: `/v2`, or a mirror's own path.
-    pub(super) prefix: String,
-    /// `?ns=<registry>` on a mirror's requests, as containerd sends it.
-    pub(super) ns: Option<String>,
     /// Failed attempts to reach `/v2/`, and why a mirror was given up for this run.
     pub(super) ping_failures: AtomicU64,
     pub(super) unreachable: std::sync::OnceLock<String>,
-    /// Extra headers sent to this endpoint (a mirror's hosts.toml `header` table).
+    /// The endpoint's extra headers (a mirror's hosts.toml `header` table).
     pub(super) headers: HeaderMap,
     /// Retries after a transient failure: a mirror gets one, so that a dead mirror costs
     /// little before the next host is tried; the origin gets [`RETRIES`].
@@ -54,33 +49,41 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session with one endpoint, over the client its transport calls for.
     pub fn new(
-        route: Route,
+        endpoint: Endpoint,
         transports: Arc<Transports>,
         creds: Option<Credentials>,
     ) -> Result<Session, PullError> {
-        let client = transports.for_route(&route).map_err(|e| PullError {
-            message: e,
-            hint: Some(format!(
-                "fix or remove the CA files in {}",
-                transports.certs_dir(&route.registry).display()
-            )),
-        })?;
-        let base = Url::parse(&route.endpoint()).map_err(|e| PullError {
-            message: format!("invalid endpoint {}: {e}", route.endpoint()),
-            hint: None,
-        })?;
+        let origin = endpoint.role == Role::Origin;
+        let fail = |e: String| PullError {
+            message: if origin {
+                e
+            } else {
+                format!("mirror {}: {e}", endpoint.base)
+            },
+            hint: Some(match (&endpoint.ca_dir, origin) {
+                (_, false) => "fix the mirror's entry in hosts.toml".to_string(),
+                (Some(dir), true) => format!("fix or remove the CA files in {}", dir.display()),
+                (None, true) => "see the error above".to_string(),
+            }),
+        };
+        let client = transports.for_endpoint(&endpoint).map_err(fail)?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &endpoint.headers {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            let value = HeaderValue::from_str(v).map_err(|e| fail(e.to_string()))?;
+            headers.append(name, value);
+        }
         Ok(Session {
-            label: route.registry.to_string(),
-            resolve: true,
-            prefix: "/v2".into(),
-            ns: None,
-            headers: HeaderMap::new(),
+            label: endpoint.authority().to_string(),
+            headers,
             ping_failures: AtomicU64::new(0),
             unreachable: std::sync::OnceLock::new(),
-            retries: RETRIES,
-            route,
-            base,
+            // A mirror gets one retry, so that a dead mirror costs little before the next host.
+            retries: if origin { RETRIES } else { MIRROR_RETRIES },
+            endpoint,
             client,
             transports,
             creds,
@@ -89,59 +92,24 @@ impl Session {
         })
     }
 
-    /// A session with a mirror of `registry`, reached exactly as its hosts.toml entry says.
-    pub fn mirror(
-        m: &crate::registry::mirrors::Mirror,
-        registry: &crate::registry::host::RegistryHost,
-        transports: Arc<Transports>,
-        creds: Option<Credentials>,
-    ) -> Result<Session, PullError> {
-        let fail = |e: String| PullError {
-            message: format!("mirror {}: {e}", m.url),
-            hint: Some("fix the mirror's entry in hosts.toml".into()),
+    /// The decision for this host (its transport, matched entry, near misses).
+    pub fn route(&self) -> &Route {
+        &self.endpoint.route
+    }
+
+    /// The client for a URL the registry pointed to, as [`onward`] allows it from `from`.
+    pub(super) fn onward_client(
+        &self,
+        from: Transport,
+        url: &Url,
+    ) -> Result<(Client, Transport), String> {
+        let t = onward(&self.endpoint, from, url)?;
+        let client = if same_origin(&self.endpoint.base, url) {
+            self.client.clone()
+        } else {
+            self.transports.onward(t)?
         };
-        let host = crate::registry::host::RegistryHost::parse(&m.authority())
-            .map_err(|e| fail(e.to_string()))?;
-        let (client, transport) = match (m.url.scheme(), m.skip_verify) {
-            ("http", _) => (transports.plain().map_err(fail)?, Transport::Http),
-            (_, true) => (
-                transports.insecure().map_err(fail)?,
-                Transport::HttpsInsecure,
-            ),
-            _ => {
-                let dir = transports.certs_dir(&host);
-                (
-                    transports.verified_with(Some(&dir), &m.ca).map_err(fail)?,
-                    Transport::Https,
-                )
-            }
-        };
-        Ok(Session {
-            route: Route::direct(host, transport),
-            label: m.authority(),
-            resolve: m.resolve,
-            base: m.url.clone(),
-            prefix: m.api_prefix.clone(),
-            ns: Some(registry.to_string()),
-            headers: {
-                let mut h = HeaderMap::new();
-                for (k, v) in &m.headers {
-                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                        .map_err(|e| fail(e.to_string()))?;
-                    let value = HeaderValue::from_str(v).map_err(|e| fail(e.to_string()))?;
-                    h.append(name, value);
-                }
-                h
-            },
-            ping_failures: AtomicU64::new(0),
-            unreachable: std::sync::OnceLock::new(),
-            retries: MIRROR_RETRIES,
-            client,
-            transports,
-            creds,
-            auth: tokio::sync::Mutex::new(AuthState::default()),
-            warned_clear: std::sync::Once::new(),
-        })
+        Ok((client, t))
     }
 
     /// The failure for an unexpected status: retried (429, 5xx), or explained, with what the
@@ -155,7 +123,7 @@ impl Session {
             what.to_string()
         };
         let what = what.as_str();
-        match status_failure(resp.status(), resp.headers(), what, &self.route) {
+        match status_failure(resp.status(), resp.headers(), what, self.route()) {
             Failure::Fatal(mut e) => {
                 if redirected {
                     e.hint = Some(format!(
@@ -194,27 +162,25 @@ impl Session {
 
     /// The URL of an API path (`/` for the ping, `/<repo>/manifests/<ref>`, ...).
     pub(super) fn url(&self, path: &str) -> Url {
-        let mut u = self.base.clone();
-        u.set_path(&format!("{}{path}", self.prefix));
-        if let Some(ns) = &self.ns {
+        let mut u = self.endpoint.base.clone();
+        u.set_path(&format!("{}{path}", self.endpoint.api_prefix));
+        if let Some(ns) = &self.endpoint.ns {
             u.query_pairs_mut().append_pair("ns", ns);
         }
         u
     }
 
     pub(super) fn same_origin(&self, u: &Url) -> bool {
-        u.scheme() == self.base.scheme()
-            && u.host_str() == self.base.host_str()
-            && u.port_or_known_default() == self.base.port_or_known_default()
+        same_origin(&self.endpoint.base, u)
     }
 
     /// Explains a transport-level failure to the operator: what went wrong and what to change.
     pub(super) fn transport_failure(&self, url: &Url, e: &reqwest::Error) -> Failure {
         let text = describe(e);
-        let reg = &self.route.registry;
-        let certs = self.transports.certs_dir(reg);
+        let reg = &self.route().registry;
+        let certs = self.endpoint.ca_dir.clone().unwrap_or_default();
         let near: Vec<String> = self
-            .route
+            .route()
             .near_misses
             .iter()
             .map(|n| n.explain(reg))
@@ -283,6 +249,8 @@ impl Session {
     ) -> Result<Response, Failure> {
         let mut url = url;
         let mut client = self.client.clone();
+        // How the current hop is reached: a redirect never goes from HTTPS to plain HTTP.
+        let mut hop = self.route().transport;
         for _ in 0..=MAX_REDIRECTS {
             let mut req = client
                 .request(method.clone(), url.clone())
@@ -314,34 +282,24 @@ impl Session {
                     hint: None,
                 })
             })?;
-            if url.scheme() == "https" && next.scheme() != "https" {
-                return Err(Failure::Fatal(PullError {
-                    message: format!("refused a redirect from HTTPS ({url}) to {next}", url = redact(&url), next = redact(&next)),
-                    hint: Some("the registry or its storage redirects to plain HTTP; fix its configuration (the agent never downgrades)".into()),
-                }));
-            }
-            client = if self.same_origin(&next) {
-                self.client.clone()
-            } else if next.scheme() == "https" {
-                self.transports.verified(None).map_err(|e| {
-                    Failure::Fatal(PullError {
-                        message: e,
-                        hint: None,
-                    })
-                })?
-            } else if next.scheme() == "http" {
-                self.transports.plain().map_err(|e| {
-                    Failure::Fatal(PullError {
-                        message: e,
-                        hint: None,
-                    })
-                })?
-            } else {
-                return Err(Failure::Fatal(PullError {
-                    message: format!("refused a redirect to {next}", next = redact(&next)),
-                    hint: None,
-                }));
-            };
+            let (next_client, next_transport) = self.onward_client(hop, &next).map_err(|why| {
+                Failure::Fatal(PullError {
+                    message: format!(
+                        "refused a redirect from {} ({url}) to {next}: {why}",
+                        hop.scheme().to_ascii_uppercase(),
+                        url = redact(&url),
+                        next = redact(&next)
+                    ),
+                    hint: Some(
+                        "the registry or its storage redirects where the agent may not \
+                         follow (it never downgrades from HTTPS to plain HTTP); fix its \
+                         configuration"
+                            .into(),
+                    ),
+                })
+            })?;
+            client = next_client;
+            hop = next_transport;
             tracing::debug!(from = %redact(&url), to = %redact(&next), "following redirect");
             url = next;
         }
@@ -409,12 +367,12 @@ impl Session {
                             ),
                             hint: Some(format!(
                                 "check that {} is reachable and healthy, then rerun",
-                                self.route.registry
+                                self.route().registry
                             )),
                         });
                     }
                     let wait = backoff(attempt, after);
-                    tracing::warn!(registry = %self.route.registry, "{what}: {message}; retrying in {} ms", wait.as_millis());
+                    tracing::warn!(registry = %self.route().registry, "{what}: {message}; retrying in {} ms", wait.as_millis());
                     tokio::time::sleep(wait).await;
                 }
             }

@@ -1,6 +1,7 @@
 //! Registries: references, exact `host[:port]` identity, the transport policy, mirrors and
 //! name resolution.
 
+pub mod endpoints;
 pub mod host;
 pub mod mirrors;
 pub mod policy;

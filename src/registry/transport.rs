@@ -13,8 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::host::RegistryHost;
-use super::policy::{Route, Transport};
+use super::endpoints::Endpoint;
+use super::policy::Transport;
 use super::resolver::{ReqwestResolver, RootResolver};
 
 /// Timeouts for every connection.
@@ -93,7 +93,6 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
 /// Builds and caches the clients of one run.
 pub struct Transports {
-    root: PathBuf,
     resolver: Arc<RootResolver>,
     opts: NetOptions,
     system_roots: OnceLock<Result<Arc<RootCertStore>, String>>,
@@ -108,9 +107,8 @@ impl Transports {
         self.opts
     }
 
-    pub fn new(root: &Path, resolver: Arc<RootResolver>, opts: NetOptions) -> Transports {
+    pub fn new(resolver: Arc<RootResolver>, opts: NetOptions) -> Transports {
         Transports {
-            root: root.to_path_buf(),
             resolver,
             opts,
             system_roots: OnceLock::new(),
@@ -187,11 +185,6 @@ impl Transports {
             .clone()
     }
 
-    /// The directory of extra CAs for a registry: `<root>/etc/kci/certs.d/<host[:port]>`.
-    pub fn certs_dir(&self, registry: &RegistryHost) -> PathBuf {
-        self.root.join("etc/kci/certs.d").join(registry.to_string())
-    }
-
     /// Verified HTTPS with the system roots plus the `*.crt` files of `certs_dir` (if any).
     pub fn verified(&self, certs_dir: Option<&Path>) -> Result<Client, String> {
         self.verified_with(certs_dir, &[])
@@ -233,12 +226,22 @@ impl Transports {
         Ok(client)
     }
 
-    /// The client the policy chose for this registry.
-    pub fn for_route(&self, route: &Route) -> Result<Client, String> {
-        match route.transport {
+    /// The client for an endpoint, as [`super::endpoints::endpoints`] decided it.
+    pub fn for_endpoint(&self, e: &Endpoint) -> Result<Client, String> {
+        match e.route.transport {
             Transport::Http => self.plain(),
             Transport::HttpsInsecure => self.insecure(),
-            Transport::Https => self.verified(Some(&self.certs_dir(&route.registry))),
+            Transport::Https => self.verified_with(e.ca_dir.as_deref(), &e.ca_files),
+        }
+    }
+
+    /// The client for a host the registry pointed to (a redirect, a token realm), once
+    /// [`super::endpoints::onward`] allowed it: verified HTTPS with the system roots only.
+    pub fn onward(&self, t: Transport) -> Result<Client, String> {
+        match t {
+            Transport::Http => self.plain(),
+            Transport::HttpsInsecure => self.insecure(),
+            Transport::Https => self.verified(None),
         }
     }
 }

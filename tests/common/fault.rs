@@ -55,6 +55,8 @@ pub struct Seen {
     pub path: String,
     pub authorization: Option<String>,
     pub range: Option<String>,
+    /// When the request arrived (to order requests seen by different servers).
+    pub at: std::time::Instant,
 }
 
 pub struct FaultServer {
@@ -196,6 +198,7 @@ fn serve<S: Read + Write>(
             path: target.clone(),
             authorization: header("authorization"),
             range: header("range"),
+            at: std::time::Instant::now(),
         });
         let out = reader.get_mut();
         if let Some(want) = want_auth
