@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rustix::fs::FileType;
 
-use super::{REF_NAME, Store};
+use super::Store;
 use crate::fsutil;
 use crate::oci::{Algorithm, Digest};
 
@@ -124,25 +124,17 @@ impl Store {
             }
         };
         let mut incomplete = Vec::new();
-        for m in index["manifests"].as_array().into_iter().flatten() {
-            let name = m["annotations"][REF_NAME]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let digest = m["digest"].as_str().map(Digest::parse);
-            let ok = match digest {
-                Some(Ok(d)) => {
-                    !corrupt.contains(&d)
-                        && self.manifest_blobs(&d).is_some_and(|blobs| {
-                            blobs.iter().all(|x| {
-                                self.has_blob(&x.digest, x.size) && !corrupt.contains(&x.digest)
-                            })
+        for entry in index.entries() {
+            let ok = entry.descriptor.is_ok_and(|d| {
+                !corrupt.contains(&d.digest)
+                    && self.manifest_blobs(&d.digest).is_some_and(|blobs| {
+                        blobs.iter().all(|x| {
+                            self.has_blob(&x.digest, x.size) && !corrupt.contains(&x.digest)
                         })
-                }
-                _ => false,
-            };
+                    })
+            });
             if !ok {
-                incomplete.push(name);
+                incomplete.push(entry.name.unwrap_or_default());
             }
         }
         if !incomplete.is_empty() {
@@ -163,13 +155,7 @@ impl Store {
 
     fn remove_refs(&self, names: &[String]) -> io::Result<()> {
         let mut index = self.read_index()?;
-        if let Some(list) = index["manifests"].as_array_mut() {
-            list.retain(|m| {
-                !names
-                    .iter()
-                    .any(|n| m["annotations"][REF_NAME].as_str() == Some(n.as_str()))
-            });
-        }
+        index.remove(names);
         self.write_index(&index)
     }
 }

@@ -11,6 +11,7 @@
 //! names a file.
 
 mod check;
+mod index;
 mod ingest;
 
 use std::fs::File;
@@ -18,19 +19,14 @@ use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
-
 use crate::fsutil;
-use crate::oci::manifest::{Descriptor, MAX_MANIFEST, OCI_INDEX};
+use crate::oci::manifest::{Descriptor, MAX_MANIFEST};
 use crate::oci::{Algorithm, Digest};
 
 pub use check::Problem;
+pub use index::{Entry, Index, REF_NAME, RESOLVED};
 pub use ingest::IngestFile;
 
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// What the reference resolved to at the registry (the index for a multi-platform image):
-/// lets a later pull of a tag decide "present" from a HEAD request alone.
-pub const RESOLVED: &str = "com.ksyun.kci.resolved-digest";
 /// Largest `index.json` read.
 const MAX_INDEX: u64 = 64 << 20;
 /// Mode of the store's files.
@@ -358,55 +354,31 @@ impl Store {
         Ok(())
     }
 
-    fn read_index(&self) -> io::Result<Value> {
+    /// The store's `index.json` (an empty index if there is none).
+    pub(crate) fn read_index(&self) -> io::Result<Index> {
         let path = self.root.join("index.json");
         match fsutil::read_file(self.root_fd.as_fd(), "index.json", MAX_INDEX, &path)? {
-            Some(bytes) => {
-                let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    io::Error::new(
-                        ErrorKind::InvalidData,
-                        format!(
-                            "{} is not valid JSON ({e}); move it aside to start a fresh index",
-                            path.display()
-                        ),
-                    )
-                })?;
-                if !v.get("manifests").is_some_and(Value::is_array) {
-                    return Err(io::Error::new(
-                        ErrorKind::InvalidData,
-                        format!("{} has no manifests array", path.display()),
-                    ));
-                }
-                Ok(v)
-            }
-            None => Ok(json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": [],
-            })),
+            Some(bytes) => Index::parse(&bytes, &path),
+            None => Ok(Index::empty()),
         }
     }
 
     /// The descriptor stored for a reference name. An entry that is not a valid descriptor
     /// (a digest that is not one, say) counts as absent: the pull replaces it.
     pub fn find_ref(&self, name: &str) -> io::Result<Option<Descriptor>> {
-        let index = self.read_index()?;
-        let found = index["manifests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["annotations"][REF_NAME] == name)
-            .cloned();
-        Ok(found.and_then(|m| match serde_json::from_value(m) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!(
-                    store = %self.root.display(),
-                    "the index.json entry of {name} is invalid ({e}); it is replaced"
-                );
-                None
-            }
-        }))
+        Ok(self
+            .read_index()?
+            .find(name)
+            .and_then(|e| match e.descriptor {
+                Ok(d) => Some(d),
+                Err(why) => {
+                    tracing::warn!(
+                        store = %self.root.display(),
+                        "the index.json entry of {name} is invalid ({why}); it is replaced"
+                    );
+                    None
+                }
+            }))
     }
 
     /// Replaces (or adds) the descriptor of each reference in `index.json`, in one atomic write.
@@ -415,37 +387,27 @@ impl Store {
             return Ok(());
         }
         let mut index = self.read_index()?;
-        let manifests = index["manifests"].as_array_mut().expect("checked");
         for d in descriptors {
-            let name = d
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(REF_NAME))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let value = serde_json::to_value(d)?;
-            match manifests
-                .iter_mut()
-                .find(|m| m["annotations"][REF_NAME] == name)
-            {
-                Some(slot) => *slot = value,
-                None => manifests.push(value),
-            }
+            index.set(d)?;
         }
         self.write_index(&index)
     }
 
-    fn write_index(&self, index: &Value) -> io::Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(index)?;
-        bytes.push(b'\n');
-        fsutil::replace(self.root_fd.as_fd(), "index.json", &bytes, FILE_MODE)
-            .map_err(ctx(&self.root.join("index.json"), "cannot write"))
+    pub(crate) fn write_index(&self, index: &Index) -> io::Result<()> {
+        fsutil::replace(
+            self.root_fd.as_fd(),
+            "index.json",
+            &index.to_bytes(),
+            FILE_MODE,
+        )
+        .map_err(ctx(&self.root.join("index.json"), "cannot write"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
     use std::fs;
 
     fn desc(name: &str, n: u8) -> Descriptor {
