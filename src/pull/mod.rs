@@ -3,6 +3,8 @@
 
 mod auth;
 mod blob;
+mod hosts;
+mod image;
 pub mod progress;
 pub mod retry;
 pub mod session;
@@ -15,14 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use serde_json::Value;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::config::auth::AuthFile;
 use crate::config::{Config, ImageRequest};
 use crate::oci::Digest;
-use crate::oci::manifest::{self, Descriptor, Document};
-use crate::oci::platform;
 use crate::oci::platform::Platform;
 use crate::registry::host::RegistryHost;
 use crate::registry::mirrors::Mirror;
@@ -30,7 +29,9 @@ use crate::registry::policy::Policy;
 use crate::registry::resolver::RootResolver;
 use crate::registry::transport::{NetOptions, Transports};
 use crate::report::{ImageReport, Status};
-use crate::store::{REF_NAME, RESOLVED, Store};
+use crate::store::Store;
+use hosts::Served;
+use image::pull_image;
 use session::Session;
 
 /// Why an image failed, and what to do about it.
@@ -107,7 +108,7 @@ struct Shared {
     /// `--root`, for the endpoints' CA directories.
     root: std::path::PathBuf,
     progress: Arc<progress::Progress>,
-    store: Store,
+    store: Arc<Store>,
     transports: Arc<Transports>,
     policy: Policy,
     auth: AuthFile,
@@ -143,7 +144,7 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     let shared = Arc::new(Shared {
         root: opts.root.clone(),
         progress: Arc::new(progress::Progress::default()),
-        store,
+        store: Arc::new(store),
         transports: Arc::new(Transports::new(resolver, opts.net)),
         policy: cfg.policy.clone(),
         auth: auth.clone(),
@@ -252,333 +253,6 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     report.bytes = bytes.load(Ordering::Relaxed);
     report.seconds = started.elapsed().as_secs_f64();
     report
-}
-
-/// The endpoints of a registry in the order they are tried: the mirrors of its hosts.toml,
-/// then the origin (reached as the policy says).
-async fn endpoints(
-    shared: &Shared,
-    registry: &RegistryHost,
-) -> Result<Arc<Vec<Arc<Session>>>, PullError> {
-    let mut map = shared.sessions.lock().await;
-    if let Some(s) = map.get(registry) {
-        return Ok(s.clone());
-    }
-    let route = shared.policy.route(registry);
-    let planned =
-        crate::registry::endpoints::endpoints(&shared.root, &route, &shared.mirrors(registry))
-            .map_err(|e| PullError {
-                message: e,
-                hint: Some("fix the registry's hosts.toml".into()),
-            })?;
-    let mut list = Vec::with_capacity(planned.len());
-    for endpoint in planned {
-        // Credentials by the endpoint's own host[:port], port-exact.
-        let creds = shared.auth.lookup(endpoint.authority()).cloned();
-        list.push(Arc::new(Session::new(
-            endpoint,
-            shared.transports.clone(),
-            creds,
-        )?));
-    }
-    let list = Arc::new(list);
-    map.insert(registry.clone(), list.clone());
-    Ok(list)
-}
-
-/// Runs `op` on each endpoint in turn until one succeeds; a failing mirror is logged and the
-/// next one tried. Returns the value and the endpoint that produced it.
-async fn first_ok<T>(
-    list: &[Arc<Session>],
-    what: &str,
-    op: impl AsyncFn(&Session) -> Result<T, PullError>,
-) -> Result<(T, Arc<Session>), PullError> {
-    let mut last = None;
-    for (i, s) in list.iter().enumerate() {
-        if s.is_unreachable() && i + 1 < list.len() {
-            continue;
-        }
-        match op(s).await {
-            Ok(v) => return Ok((v, s.clone())),
-            Err(e) => {
-                if i + 1 < list.len() && !s.is_unreachable() {
-                    tracing::warn!(host = %s.label, "{what} from {} failed ({e}); trying the next host", s.label);
-                }
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| PullError::new(format!("{what}: no host to try"))))
-}
-
-fn resolved_of(d: &Descriptor) -> Option<&str> {
-    d.annotations.as_ref()?.get(RESOLVED)?.as_str()
-}
-
-async fn pull_image(
-    shared: &Shared,
-    req: &ImageRequest,
-    bytes: &AtomicU64,
-    served: &Mutex<Served>,
-) -> Result<(Status, Digest), PullError> {
-    let r = &req.reference;
-    let name = r.to_string();
-    let store = &shared.store;
-    let stored = store.find_ref(&name).map_err(|e| PullError {
-        message: format!("cannot read the store's index: {e}"),
-        hint: Some("run the store check, or move index.json aside".into()),
-    })?;
-    // Usable as is: complete, and (for an image picked from an index) of the platform asked for.
-    let stored_ok = stored.as_ref().filter(|d| {
-        store.is_complete(&d.digest)
-            && (d.platform.is_none()
-                || platform::choose(std::slice::from_ref(*d), &shared.platform).is_some())
-    });
-
-    // Pinned by digest and already complete: nothing to ask the registry.
-    if let (Some(d), Some(s)) = (&r.digest, stored_ok)
-        && resolved_of(s) == Some(d.as_str())
-    {
-        return Ok((Status::Present, s.digest.clone()));
-    }
-    let all = endpoints(shared, &r.registry).await?;
-    // Tags are resolved only by hosts allowed to; content addressed by digest comes from any.
-    let resolvers: Vec<Arc<Session>> = all
-        .iter()
-        .filter(|s| s.endpoint.resolves())
-        .cloned()
-        .collect();
-    let tag_or_digest = r
-        .digest
-        .as_ref()
-        .map(Digest::to_string)
-        .or_else(|| r.tag.clone())
-        .unwrap_or_else(|| "latest".into());
-    if r.digest.is_none()
-        && let Some(s) = stored_ok
-        && let Ok((Some(head), _)) = first_ok(&resolvers, "HEAD manifest", async |e: &Session| {
-            e.head_manifest(&r.repository, &tag_or_digest).await
-        })
-        .await
-        && Some(head.as_str()) == resolved_of(s)
-    {
-        return Ok((Status::Present, s.digest.clone()));
-    }
-
-    let list: &[Arc<Session>] = if r.digest.is_some() { &all } else { &resolvers };
-    let ((top, ct), top_from) = first_ok(list, "manifest", async |e: &Session| {
-        let (top, ct) = e.get_manifest(&r.repository, &tag_or_digest).await?;
-        if let Some(d) = &r.digest
-            && let Err(actual) = d.verify(&top)
-        {
-            return Err(PullError {
-                message: format!("{} served {actual} for the manifest {d}", e.label),
-                hint: Some("it served wrong content; nothing was stored".into()),
-            });
-        }
-        Ok((top, ct))
-    })
-    .await?;
-    bytes.fetch_add(top.len() as u64, Ordering::Relaxed);
-    served.lock().await.add(&top_from.label, top.len() as u64);
-    let top_digest = match &r.digest {
-        Some(d) => d.clone(),
-        None => Digest::sha256(&top),
-    };
-    let doc = manifest::parse(&top, ct.as_deref()).map_err(PullError::new)?;
-    let (manifest_bytes, mut desc, index_bytes) = match doc {
-        Document::Manifest { ref media_type, .. } => (
-            top.clone(),
-            Descriptor {
-                media_type: media_type.clone(),
-                digest: top_digest.clone(),
-                size: top.len() as u64,
-                platform: None,
-                annotations: None,
-                urls: None,
-            },
-            None,
-        ),
-        Document::Index { manifests, .. } => {
-            let chosen =
-                platform::choose(&manifests, &shared.platform).ok_or_else(|| PullError {
-                    message: format!(
-                        "no manifest for platform {} (the image offers {})",
-                        shared.platform,
-                        platform::offered(&manifests)
-                    ),
-                    hint: Some("choose another platform with --platform, or another image".into()),
-                })?;
-            let ((child, _), from) = first_ok(&all, "manifest", async |e: &Session| {
-                let (child, ct) = e
-                    .get_manifest(&r.repository, chosen.digest.as_str())
-                    .await?;
-                let actual = Digest::of(chosen.digest.algorithm(), &child);
-                if actual != chosen.digest || child.len() as u64 != chosen.size {
-                    return Err(PullError {
-                        message: format!(
-                            "{} served {actual} ({} bytes) for the manifest {} ({} bytes)",
-                            e.label,
-                            child.len(),
-                            chosen.digest,
-                            chosen.size
-                        ),
-                        hint: Some("it served wrong content; nothing was stored".into()),
-                    });
-                }
-                Ok((child, ct))
-            })
-            .await?;
-            bytes.fetch_add(child.len() as u64, Ordering::Relaxed);
-            served.lock().await.add(&from.label, child.len() as u64);
-            // The index entry (with its platform) becomes the store's descriptor; its
-            // annotations, written for the index, give way to ours below.
-            let mut d = chosen.clone();
-            d.annotations = None;
-            (child, d, Some(top.clone()))
-        }
-    };
-    let child_ct = if index_bytes.is_some() {
-        Some(desc.media_type.as_str())
-    } else {
-        ct.as_deref()
-    };
-    let (config, layers) =
-        match manifest::parse(&manifest_bytes, child_ct).map_err(PullError::new)? {
-            Document::Manifest { config, layers, .. } => (config, layers),
-            Document::Index { .. } => {
-                return Err(PullError::new(
-                    "an index points to another index; nested indexes are not supported",
-                ));
-            }
-        };
-
-    // Blobs: concurrently, each once.
-    let mut blobs: Vec<Descriptor> = Vec::new();
-    for d in std::iter::once(*config).chain(layers) {
-        if !blobs.iter().any(|b| b.digest == d.digest) {
-            blobs.push(d);
-        }
-    }
-    let needed: u64 = blobs
-        .iter()
-        .filter(|b| !store.has_blob(&b.digest, b.size))
-        .map(|b| b.size)
-        .sum();
-    shared.progress.total.fetch_add(needed, Ordering::Relaxed);
-    let results = join_all(
-        blobs
-            .iter()
-            .map(|d| fetch_shared(shared, &all, &r.repository, d, served))
-            .collect(),
-    )
-    .await;
-    for r in results {
-        bytes.fetch_add(r?, Ordering::Relaxed);
-    }
-
-    // Manifests, then the index entry that makes the image visible.
-    let put = |d: &Digest, b: &[u8]| {
-        store.put_small(d, b).map_err(|e| PullError {
-            message: format!("cannot store manifest {d}: {e}"),
-            hint: Some(format!(
-                "check free space and permissions of {}",
-                store.root().display()
-            )),
-        })
-    };
-    put(&desc.digest, &manifest_bytes)?;
-    if let Some(ib) = &index_bytes {
-        put(&top_digest, ib)?;
-    }
-    store
-        .sync_blobs()
-        .map_err(|e| PullError::new(format!("cannot sync the store: {e}")))?;
-    let mut ann = serde_json::Map::new();
-    ann.insert(REF_NAME.into(), Value::from(name.clone()));
-    ann.insert(RESOLVED.into(), Value::from(top_digest.to_string()));
-    desc.annotations = Some(ann);
-    let status = match &stored {
-        Some(s) if s.digest == desc.digest => Status::Present,
-        _ => Status::Pulled,
-    };
-    {
-        let _g = shared.index.lock().await;
-        store
-            .set_refs(std::slice::from_ref(&desc))
-            .map_err(|e| PullError {
-                message: format!("cannot update the store's index.json: {e}"),
-                hint: Some(format!(
-                    "check free space and permissions of {}",
-                    store.root().display()
-                )),
-            })?;
-    }
-    Ok((status, desc.digest))
-}
-
-/// Fetches a blob unless it is present, from the first endpoint that delivers it intact;
-/// concurrent requests for the same digest (from other images of this run) wait for the first
-/// one instead of downloading it again.
-async fn fetch_shared(
-    shared: &Shared,
-    endpoints: &[Arc<Session>],
-    repo: &str,
-    d: &Descriptor,
-    served: &Mutex<Served>,
-) -> Result<u64, PullError> {
-    if shared.store.has_blob(&d.digest, d.size) {
-        return Ok(0);
-    }
-    let cell = {
-        let mut map = shared.inflight.lock().expect("poisoned");
-        map.entry(d.digest.clone()).or_default().clone()
-    };
-    let fetched = AtomicU64::new(0);
-    cell.get_or_try_init(|| async {
-        if !shared.store.has_blob(&d.digest, d.size) {
-            let (n, from) = first_ok(
-                endpoints,
-                &format!("blob {}", d.digest),
-                async |e: &Session| {
-                    e.fetch_blob(
-                        repo,
-                        d,
-                        &shared.store,
-                        &shared.progress.done,
-                        &shared.downloads,
-                    )
-                    .await
-                },
-            )
-            .await?;
-            served.lock().await.add(&from.label, n);
-            fetched.store(n, Ordering::Relaxed);
-        }
-        Ok::<(), PullError>(())
-    })
-    .await?;
-    Ok(fetched.load(Ordering::Relaxed))
-}
-
-/// Bytes received per endpoint for one image: which host served it.
-#[derive(Default)]
-struct Served(Vec<(String, u64)>);
-
-impl Served {
-    fn add(&mut self, host: &str, n: u64) {
-        match self.0.iter_mut().find(|(h, _)| h == host) {
-            Some((_, b)) => *b += n,
-            None => self.0.push((host.to_string(), n)),
-        }
-    }
-    /// The host that delivered the most bytes.
-    fn main(&self) -> Option<String> {
-        self.0
-            .iter()
-            .max_by_key(|(_, b)| *b)
-            .map(|(h, _)| h.clone())
-    }
 }
 
 /// Polls futures concurrently on the current task and returns their outputs in order. The
