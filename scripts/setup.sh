@@ -8,6 +8,7 @@ need() { # need COMMAND PACKAGE
   command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2")
 }
 need unshare util-linux
+need script bsdutils                   # a pseudo-terminal for the progress-bar test
 need mount mount
 need systemd-analyze systemd
 need docker-registry docker-registry   # the CNCF distribution registry, for integration tests

@@ -18,6 +18,7 @@ fn init_logging(format: LogFormat, verbose: u8, quiet: u8) {
         .with_target(false);
     match format {
         LogFormat::Text => builder
+            .with_writer(kci_pull_agent::pull::progress::log_writer)
             .without_time()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),

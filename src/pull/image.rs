@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::hosts::{Served, endpoints, first_ok};
+use super::progress::ImageProgress;
 use super::session::Session;
 use super::{PullError, Shared, join_all};
 use crate::config::ImageRequest;
@@ -39,6 +40,7 @@ pub(super) async fn pull_image(
     req: &ImageRequest,
     bytes: &AtomicU64,
     served: &Mutex<Served>,
+    prog: &ImageProgress,
 ) -> Result<(Status, Digest), PullError> {
     let r = &req.reference;
     let name = r.to_string();
@@ -195,11 +197,11 @@ pub(super) async fn pull_image(
         .filter(|b| !store.has_blob(&b.digest, b.size))
         .map(|b| b.size)
         .sum();
-    shared.progress.total.fetch_add(needed, Ordering::Relaxed);
+    prog.total.fetch_add(needed, Ordering::Relaxed);
     let results = join_all(
         blobs
             .iter()
-            .map(|d| fetch_shared(shared, &all, &r.repository, d, served))
+            .map(|d| fetch_shared(shared, &all, &r.repository, d, served, prog))
             .collect(),
     )
     .await;
@@ -262,6 +264,7 @@ async fn fetch_shared(
     repo: &str,
     d: &Descriptor,
     served: &Mutex<Served>,
+    prog: &ImageProgress,
 ) -> Result<u64, PullError> {
     if shared.store.has_blob(&d.digest, d.size) {
         return Ok(0);
@@ -277,14 +280,8 @@ async fn fetch_shared(
                 endpoints,
                 &format!("blob {}", d.digest),
                 async |e: &Session| {
-                    e.fetch_blob(
-                        repo,
-                        d,
-                        &shared.store,
-                        &shared.progress.done,
-                        &shared.downloads,
-                    )
-                    .await
+                    e.fetch_blob(repo, d, &shared.store, &prog.done, &shared.downloads)
+                        .await
                 },
             )
             .await?;

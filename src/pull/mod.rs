@@ -68,7 +68,7 @@ pub struct PullOptions {
     /// Blob downloads in flight at once, over all images.
     pub max_concurrent_downloads: usize,
     pub net: NetOptions,
-    /// Draw a progress line on stderr when it is a terminal.
+    /// Draw a progress bar per image on stderr when it is a terminal.
     pub progress: bool,
     /// Mirrors per registry, from the hosts.toml files (see [`load_mirrors`]).
     pub mirrors: HashMap<RegistryHost, Vec<Mirror>>,
@@ -143,7 +143,7 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     let resolver = Arc::new(RootResolver::from_root(&opts.root));
     let shared = Arc::new(Shared {
         root: opts.root.clone(),
-        progress: Arc::new(progress::Progress::default()),
+        progress: Arc::new(progress::Progress::new(opts.progress)),
         store: Arc::new(store),
         transports: Arc::new(Transports::new(resolver, opts.net)),
         policy: cfg.policy.clone(),
@@ -158,13 +158,13 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     });
     // All images on this task: their time goes to the network (connection tasks) and to the
     // blob writer threads, so no spawning is needed to overlap them.
-    join_all(
+    let all = join_all(
         cfg.images
             .iter()
             .map(|req| pull_one(&shared, req))
             .collect(),
-    )
-    .await
+    );
+    shared.progress.tick_until(all).await
 }
 
 /// A report for `req` that has not succeeded (yet).
@@ -206,22 +206,26 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     let bytes = AtomicU64::new(0);
     let served = Mutex::new(Served::default());
     let has_mirrors = !shared.mirrors(&req.reference.registry).is_empty();
+    let prog = shared.progress.image(&req.image);
     let result = match shared.deadline {
-        None => pull_image(shared, req, &bytes, &served).await,
-        Some(at) => tokio::time::timeout_at(at.into(), pull_image(shared, req, &bytes, &served))
-            .await
-            .unwrap_or_else(|_| {
-                Err(PullError {
-                    message: "the deadline of this run (--deadline) passed before the image was \
+        None => pull_image(shared, req, &bytes, &served, &prog).await,
+        Some(at) => {
+            tokio::time::timeout_at(at.into(), pull_image(shared, req, &bytes, &served, &prog))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(PullError {
+                        message:
+                            "the deadline of this run (--deadline) passed before the image was \
                               complete; what was downloaded is discarded"
-                        .into(),
-                    hint: Some(
-                        "find out why the registry is slow (the warnings above), or raise \
+                                .into(),
+                        hint: Some(
+                            "find out why the registry is slow (the warnings above), or raise \
                          --deadline (and TimeoutStartSec= of the systemd unit with it)"
-                            .into(),
-                    ),
+                                .into(),
+                        ),
+                    })
                 })
-            }),
+        }
     };
     if has_mirrors {
         report.served_by = served.lock().await.main();
@@ -249,7 +253,7 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
             report.error = Some(message);
         }
     }
-    shared.progress.images_done.fetch_add(1, Ordering::Relaxed);
+    prog.finish(report.status.as_str());
     report.bytes = bytes.load(Ordering::Relaxed);
     report.seconds = started.elapsed().as_secs_f64();
     report

@@ -1,55 +1,134 @@
-//! A one-line progress display on an interactive terminal (stderr); nothing otherwise.
+//! Progress on an interactive terminal: one bar per image with its bytes and rate, drawn on
+//! stderr by `indicatif` (hidden by itself when stderr is not a terminal). Log lines written
+//! while bars are shown go through [`LogWriter`], which lifts the bars, writes the line and
+//! draws them again.
 
-use std::io::{IsTerminal, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The bars of this process, while a pull shows them (for [`LogWriter`]).
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+/// The progress of one image: bytes received and bytes known to be needed (known once its
+/// manifest is read), mirrored into its bar by the ticker.
 #[derive(Default)]
-pub struct Progress {
-    /// Bytes received so far.
+pub struct ImageProgress {
     pub done: AtomicU64,
-    /// Bytes known to be needed so far (grows as manifests are read).
     pub total: AtomicU64,
-    pub images_done: AtomicUsize,
-    pub images: AtomicUsize,
+    bar: OnceLock<ProgressBar>,
+}
+
+impl ImageProgress {
+    /// Ends the image's bar with its outcome (`pulled`, `present`, `failed`).
+    pub fn finish(&self, outcome: &str) {
+        if let Some(bar) = self.bar.get() {
+            sync(self, bar);
+            bar.finish_with_message(outcome.to_string());
+        }
+    }
+}
+
+fn sync(p: &ImageProgress, bar: &ProgressBar) {
+    let done = p.done.load(Ordering::Relaxed);
+    bar.set_length(p.total.load(Ordering::Relaxed).max(done));
+    bar.set_position(done);
+}
+
+/// The bars of one run (none when stderr is not a terminal or progress is off).
+pub struct Progress {
+    multi: Option<MultiProgress>,
+    images: std::sync::Mutex<Vec<Arc<ImageProgress>>>,
 }
 
 impl Progress {
-    fn line(&self, elapsed: Duration) -> String {
-        let done = self.done.load(Ordering::Relaxed) as f64 / 1e6;
-        let total = self.total.load(Ordering::Relaxed) as f64 / 1e6;
-        let rate = done / elapsed.as_secs_f64().max(0.001);
-        format!(
-            "pulling: {}/{} images, {done:.1}/{total:.1} MB, {rate:.1} MB/s",
-            self.images_done.load(Ordering::Relaxed),
-            self.images.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// Draws `progress` every 200 ms while the returned guard lives, if stderr is a terminal.
-pub fn show(progress: Arc<Progress>, enabled: bool) -> Option<tokio::task::JoinHandle<()>> {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let started = Instant::now();
-    Some(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{}", progress.line(started.elapsed()));
-            let _ = err.flush();
+    /// Shows bars if `enabled` and stderr is a terminal.
+    pub fn new(enabled: bool) -> Progress {
+        let multi = (enabled && io::stderr().is_terminal()).then(|| {
+            let m = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+            let _ = BARS.set(m.clone());
+            m
+        });
+        Progress {
+            multi,
+            images: std::sync::Mutex::new(Vec::new()),
         }
-    }))
+    }
+
+    /// The progress of one image, with a bar named `name` if bars are shown.
+    pub fn image(&self, name: &str) -> Arc<ImageProgress> {
+        let p = Arc::new(ImageProgress::default());
+        if let Some(m) = &self.multi {
+            let style = ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            let bar = m.add(ProgressBar::new(0).with_style(style));
+            bar.set_prefix(name.to_string());
+            let _ = p.bar.set(bar);
+            self.images.lock().expect("poisoned").push(p.clone());
+        }
+        p
+    }
+
+    /// Mirrors the counters into the bars every 100 ms until `done` resolves.
+    pub async fn tick_until<F: std::future::Future>(&self, done: F) -> F::Output {
+        if self.multi.is_none() {
+            return done.await;
+        }
+        let ticker = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                for p in self.images.lock().expect("poisoned").iter() {
+                    if let Some(bar) = p.bar.get()
+                        && !bar.is_finished()
+                    {
+                        sync(p, bar);
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            out = done => out,
+            () = ticker => unreachable!("the ticker never ends"),
+        }
+    }
 }
 
-/// Stops the display and clears its line.
-pub fn hide(handle: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(h) = handle {
-        h.abort();
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K");
-        let _ = err.flush();
+/// Where log lines go: stderr, around the bars when they are shown.
+#[derive(Default)]
+pub struct LogWriter(Vec<u8>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
     }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.0);
+        let write = || {
+            let mut err = io::stderr().lock();
+            let _ = err.write_all(&line);
+            let _ = err.flush();
+        };
+        match BARS.get() {
+            Some(m) => m.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+/// A `tracing_subscriber` writer for [`LogWriter`]: one per event.
+pub fn log_writer() -> LogWriter {
+    LogWriter::default()
 }

@@ -1,0 +1,79 @@
+//! The progress bars of `pull`: one per image with bytes and rate on a terminal (driven here
+//! through a pseudo-terminal with util-linux `script`), nothing when stderr is not one.
+
+mod common;
+
+use std::process::Command;
+
+use common::fault::FaultEnv;
+use common::images::image;
+use common::{bin, pull_report};
+
+#[test]
+fn a_pull_on_a_terminal_shows_a_bar_per_image_and_none_otherwise() {
+    let e = FaultEnv::start(
+        image(81, &[3_000_000, 1_000_000], "amd64", false),
+        &["bars/app"],
+    );
+    let reg = e.registry.addr();
+    let image_ref = format!("{reg}/bars/app:v1");
+    let store = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "{} pull --root {} --store {} --http-registry {reg} {image_ref}",
+        bin(),
+        e.root.arg(),
+        store.path().display()
+    );
+    // `script` runs the command on a pseudo-terminal and copies what it draws to stdout.
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env_remove("KCI_HOST_ALIASES")
+        .env_remove("KCI_DNS_CONFIG")
+        .output()
+        .expect("script (util-linux) is missing: run scripts/setup.sh");
+    let screen = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{screen}");
+    let bar = screen
+        .lines()
+        .flat_map(|l| l.split('\r'))
+        .find(|l| l.starts_with(&image_ref) && l.contains("MiB") && l.contains("pulled"))
+        .unwrap_or_else(|| panic!("no finished bar for {image_ref}: {screen:?}"));
+    assert!(bar.contains("[====="), "{bar:?}");
+    assert!(bar.contains("/s"), "the rate is shown: {bar:?}");
+    // The log lines are still there, around the bars.
+    assert!(screen.contains("image pulled"), "{screen:?}");
+
+    // Not a terminal: no bar.
+    let store = tempfile::tempdir().unwrap();
+    let p = pull_report(
+        &e.root,
+        store.path(),
+        &["--http-registry", &reg, &image_ref],
+    );
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert!(
+        !p.stderr.contains("MiB") && !p.stderr.contains('['),
+        "{}",
+        p.stderr
+    );
+}
+
+/// The text of a terminal stream without its escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
