@@ -89,9 +89,19 @@ pub enum Error {
     /// `store-check` found problems it did not fix. Exit code 1.
     #[error("{0}")]
     Inconsistent(String),
-    /// At least one image failed (each is explained in the log and the report).
-    #[error("{0}")]
-    Pull(String),
+    /// At least one image failed (each is explained in the log and the report). Exit code 4.
+    #[error("{failed} of {total} image(s) failed to pull")]
+    ImagesFailed { failed: usize, total: usize },
+    /// The pull engine could not start (no async runtime). Exit code 4: nothing was pulled.
+    #[error("cannot start the pull engine: {0}")]
+    Engine(std::io::Error),
+    /// Every image was pulled but the report could not be written. Exit code 3, like a
+    /// network file: a file the boot flow must leave behind is missing.
+    #[error("cannot write the report {}: {source}", path.display())]
+    Report {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -99,8 +109,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Input(_) | Error::Usage(_) | Error::Config(_) => 2,
-            Error::NetFile(_) => 3,
-            Error::Pull(_) => 4,
+            Error::NetFile(_) | Error::Report { .. } => 3,
+            Error::ImagesFailed { .. } | Error::Engine(_) => 4,
             Error::Inconsistent(_) => 1,
         }
     }
@@ -119,10 +129,15 @@ impl Error {
             Error::Inconsistent(_) => {
                 "rerun with --fix to remove them, then pull again to restore the images".to_string()
             }
-            Error::Pull(_) => {
+            Error::ImagesFailed { .. } => {
                 "each failed image is explained above (and in the report, if one was asked for)"
                     .to_string()
             }
+            Error::Engine(_) => "check the instance's memory and thread limits".to_string(),
+            Error::Report { .. } => "every image was pulled (see above); make the report's \
+                                     directory writable (under systemd, /run/kci is the unit's \
+                                     RuntimeDirectory) or pass another --report"
+                .to_string(),
         }
     }
 }

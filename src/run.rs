@@ -24,7 +24,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::Pull(format!("cannot start the async runtime: {e}")))
+        .map_err(Error::Engine)
 }
 
 /// Reads an environment variable; unset and empty are the same (an `EnvironmentFile` line
@@ -243,7 +243,7 @@ fn plan_network(root: &Path, cfg: &Config) -> Result<netfiles::NetPlan, Error> {
 fn apply_network(plan: &netfiles::NetPlan) -> Result<Vec<netfiles::FileResult>, Error> {
     let results = netfiles::apply(plan)?;
     for r in &results {
-        info!(path = %r.path.display(), action = r.action, "network file");
+        info!(path = %r.path.display(), action = r.action.as_str(), "network file");
     }
     Ok(results)
 }
@@ -282,11 +282,13 @@ fn pull_and_report(
         runtime()?.block_on(pull::pull_all(cfg, &cfg.auth, &opts))
     };
     let seconds = started.elapsed().as_secs_f64();
-    if let Some(path) = report_path {
+    let written = report_path.map(|path| {
         let json = report::to_json(&images, seconds, network.map(|n| ("network", n)));
-        report::write(path, &json)
-            .map_err(|e| Error::Pull(format!("cannot write the report {}: {e}", path.display())))?;
-    }
+        report::write(path, &json).map_err(|source| Error::Report {
+            path: path.to_path_buf(),
+            source,
+        })
+    });
     let failed = images.iter().filter(|i| i.status == Status::Failed).count();
     let bytes: u64 = images.iter().map(|i| i.bytes).sum();
     let summary = report::summary(&images, seconds);
@@ -302,13 +304,20 @@ fn pull_and_report(
     } else {
         info!("{summary}");
     }
-    if failed > 0 {
-        return Err(Error::Pull(format!(
-            "{failed} of {} image(s) failed to pull",
-            images.len()
-        )));
+    match (failed, written) {
+        (0, Some(Err(e))) => Err(e),
+        (0, _) => Ok(()),
+        (_, written) => {
+            // The failed images decide the exit code; a report that is missing too is said.
+            if let Some(Err(e)) = written {
+                tracing::error!("{e}");
+            }
+            Err(Error::ImagesFailed {
+                failed,
+                total: images.len(),
+            })
+        }
     }
-    Ok(())
 }
 
 fn store_check(path: &Path, fix: bool, output: OutputFormat) -> Result<(), Error> {

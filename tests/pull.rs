@@ -675,3 +675,39 @@ fn an_ipv6_registry_in_brackets_is_matched_and_pulled() {
     assert_eq!(p.report["images"][0]["transport"], "http");
     assert_eq!(verify_store(store.path()), 3);
 }
+
+/// A report that cannot be written is exit 3 when every image was pulled (it was exit 4, as
+/// if an image had failed), and exit 4 when an image failed too.
+#[test]
+fn a_report_that_cannot_be_written_is_exit_3_unless_an_image_failed() {
+    let s = Seeded::new();
+    let img = image(91, &[10_000], "amd64", false);
+    block_on(s.pusher().image("report/app", "v1", &img));
+    let root = new_root();
+    let store = tempfile::tempdir().unwrap();
+    let reg = s.push.addr();
+    fs::write(root.file("not-a-dir"), "").unwrap();
+    let report = root.file("not-a-dir/report.json");
+    let run_with = |image: &str| {
+        run(&mut agent(&[
+            "pull",
+            "--root",
+            root.arg(),
+            "--store",
+            store.path().to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--http-registry",
+            &reg,
+            image,
+        ]))
+    };
+    let r = run_with(&format!("{reg}/report/app:v1"));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot write the report"), "{}", r.stderr);
+    assert!(r.stderr.contains("every image was pulled"), "{}", r.stderr);
+    assert_eq!(verify_store(store.path()), 3, "the image itself was pulled");
+    let r = run_with(&format!("{reg}/report/app:missing"));
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot write the report"), "{}", r.stderr);
+}

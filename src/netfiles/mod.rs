@@ -61,12 +61,32 @@ pub struct NetPlan {
     pub state: Vec<(PathBuf, String)>,
 }
 
+/// What happened to a network file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileAction {
+    Unchanged,
+    /// Replaced by rename.
+    Written,
+    /// Overwritten in place (a bind-mounted file).
+    WrittenInPlace,
+}
+
+impl FileAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileAction::Unchanged => "unchanged",
+            FileAction::Written => "written",
+            FileAction::WrittenInPlace => "written-in-place",
+        }
+    }
+}
+
 /// The outcome for one file, for logs and the report.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FileResult {
     pub path: PathBuf,
-    /// `unchanged`, `written`, `written-in-place` or `untouched`.
-    pub action: &'static str,
+    pub action: FileAction,
 }
 
 fn read_opt(path: &Path) -> Result<Option<String>, NetFileError> {
@@ -262,14 +282,14 @@ pub fn apply(plan: &NetPlan) -> Result<Vec<FileResult>, NetFileError> {
     let mut results = Vec::new();
     for file in [&plan.hosts, &plan.resolv].into_iter().flatten() {
         let action = if !file.changed() {
-            "unchanged"
+            FileAction::Unchanged
         } else {
             if let Some(dir) = file.path.parent() {
                 fs::create_dir_all(dir).map_err(|e| io_error(dir, "cannot create", &e))?;
             }
             match write_file(&file.path, &file.target, file.new.as_bytes()) {
-                Ok(WriteMode::Renamed) => "written",
-                Ok(WriteMode::InPlace) => "written-in-place",
+                Ok(WriteMode::Renamed) => FileAction::Written,
+                Ok(WriteMode::InPlace) => FileAction::WrittenInPlace,
                 Err(e) => return Err(io_error(&file.path, "cannot write", &e)),
             }
         };

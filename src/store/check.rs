@@ -10,11 +10,35 @@ use super::Store;
 use crate::fsutil;
 use crate::oci::{Algorithm, Digest};
 
+/// What kind of inconsistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// A blob whose content does not hash to its name.
+    CorruptBlob,
+    /// A file that is not the store's: a leftover, a temporary file, not a blob.
+    StrayFile,
+    /// An image of `index.json` whose manifest or a blob is missing or corrupt.
+    IncompleteImage,
+    /// `index.json` cannot be read.
+    BadIndex,
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProblemKind::CorruptBlob => "corrupt-blob",
+            ProblemKind::StrayFile => "stray-file",
+            ProblemKind::IncompleteImage => "incomplete-image",
+            ProblemKind::BadIndex => "bad-index",
+        })
+    }
+}
+
 /// One inconsistency found by [`Store::check`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
-    /// `corrupt-blob`, `stray-file`, `incomplete-image`, `bad-index`.
-    pub kind: &'static str,
+    pub kind: ProblemKind,
     pub path: String,
     pub detail: String,
     /// Whether `--fix` removed it.
@@ -48,7 +72,7 @@ impl Store {
                     Ok(d) if ty == FileType::RegularFile => d,
                     Ok(_) => {
                         note(
-                            "stray-file",
+                            ProblemKind::StrayFile,
                             dir,
                             &name,
                             &p,
@@ -57,7 +81,13 @@ impl Store {
                         continue;
                     }
                     Err(_) => {
-                        note("stray-file", dir, &name, &p, "not a blob name".into());
+                        note(
+                            ProblemKind::StrayFile,
+                            dir,
+                            &name,
+                            &p,
+                            "not a blob name".into(),
+                        );
                         continue;
                     }
                 };
@@ -76,7 +106,7 @@ impl Store {
                 let actual = h.finish();
                 if actual != digest {
                     note(
-                        "corrupt-blob",
+                        ProblemKind::CorruptBlob,
                         dir,
                         &name,
                         &p,
@@ -90,7 +120,7 @@ impl Store {
             for (name, _) in fsutil::list(dir)? {
                 let p = self.root.join("ingest").join(&name);
                 note(
-                    "stray-file",
+                    ProblemKind::StrayFile,
                     dir,
                     &name,
                     &p,
@@ -103,7 +133,7 @@ impl Store {
             if name.contains(fsutil::TEMP_MARK) {
                 let p = self.root.join(&name);
                 note(
-                    "stray-file",
+                    ProblemKind::StrayFile,
                     root,
                     &name,
                     &p,
@@ -115,7 +145,7 @@ impl Store {
             Ok(v) => v,
             Err(e) => {
                 problems.push(Problem {
-                    kind: "bad-index",
+                    kind: ProblemKind::BadIndex,
                     path: self.root.join("index.json").display().to_string(),
                     detail: e.to_string(),
                     fixed: false,
@@ -141,7 +171,7 @@ impl Store {
             let fixed = fix && self.remove_refs(&incomplete).is_ok();
             for name in incomplete {
                 problems.push(Problem {
-                    kind: "incomplete-image",
+                    kind: ProblemKind::IncompleteImage,
                     path: self.root.join("index.json").display().to_string(),
                     detail: format!(
                         "{name:?}: its digest is invalid, or its manifest or a blob is missing or corrupt"

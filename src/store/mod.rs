@@ -23,7 +23,7 @@ use crate::fsutil;
 use crate::oci::manifest::{Descriptor, MAX_MANIFEST};
 use crate::oci::{Algorithm, Digest};
 
-pub use check::Problem;
+pub use check::{Problem, ProblemKind};
 pub use index::{Entry, Index, REF_NAME, RESOLVED};
 pub use ingest::IngestFile;
 
