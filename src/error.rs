@@ -84,8 +84,11 @@ pub enum Error {
     #[error(transparent)]
     NetFile(#[from] NetFileError),
     /// A configuration file under --root (a hosts.toml) is invalid. Exit code 2.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Mirrors(#[from] crate::registry::mirrors::MirrorsError),
+    /// A mirror or registry URL that is not one. Exit code 2.
+    #[error(transparent)]
+    Endpoint(#[from] crate::registry::endpoints::EndpointError),
     /// `store-check` found problems it did not fix. Exit code 1.
     #[error("{0}")]
     Inconsistent(String),
@@ -108,7 +111,7 @@ impl Error {
     /// Exit codes of SPEC §6.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Input(_) | Error::Usage(_) | Error::Config(_) => 2,
+            Error::Input(_) | Error::Usage(_) | Error::Mirrors(_) | Error::Endpoint(_) => 2,
             Error::NetFile(_) | Error::Report { .. } => 3,
             Error::ImagesFailed { .. } | Error::Engine(_) => 4,
             Error::Inconsistent(_) => 1,
@@ -122,7 +125,7 @@ impl Error {
                 "fix the value named above and rerun; nothing was written".to_string()
             }
             Error::Usage(_) => "see `kci-pull-agent --help`; nothing was written".to_string(),
-            Error::Config(_) => {
+            Error::Mirrors(_) | Error::Endpoint(_) => {
                 "fix the file named above and rerun; nothing was written".to_string()
             }
             Error::NetFile(e) => e.hint.clone(),

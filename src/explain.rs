@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::config::{Config, ImageRequest};
-use crate::registry::endpoints::{Endpoint, Role, endpoints};
+use crate::registry::endpoints::{Endpoint, EndpointError, Role, endpoints};
 use crate::registry::host::RegistryHost;
 use crate::registry::mirrors::Mirror;
 use crate::registry::policy::Transport;
@@ -23,7 +23,7 @@ pub fn explain<'a>(
     cfg: &'a Config,
     mirrors: &HashMap<RegistryHost, Vec<Mirror>>,
     root: &Path,
-) -> Result<Vec<Explanation<'a>>, String> {
+) -> Result<Vec<Explanation<'a>>, EndpointError> {
     cfg.images
         .iter()
         .map(|request| {

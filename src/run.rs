@@ -148,7 +148,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     // The mirrors of every registry involved, from <root>/etc/kci/certs.d/*/hosts.toml.
     let mirrors = match &cli.command {
         Command::Network { .. } | Command::StoreCheck { .. } => Default::default(),
-        _ => pull::load_mirrors(root, &cfg).map_err(Error::Config)?,
+        _ => pull::load_mirrors(root, &cfg)?,
     };
     match &cli.command {
         Command::Network { dry_run } => {
@@ -220,7 +220,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 ));
             }
             let mut stdout = std::io::stdout().lock();
-            for e in explain::explain(&cfg, &mirrors, root).map_err(Error::Config)? {
+            for e in explain::explain(&cfg, &mirrors, root)? {
                 let text = match output {
                     OutputFormat::Json => format!("{}\n", e.to_json()),
                     OutputFormat::Text => e.to_text(),

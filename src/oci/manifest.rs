@@ -74,23 +74,42 @@ pub enum Document {
     },
 }
 
+/// Why a document is not a manifest or index the agent can pull.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error(
+        "the registry serves a Docker schema 1 manifest, which is deprecated and not supported; push the image again with a current client"
+    )]
+    Schema1,
+    #[error("invalid manifest JSON: {0}")]
+    Json(String),
+    #[error("unsupported {kind} media type {media_type:?}")]
+    MediaType {
+        kind: &'static str,
+        media_type: String,
+    },
+    #[error("the index lists {0} manifests; at most {MAX_INDEX_ENTRIES} are accepted")]
+    TooManyEntries(usize),
+    #[error("the manifest lists {0} layers; at most {MAX_LAYERS} are accepted")]
+    TooManyLayers(usize),
+    #[error("the sizes of the manifest's blobs add up to more than 2^64 bytes")]
+    SizeOverflow,
+    #[error("the document is neither an image manifest nor an index")]
+    Neither,
+}
+
 /// Parses a manifest or index; `content_type` is the response's `Content-Type`, used when the
 /// document has no `mediaType` of its own.
-pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document, String> {
+pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document, ManifestError> {
     let ct = content_type
         .map(|c| c.split(';').next().unwrap_or("").trim())
         .filter(|c| !c.is_empty());
     if ct.is_some_and(|c| c.starts_with(DOCKER_SCHEMA1)) {
-        return Err(
-            "the registry serves a Docker schema 1 manifest, which is deprecated and not \
-             supported; push the image again with a current client"
-                .into(),
-        );
+        return Err(ManifestError::Schema1);
     }
-    let doc: Any =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest JSON: {e}"))?;
+    let doc: Any = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
     if doc.schema_version == Some(1) {
-        return Err("Docker schema 1 manifests are not supported; push the image again".into());
+        return Err(ManifestError::Schema1);
     }
     let media_type = doc
         .media_type
@@ -105,13 +124,13 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document, Strin
                 media_type
             };
             if media_type != OCI_INDEX && media_type != DOCKER_LIST {
-                return Err(format!("unsupported index media type {media_type:?}"));
+                return Err(ManifestError::MediaType {
+                    kind: "index",
+                    media_type,
+                });
             }
             if manifests.len() > MAX_INDEX_ENTRIES {
-                return Err(format!(
-                    "the index lists {} manifests; at most {MAX_INDEX_ENTRIES} are accepted",
-                    manifests.len()
-                ));
+                return Err(ManifestError::TooManyEntries(manifests.len()));
             }
             Ok(Document::Index {
                 media_type,
@@ -125,27 +144,27 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document, Strin
                 media_type
             };
             if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
-                return Err(format!("unsupported manifest media type {media_type:?}"));
+                return Err(ManifestError::MediaType {
+                    kind: "manifest",
+                    media_type,
+                });
             }
             let layers = layers.unwrap_or_default();
             if layers.len() > MAX_LAYERS {
-                return Err(format!(
-                    "the manifest lists {} layers; at most {MAX_LAYERS} are accepted",
-                    layers.len()
-                ));
+                return Err(ManifestError::TooManyLayers(layers.len()));
             }
             // The sum of the sizes must not overflow (it is what the pull expects to fetch).
             std::iter::once(&config)
                 .chain(&layers)
                 .try_fold(0u64, |acc, d| acc.checked_add(d.size))
-                .ok_or("the sizes of the manifest's blobs add up to more than 2^64 bytes")?;
+                .ok_or(ManifestError::SizeOverflow)?;
             Ok(Document::Manifest {
                 media_type,
                 config: Box::new(config),
                 layers,
             })
         }
-        _ => Err("the document is neither an image manifest nor an index".into()),
+        _ => Err(ManifestError::Neither),
     }
 }
 
@@ -183,6 +202,7 @@ mod tests {
         assert!(
             parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, None)
                 .unwrap_err()
+                .to_string()
                 .contains("schema 1")
         );
         assert!(
@@ -210,7 +230,9 @@ mod tests {
             )
         };
         assert!(parse(manifest(MAX_LAYERS).as_bytes(), None).is_ok());
-        let e = parse(manifest(MAX_LAYERS + 1).as_bytes(), None).unwrap_err();
+        let e = parse(manifest(MAX_LAYERS + 1).as_bytes(), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1001 layers"), "{e}");
         let entry = format!(r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1}}"#);
         let index = |n: usize| {
@@ -223,6 +245,7 @@ mod tests {
         assert!(
             parse(index(MAX_INDEX_ENTRIES + 1).as_bytes(), None)
                 .unwrap_err()
+                .to_string()
                 .contains("10001")
         );
         let huge = format!(
@@ -230,6 +253,9 @@ mod tests {
             u64::MAX,
             2
         );
-        assert!(parse(huge.as_bytes(), None).unwrap_err().contains("2^64"));
+        assert_eq!(
+            parse(huge.as_bytes(), None).unwrap_err(),
+            ManifestError::SizeOverflow
+        );
     }
 }

@@ -21,7 +21,7 @@ pub(super) async fn endpoints(
     let planned =
         crate::registry::endpoints::endpoints(&shared.root, &route, &shared.mirrors(registry))
             .map_err(|e| PullError {
-                message: e,
+                message: e.to_string(),
                 hint: Some("fix the registry's hosts.toml".into()),
             })?;
     let mut list = Vec::with_capacity(planned.len());

@@ -117,7 +117,7 @@ pub(super) async fn pull_image(
         Some(d) => d.clone(),
         None => Digest::sha256(&top),
     };
-    let doc = manifest::parse(&top, ct.as_deref()).map_err(PullError::new)?;
+    let doc = manifest::parse(&top, ct.as_deref()).map_err(|e| PullError::new(e.to_string()))?;
     let (manifest_bytes, mut desc, index_bytes) = match doc {
         Document::Manifest { ref media_type, .. } => (
             top.clone(),
@@ -175,15 +175,16 @@ pub(super) async fn pull_image(
     } else {
         ct.as_deref()
     };
-    let (config, layers) =
-        match manifest::parse(&manifest_bytes, child_ct).map_err(PullError::new)? {
-            Document::Manifest { config, layers, .. } => (config, layers),
-            Document::Index { .. } => {
-                return Err(PullError::new(
-                    "an index points to another index; nested indexes are not supported",
-                ));
-            }
-        };
+    let (config, layers) = match manifest::parse(&manifest_bytes, child_ct)
+        .map_err(|e| PullError::new(e.to_string()))?
+    {
+        Document::Manifest { config, layers, .. } => (config, layers),
+        Document::Index { .. } => {
+            return Err(PullError::new(
+                "an index points to another index; nested indexes are not supported",
+            ));
+        }
+    };
 
     // Blobs: concurrently, each once.
     let mut blobs: Vec<Descriptor> = Vec::new();

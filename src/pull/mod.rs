@@ -83,7 +83,7 @@ pub struct PullOptions {
 pub fn load_mirrors(
     root: &std::path::Path,
     cfg: &Config,
-) -> Result<HashMap<RegistryHost, Vec<Mirror>>, String> {
+) -> Result<HashMap<RegistryHost, Vec<Mirror>>, crate::registry::mirrors::MirrorsError> {
     let mut out = HashMap::new();
     for req in &cfg.images {
         let reg = &req.reference.registry;

@@ -19,11 +19,20 @@ use super::speed::LowSpeed;
 use crate::config::auth::Credentials;
 use crate::oci::Digest;
 use crate::oci::manifest::{ACCEPT, MAX_MANIFEST};
-use crate::registry::endpoints::{Endpoint, Role, onward, same_origin};
+use crate::registry::endpoints::{Endpoint, Refused, Role, onward, same_origin};
 use crate::registry::policy::{Route, Transport};
-use crate::registry::transport::Transports;
+use crate::registry::transport::{TransportError, Transports};
 
 const MAX_REDIRECTS: usize = 10;
+
+/// Why a redirect or a token realm is not followed.
+#[derive(Debug, thiserror::Error)]
+pub enum OnwardError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    Client(#[from] TransportError),
+}
 /// Largest error body read (SPEC §9).
 pub const MAX_ERROR_BODY: u64 = 64 << 10;
 
@@ -68,7 +77,9 @@ impl Session {
                 (None, true) => "see the error above".to_string(),
             }),
         };
-        let client = transports.for_endpoint(&endpoint).map_err(fail)?;
+        let client = transports
+            .for_endpoint(&endpoint)
+            .map_err(|e| fail(e.to_string()))?;
         let mut headers = HeaderMap::new();
         for (k, v) in &endpoint.headers {
             let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
@@ -102,7 +113,7 @@ impl Session {
         &self,
         from: Transport,
         url: &Url,
-    ) -> Result<(Client, Transport), String> {
+    ) -> Result<(Client, Transport), OnwardError> {
         let t = onward(&self.endpoint, from, url)?;
         let client = if same_origin(&self.endpoint.base, url) {
             self.client.clone()

@@ -21,6 +21,23 @@ pub fn certs_dir(root: &Path, registry: &RegistryHost) -> PathBuf {
     root.join(CERTS_D).join(registry.to_string())
 }
 
+/// Why a URL the registry pointed to may not be followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("plain HTTP from a host reached over HTTPS")]
+    Downgrade,
+    #[error("the scheme {0:?} is not HTTP")]
+    Scheme(String),
+}
+
+/// A mirror or origin URL that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct EndpointError {
+    pub what: String,
+    pub detail: String,
+}
+
 /// What an endpoint is to the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -79,11 +96,17 @@ impl Endpoint {
 
 /// THE answer to "how is this registry reached": its mirrors (in hosts.toml order, each
 /// exactly as its entry says), then the origin (as the policy's `route` says).
-pub fn endpoints(root: &Path, route: &Route, mirrors: &[Mirror]) -> Result<Vec<Endpoint>, String> {
+pub fn endpoints(
+    root: &Path,
+    route: &Route,
+    mirrors: &[Mirror],
+) -> Result<Vec<Endpoint>, EndpointError> {
     let mut out = Vec::with_capacity(mirrors.len() + 1);
     for m in mirrors {
-        let authority =
-            RegistryHost::parse(&m.authority()).map_err(|e| format!("mirror {}: {e}", m.url))?;
+        let authority = RegistryHost::parse(&m.authority()).map_err(|detail| EndpointError {
+            what: format!("mirror {}", m.url),
+            detail,
+        })?;
         let transport = match (m.url.scheme(), m.skip_verify) {
             ("http", _) => Transport::Http,
             (_, true) => Transport::HttpsInsecure,
@@ -103,8 +126,10 @@ pub fn endpoints(root: &Path, route: &Route, mirrors: &[Mirror]) -> Result<Vec<E
             headers: m.headers.clone(),
         });
     }
-    let base = Url::parse(&route.endpoint())
-        .map_err(|e| format!("invalid endpoint {}: {e}", route.endpoint()))?;
+    let base = Url::parse(&route.endpoint()).map_err(|e| EndpointError {
+        what: format!("endpoint {}", route.endpoint()),
+        detail: e.to_string(),
+    })?;
     out.push(Endpoint {
         role: Role::Origin,
         ca_dir: (route.transport == Transport::Https).then(|| certs_dir(root, &route.registry)),
@@ -123,15 +148,15 @@ pub fn endpoints(root: &Path, route: &Route, mirrors: &[Mirror]) -> Result<Vec<E
 /// other host over verified HTTPS (system roots), or over plain HTTP only when `from` was
 /// plain HTTP itself. Never from HTTPS to plain HTTP. Credentials go only to the endpoint's
 /// own origin (the caller decides that with [`same_origin`]).
-pub fn onward(endpoint: &Endpoint, from: Transport, url: &Url) -> Result<Transport, String> {
+pub fn onward(endpoint: &Endpoint, from: Transport, url: &Url) -> Result<Transport, Refused> {
     if same_origin(&endpoint.base, url) {
         return Ok(endpoint.route.transport);
     }
     match url.scheme() {
         "https" => Ok(Transport::Https),
         "http" if from == Transport::Http => Ok(Transport::Http),
-        "http" => Err("plain HTTP from a host reached over HTTPS".into()),
-        other => Err(format!("the scheme {other:?} is not HTTP")),
+        "http" => Err(Refused::Downgrade),
+        other => Err(Refused::Scheme(other.to_string())),
     }
 }
 
@@ -231,7 +256,10 @@ mod tests {
             onward(http, Transport::Http, &u("https://storage.example/x")),
             Ok(Transport::Https)
         );
-        assert!(onward(https, Transport::Https, &u("http://storage.example/x")).is_err());
+        assert_eq!(
+            onward(https, Transport::Https, &u("http://storage.example/x")),
+            Err(Refused::Downgrade)
+        );
         // After a hop to HTTPS, plain HTTP is refused even for an HTTP registry.
         assert!(onward(http, Transport::Https, &u("http://storage.example/x")).is_err());
         assert_eq!(

@@ -57,22 +57,34 @@ fn written_port(text: &str) -> Option<u16> {
     port.parse().ok()
 }
 
+/// A hosts.toml that cannot be used, naming the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", path.display())]
+pub struct MirrorsError {
+    pub path: PathBuf,
+    pub detail: String,
+}
+
 /// The hosts file that applies to `registry`, if any: its path and its mirrors.
 pub fn load(
     root: &Path,
     registry: &RegistryHost,
-) -> Result<Option<(PathBuf, Vec<Mirror>)>, String> {
-    let base = root.join("etc/kci/certs.d");
+) -> Result<Option<(PathBuf, Vec<Mirror>)>, MirrorsError> {
+    let base = root.join(super::endpoints::CERTS_D);
     for dir in [base.join(registry.to_string()), base.join("_default")] {
         let path = dir.join("hosts.toml");
+        let fail = |detail: String| MirrorsError {
+            path: path.clone(),
+            detail,
+        };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let mirrors = parse(&text, &dir).map_err(|e| format!("{}: {e}", path.display()))?;
-                check_server(&text, registry).map_err(|e| format!("{}: {e}", path.display()))?;
+                let mirrors = parse(&text, &dir).map_err(fail)?;
+                check_server(&text, registry).map_err(fail)?;
                 return Ok(Some((path, mirrors)));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => return Err(fail(format!("cannot read it: {e}"))),
         }
     }
     Ok(None)

@@ -91,13 +91,30 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// Why a client could not be built: its CA files, or the TLS stack itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    #[error("cannot configure TLS: {0}")]
+    Tls(String),
+    #[error("cannot read {}: {detail}", path.display())]
+    Read { path: PathBuf, detail: String },
+    #[error("{}: not a PEM certificate file: {detail}", path.display())]
+    NotPem { path: PathBuf, detail: String },
+    #[error("{}: no PEM certificate in it", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: not a usable CA certificate: {detail}", path.display())]
+    BadCa { path: PathBuf, detail: String },
+}
+
 /// Builds and caches the clients of one run.
 pub struct Transports {
     resolver: Arc<RootResolver>,
     opts: NetOptions,
-    system_roots: OnceLock<Result<Arc<RootCertStore>, String>>,
-    plain: OnceLock<Result<Client, String>>,
-    insecure: OnceLock<Result<Client, String>>,
+    system_roots: OnceLock<Result<Arc<RootCertStore>, TransportError>>,
+    plain: OnceLock<Result<Client, TransportError>>,
+    insecure: OnceLock<Result<Client, TransportError>>,
     /// Verified clients: "" for the system roots alone, else the certs.d directory used.
     verified: Mutex<HashMap<PathBuf, Client>>,
 }
@@ -118,7 +135,7 @@ impl Transports {
         }
     }
 
-    fn client(&self, tls: ClientConfig) -> Result<Client, String> {
+    fn client(&self, tls: ClientConfig) -> Result<Client, TransportError> {
         Client::builder()
             .tls_backend_preconfigured(tls)
             .dns_resolver(ReqwestResolver(self.resolver.clone()))
@@ -131,20 +148,20 @@ impl Transports {
             .pool_max_idle_per_host(16)
             .user_agent(concat!("kci-pull-agent/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+            .map_err(|e| TransportError::Client(e.to_string()))
     }
 
-    fn tls_with_roots(roots: RootCertStore) -> Result<ClientConfig, String> {
+    fn tls_with_roots(roots: RootCertStore) -> Result<ClientConfig, TransportError> {
         let mut c = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| TransportError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(c)
     }
 
-    fn system_roots(&self) -> Result<Arc<RootCertStore>, String> {
+    fn system_roots(&self) -> Result<Arc<RootCertStore>, TransportError> {
         self.system_roots
             .get_or_init(|| {
                 let found = rustls_native_certs::load_native_certs();
@@ -162,20 +179,20 @@ impl Transports {
     }
 
     /// Plain HTTP. Its TLS configuration trusts nothing: it is never used for `https://`.
-    pub fn plain(&self) -> Result<Client, String> {
+    pub fn plain(&self) -> Result<Client, TransportError> {
         self.plain
             .get_or_init(|| self.client(Self::tls_with_roots(RootCertStore::empty())?))
             .clone()
     }
 
     /// HTTPS without certificate verification.
-    pub fn insecure(&self) -> Result<Client, String> {
+    pub fn insecure(&self) -> Result<Client, TransportError> {
         self.insecure
             .get_or_init(|| {
                 let p = provider();
                 let mut c = ClientConfig::builder_with_provider(p.clone())
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| TransportError::Tls(e.to_string()))?
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(p)))
                     .with_no_client_auth();
@@ -186,7 +203,7 @@ impl Transports {
     }
 
     /// Verified HTTPS with the system roots plus the `*.crt` files of `certs_dir` (if any).
-    pub fn verified(&self, certs_dir: Option<&Path>) -> Result<Client, String> {
+    pub fn verified(&self, certs_dir: Option<&Path>) -> Result<Client, TransportError> {
         self.verified_with(certs_dir, &[])
     }
 
@@ -195,7 +212,7 @@ impl Transports {
         &self,
         certs_dir: Option<&Path>,
         ca_files: &[PathBuf],
-    ) -> Result<Client, String> {
+    ) -> Result<Client, TransportError> {
         let mut extra = match certs_dir {
             Some(dir) => read_ca_dir(dir)?,
             None => Vec::new(),
@@ -217,9 +234,10 @@ impl Transports {
         }
         let mut roots = (*self.system_roots()?).clone();
         for (path, cert) in extra {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| TransportError::BadCa {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
         }
         let client = self.client(Self::tls_with_roots(roots)?)?;
         cache.insert(key, client.clone());
@@ -227,7 +245,7 @@ impl Transports {
     }
 
     /// The client for an endpoint, as [`super::endpoints::endpoints`] decided it.
-    pub fn for_endpoint(&self, e: &Endpoint) -> Result<Client, String> {
+    pub fn for_endpoint(&self, e: &Endpoint) -> Result<Client, TransportError> {
         match e.route.transport {
             Transport::Http => self.plain(),
             Transport::HttpsInsecure => self.insecure(),
@@ -237,7 +255,7 @@ impl Transports {
 
     /// The client for a host the registry pointed to (a redirect, a token realm), once
     /// [`super::endpoints::onward`] allowed it: verified HTTPS with the system roots only.
-    pub fn onward(&self, t: Transport) -> Result<Client, String> {
+    pub fn onward(&self, t: Transport) -> Result<Client, TransportError> {
         match t {
             Transport::Http => self.plain(),
             Transport::HttpsInsecure => self.insecure(),
@@ -248,11 +266,16 @@ impl Transports {
 
 /// Reads every `*.crt` (PEM, one or more certificates) of a certs.d directory. A missing
 /// directory is no CA; an unreadable or malformed file is an error naming it.
-fn read_ca_dir(dir: &Path) -> Result<Vec<(PathBuf, CertificateDer<'static>)>, String> {
+fn read_ca_dir(dir: &Path) -> Result<Vec<(PathBuf, CertificateDer<'static>)>, TransportError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+        Err(e) => {
+            return Err(TransportError::Read {
+                path: dir.to_path_buf(),
+                detail: e.to_string(),
+            });
+        }
     };
     let mut paths: Vec<PathBuf> = entries
         .flatten()
@@ -268,13 +291,21 @@ fn read_ca_dir(dir: &Path) -> Result<Vec<(PathBuf, CertificateDer<'static>)>, St
 }
 
 /// The PEM certificates of one file; none is an error.
-fn read_ca_file(p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_ca_file(p: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
-        .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+        .map_err(|e| TransportError::Read {
+            path: p.to_path_buf(),
+            detail: e.to_string(),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file: {e}", p.display()))?;
+        .map_err(|e| TransportError::NotPem {
+            path: p.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", p.display()));
+        return Err(TransportError::NoCertificate {
+            path: p.to_path_buf(),
+        });
     }
     Ok(certs)
 }
