@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod explain;
 pub mod fsutil;
+pub mod layers;
 pub mod netfiles;
 pub mod oci;
 pub mod pull;

@@ -1,0 +1,130 @@
+//! Layers: from a layer blob's bytes to a directory in the overlayfs format (SPEC §8).
+//! `decompress` turns the blob into its tar stream and hashes it (the diff_id); `extract`
+//! writes the entries safely into the layer's `fs/`.
+
+pub mod decompress;
+pub mod extract;
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::oci::Digest;
+pub use decompress::{Compression, DiffReader, MediaTypeError};
+pub use extract::{ExtractError, Extracted, Limits};
+
+/// Why a layer was not unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error(transparent)]
+    MediaType(#[from] MediaTypeError),
+    #[error("cannot decompress the layer: {0}")]
+    Decompress(std::io::Error),
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+    #[error("the layer's diff_id is {actual}, but the image config says {expected}")]
+    DiffId { expected: Digest, actual: Digest },
+}
+
+/// A layer unpacked into a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    pub diff_id: Digest,
+    /// Bytes of the uncompressed stream.
+    pub size: u64,
+    pub extracted: Extracted,
+}
+
+/// Unpacks the layer blob read from `blob` (of `media_type`) into `fs`, an empty directory,
+/// checking its diff_id against `expected` when given. The whole uncompressed stream is read
+/// (trailing data included) before the diff_id is compared.
+pub fn unpack<R: Read>(
+    blob: R,
+    media_type: &str,
+    fs: &Path,
+    max_size: u64,
+    limits: &Limits,
+    expected: Option<&Digest>,
+) -> Result<Unpacked, UnpackError> {
+    let compression = Compression::of_media_type(media_type)?;
+    let stream = compression.reader(blob).map_err(UnpackError::Decompress)?;
+    let (extracted, rest) = extract::extract(DiffReader::new(stream, max_size), fs, limits)?;
+    let (diff_id, size) = rest.finish().map_err(UnpackError::Decompress)?;
+    if let Some(want) = expected
+        && *want != diff_id
+    {
+        return Err(UnpackError::DiffId {
+            expected: want.clone(),
+            actual: diff_id,
+        });
+    }
+    Ok(Unpacked {
+        diff_id,
+        size,
+        extracted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::extract::tests::{file, tar};
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn the_diff_id_covers_the_whole_stream_and_is_checked() {
+        let mut layer = tar(&[file("a", b"hello")]);
+        layer.extend_from_slice(b"trailing bytes after the end of the archive");
+        let blob = gzip(&layer);
+        let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let dir = tempfile::tempdir().unwrap();
+        let u = unpack(&blob[..], gz, dir.path(), 1 << 20, &Limits::default(), None).unwrap();
+        assert_eq!(u.diff_id, Digest::sha256(&layer), "trailing data is hashed");
+        assert_eq!(u.size, layer.len() as u64);
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"hello");
+
+        let other = Digest::sha256(b"something else");
+        let dir = tempfile::tempdir().unwrap();
+        let e = unpack(
+            &blob[..],
+            gz,
+            dir.path(),
+            1 << 20,
+            &Limits::default(),
+            Some(&other),
+        )
+        .unwrap_err();
+        assert!(matches!(e, UnpackError::DiffId { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_max_layer_size() {
+        let bomb = gzip(&tar(&[file("zeros", &vec![0u8; 8 << 20])]));
+        let dir = tempfile::tempdir().unwrap();
+        let e = unpack(
+            &bomb[..],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            dir.path(),
+            1 << 20,
+            &Limits::default(),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--max-layer-size"), "{e}");
+        let e = unpack(
+            &bomb[..],
+            "application/x-rar",
+            dir.path(),
+            1 << 20,
+            &Limits::default(),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("application/x-rar"), "{e}");
+    }
+}
