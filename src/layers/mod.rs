@@ -4,6 +4,7 @@
 
 pub mod decompress;
 pub mod extract;
+pub mod store;
 
 use std::io::Read;
 use std::path::Path;

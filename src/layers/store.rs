@@ -1,0 +1,293 @@
+//! The layer store (SPEC §8): `layers/sha256/<chain ID hex>/` holds a layer's `fs/` (overlay
+//! format) and its `layer.json`. A layer is unpacked into a staging directory under
+//! `layers/ingest/` and renamed into place only once the blob and the diff_id are verified;
+//! staging directories of a killed run are removed when the store is next opened.
+
+use std::fs::File;
+use std::io::{self, ErrorKind};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::oci::Digest;
+
+/// What `layers/sha256/<chain>/layer.json` says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerJson {
+    /// The compressed blob's digest.
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub chain_id: Digest,
+    pub parent: Option<Digest>,
+    /// Bytes of the uncompressed stream.
+    pub size: u64,
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+}
+
+/// An open, locked layer store.
+#[derive(Debug)]
+pub struct LayerStore {
+    root: PathBuf,
+    sha256: OwnedFd,
+    ingest: OwnedFd,
+    _lock: File,
+}
+
+/// A layer being unpacked: its `fs/` to extract into. Dropped without [`LayerStore::commit`],
+/// the staging directory is removed.
+#[derive(Debug)]
+pub struct Staging<'a> {
+    store: &'a LayerStore,
+    name: Option<String>,
+    pub fs: PathBuf,
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            let _ = std::fs::remove_dir_all(self.store.root.join("ingest").join(name));
+        }
+    }
+}
+
+const LAYER_JSON: &str = "layer.json";
+const MAX_LAYER_JSON: u64 = 64 << 10;
+
+impl LayerStore {
+    /// Opens (creating if needed) the layer store at `root`, takes its lock and removes the
+    /// staging directories of an interrupted run.
+    pub fn open(root: &Path) -> io::Result<LayerStore> {
+        std::fs::create_dir_all(root).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create {}: {e}", root.display()))
+        })?;
+        let root_fd = fsutil::open_dir(root)?;
+        let lock = File::from(
+            rustix::fs::openat(
+                &root_fd,
+                ".lock",
+                rustix::fs::OFlags::RDWR
+                    | rustix::fs::OFlags::CREATE
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::from_raw_mode(0o600),
+            )
+            .map_err(io::Error::from)?,
+        );
+        lock.lock()?;
+        let sha256 = fsutil::open_subdir(root_fd.as_fd(), "sha256", true, &root.join("sha256"))?;
+        let ingest = fsutil::open_subdir(root_fd.as_fd(), "ingest", true, &root.join("ingest"))?;
+        for (name, _) in fsutil::list(ingest.as_fd())? {
+            let _ = std::fs::remove_dir_all(root.join("ingest").join(&name))
+                .or_else(|_| fsutil::remove(ingest.as_fd(), &name));
+        }
+        Ok(LayerStore {
+            root: root.to_path_buf(),
+            sha256,
+            ingest,
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of a committed layer.
+    pub fn layer_dir(&self, chain_id: &Digest) -> PathBuf {
+        self.root.join("sha256").join(chain_id.hex())
+    }
+
+    /// The layer of `chain_id`, if it is committed and its `layer.json` agrees with its name.
+    pub fn get(&self, chain_id: &Digest) -> Option<LayerJson> {
+        let dir = fsutil::open_subdir(
+            self.sha256.as_fd(),
+            chain_id.hex(),
+            false,
+            &self.layer_dir(chain_id),
+        )
+        .ok()?;
+        let bytes = fsutil::read_file(
+            dir.as_fd(),
+            LAYER_JSON,
+            MAX_LAYER_JSON,
+            Path::new(LAYER_JSON),
+        )
+        .ok()??;
+        let json: LayerJson = serde_json::from_slice(&bytes).ok()?;
+        (json.chain_id == *chain_id).then_some(json)
+    }
+
+    /// A new staging directory with an empty `fs/`.
+    pub fn stage(&self) -> io::Result<Staging<'_>> {
+        let name = format!("{}-{}", std::process::id(), fsutil::random_hex());
+        rustix::fs::mkdirat(
+            &self.ingest,
+            name.as_str(),
+            rustix::fs::Mode::from_raw_mode(0o700),
+        )
+        .map_err(io::Error::from)?;
+        let dir = self.root.join("ingest").join(&name);
+        let fs = dir.join("fs");
+        std::fs::create_dir(&fs)?;
+        Ok(Staging {
+            store: self,
+            name: Some(name),
+            fs,
+        })
+    }
+
+    /// Writes `layer.json` into the staging directory and renames it into place. If another
+    /// run or image committed the same chain ID meanwhile, that one is kept.
+    pub fn commit(&self, mut staging: Staging<'_>, json: &LayerJson) -> io::Result<()> {
+        let Some(name) = staging.name.clone() else {
+            return Ok(());
+        };
+        let dir = fsutil::open_subdir(self.ingest.as_fd(), &name, false, &staging.fs)?;
+        let mut bytes = serde_json::to_vec_pretty(json)?;
+        bytes.push(b'\n');
+        fsutil::replace(dir.as_fd(), LAYER_JSON, &bytes, 0o644)?;
+        match fsutil::rename(
+            self.ingest.as_fd(),
+            &name,
+            self.sha256.as_fd(),
+            json.chain_id.hex(),
+        ) {
+            Ok(()) => {
+                staging.name = None;
+                fsutil::sync_dir(self.sha256.as_fd())
+            }
+            // Already there (ENOTEMPTY/EEXIST): the staging copy is dropped.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Problems of the layer store, for `store-check`: a layer directory whose `layer.json`
+    /// is missing or disagrees with its name, or a stray entry; with `fix`, removed.
+    pub fn check(&self, fix: bool) -> io::Result<Vec<(PathBuf, String, bool)>> {
+        let mut out = Vec::new();
+        for (name, _) in fsutil::list(self.sha256.as_fd())? {
+            let path = self.root.join("sha256").join(&name);
+            let why = match Digest::parse(&format!("sha256:{name}")) {
+                Err(_) => Some("not a chain ID".to_string()),
+                Ok(d) if self.get(&d).is_none() => {
+                    Some("layer.json is missing, invalid or names another chain ID".into())
+                }
+                Ok(_) => None,
+            };
+            if let Some(why) = why {
+                let fixed = fix && remove_tree(&path).is_ok();
+                out.push((path, why, fixed));
+            }
+        }
+        for (name, _) in fsutil::list(self.ingest.as_fd())? {
+            let path = self.root.join("ingest").join(&name);
+            let fixed = fix && remove_tree(&path).is_ok();
+            out.push((
+                path,
+                "staging directory of an interrupted unpack".into(),
+                fixed,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Removes a directory tree or a file (never following a link: `remove_dir_all` does not).
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(chain: &Digest) -> LayerJson {
+        LayerJson {
+            digest: Digest::sha256(b"blob"),
+            diff_id: chain.clone(),
+            chain_id: chain.clone(),
+            parent: None,
+            size: 3,
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        }
+    }
+
+    #[test]
+    fn stage_commit_get_and_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Digest::sha256(b"chain");
+        {
+            let store = LayerStore::open(dir.path()).unwrap();
+            assert!(store.get(&chain).is_none());
+            let s = store.stage().unwrap();
+            std::fs::write(s.fs.join("f"), "x").unwrap();
+            store.commit(s, &json(&chain)).unwrap();
+            assert_eq!(store.get(&chain), Some(json(&chain)));
+            assert!(store.layer_dir(&chain).join("fs/f").is_file());
+            // A second commit of the same chain keeps the first.
+            let s = store.stage().unwrap();
+            store.commit(s, &json(&chain)).unwrap();
+            // Dropped staging is removed at once.
+            let s = store.stage().unwrap();
+            std::fs::write(s.fs.join("partial"), "x").unwrap();
+            drop(s);
+            assert_eq!(
+                std::fs::read_dir(dir.path().join("ingest"))
+                    .unwrap()
+                    .count(),
+                0
+            );
+            assert!(store.check(false).unwrap().is_empty());
+        }
+        // A killed run's staging directory is removed by the next open.
+        std::fs::create_dir_all(dir.path().join("ingest/123-dead/fs/usr")).unwrap();
+        let store = LayerStore::open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
+        // A layer directory that lies about its chain is found, and removed with fix.
+        let other = Digest::sha256(b"other");
+        std::fs::create_dir_all(store.layer_dir(&other).join("fs")).unwrap();
+        std::fs::write(
+            store.layer_dir(&other).join("layer.json"),
+            serde_json::to_vec(&json(&chain)).unwrap(),
+        )
+        .unwrap();
+        let problems = store.check(false).unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            store.layer_dir(&other).exists(),
+            "check without fix changes nothing"
+        );
+        assert!(store.check(true).unwrap()[0].2);
+        assert!(!store.layer_dir(&other).exists());
+        assert!(store.get(&chain).is_some(), "a good layer is never touched");
+    }
+
+    #[test]
+    fn a_link_in_place_of_the_layer_stores_directories_is_refused() {
+        for part in ["sha256", "ingest"] {
+            let dir = tempfile::tempdir().unwrap();
+            let victim = tempfile::tempdir().unwrap();
+            std::fs::write(victim.path().join("keep"), "x").unwrap();
+            std::os::unix::fs::symlink(victim.path(), dir.path().join(part)).unwrap();
+            let e = LayerStore::open(dir.path()).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{part}: {e}");
+            assert!(victim.path().join("keep").exists());
+        }
+    }
+}
