@@ -110,7 +110,7 @@ fn agent_cmd(t: &Target, store: &Path) -> Command {
     } else {
         "--http-registry"
     };
-    c.args(["pull", "-q", "--root"])
+    c.args(["pull", "-q", "--no-unpack", "--root"])
         .arg(root())
         .arg("--store")
         .arg(store)

@@ -176,4 +176,13 @@ pub struct PullTuning {
     /// unpack that follows at once.
     #[arg(long)]
     pub buffered_writes: bool,
+    /// Pull the blobs only: no layer is unpacked into the layer store.
+    #[arg(long)]
+    pub no_unpack: bool,
+    /// The layer store (default <root>/var/lib/kci/layers).
+    #[arg(long, value_name = "DIR")]
+    pub layers: Option<std::path::PathBuf>,
+    /// Largest uncompressed size of one layer; a layer that unpacks to more fails the image.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 30)]
+    pub max_layer_size: u64,
 }

@@ -44,6 +44,25 @@ pub struct ImageReport {
     /// With mirrors configured: the host that served (most of) the image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    /// Unpacked layers (absent with `--no-unpack`), bottom first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<LayerReport>>,
+    /// Bytes of uncompressed layer streams unpacked in this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpacked_bytes: Option<u64>,
+}
+
+/// One layer of an image in the layer store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerReport {
+    /// The compressed blob.
+    pub digest: String,
+    pub diff_id: String,
+    pub chain_id: String,
+    /// Uncompressed bytes.
+    pub size: u64,
+    /// Whether it was unpacked in this run (else it was already in the layer store).
+    pub unpacked: bool,
 }
 
 /// The whole report: `images`, `totals`, and any extra sections (`network` for `boot`).

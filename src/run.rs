@@ -131,6 +131,7 @@ fn under_root(root: &Path, rel: &str) -> PathBuf {
 
 const DEFAULT_SPEC: &str = "run/kci/pod.json";
 const DEFAULT_STORE: &str = "var/lib/kci/images";
+const DEFAULT_LAYERS: &str = "var/lib/kci/layers";
 const DEFAULT_REPORT: &str = "run/kci/pull-report.json";
 
 /// Runs the command; the caller maps the error to an exit code.
@@ -274,6 +275,13 @@ fn pull_and_report(
         progress: cli.common.log_format == LogFormat::Text && cli.common.quiet == 0,
         mirrors,
         direct_io: !tuning.buffered_writes,
+        unpack: (!tuning.no_unpack).then(|| pull::UnpackOptions {
+            layers: tuning
+                .layers
+                .clone()
+                .unwrap_or_else(|| under_root(&cli.common.root, DEFAULT_LAYERS)),
+            max_layer_size: tuning.max_layer_size,
+        }),
     };
     let started = Instant::now();
     let images = if cfg.images.is_empty() {

@@ -5,13 +5,86 @@
 pub mod decompress;
 pub mod extract;
 pub mod store;
+pub mod stream;
 
 use std::io::Read;
 use std::path::Path;
 
 use crate::oci::Digest;
+use crate::oci::manifest::Descriptor;
 pub use decompress::{Compression, DiffReader, MediaTypeError};
 pub use extract::{ExtractError, Extracted, Limits};
+use store::{LayerJson, LayerStore, Staging};
+
+/// What the image config says of a layer: where it goes in the layer store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerPlan {
+    pub chain_id: Digest,
+    pub parent: Option<Digest>,
+    pub diff_id: Digest,
+}
+
+/// Where a layer blob is unpacked: the layer store, its plan, the size limit.
+pub struct LayerTarget<'a> {
+    pub layers: &'a LayerStore,
+    pub plan: LayerPlan,
+    pub max_size: u64,
+    /// Chain IDs committed in this run (for the report).
+    pub committed: &'a std::sync::Mutex<std::collections::HashSet<Digest>>,
+}
+
+impl LayerTarget<'_> {
+    /// Commits what was unpacked into `staging` from the verified blob `desc`, if its diff_id
+    /// is the one the image config names. A stream cut short by a restarted download is not
+    /// an error: the caller unpacks from the stored blob instead.
+    pub fn commit(
+        &self,
+        desc: &Descriptor,
+        staging: Staging<'_>,
+        result: Result<Unpacked, UnpackError>,
+    ) -> Result<(), UnpackError> {
+        let u = match result {
+            Err(e) if stream::StreamUnpack::was_restarted(&e) => return Ok(()),
+            r => r?,
+        };
+        if u.diff_id != self.plan.diff_id {
+            return Err(UnpackError::DiffId {
+                expected: self.plan.diff_id.clone(),
+                actual: u.diff_id,
+            });
+        }
+        let json = LayerJson {
+            digest: desc.digest.clone(),
+            diff_id: u.diff_id,
+            chain_id: self.plan.chain_id.clone(),
+            parent: self.plan.parent.clone(),
+            size: u.size,
+            media_type: desc.media_type.clone(),
+        };
+        self.layers
+            .commit(staging, &json)
+            .map_err(UnpackError::Decompress)?;
+        self.committed
+            .lock()
+            .expect("poisoned")
+            .insert(self.plan.chain_id.clone());
+        Ok(())
+    }
+
+    /// Unpacks the layer from its stored blob (already downloaded and verified).
+    pub fn unpack_blob<R: Read>(&self, desc: &Descriptor, blob: R) -> Result<(), UnpackError> {
+        let staging = self.layers.stage().map_err(UnpackError::Decompress)?;
+        let result = unpack(
+            blob,
+            &desc.media_type,
+            &staging.fs,
+            self.max_size,
+            &Limits::default(),
+            Some(&self.plan.diff_id),
+        );
+        self.commit(desc, staging, result)
+    }
+}
 
 /// Why a layer was not unpacked.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 use super::PullError;
 use super::retry::{Failure, redact};
 use super::session::Session;
+use crate::layers::stream::StreamUnpack;
+use crate::layers::{LayerTarget, Limits, UnpackError, Unpacked};
 use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
 use crate::store::Store;
@@ -29,6 +31,7 @@ impl Session {
         store: &Store,
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
+        target: Option<&LayerTarget<'_>>,
     ) -> Result<u64, PullError> {
         let mut fresh_start_left = 1; // one full retry after a digest mismatch
         let store_hint = || {
@@ -45,15 +48,41 @@ impl Session {
                     message: e.to_string(),
                     hint: store_hint(),
                 })?;
+            // The layer unpacks while it downloads, into a staging directory that is
+            // committed only once the blob and the diff_id are verified (dropped otherwise).
+            let (staging, sink) = match target {
+                Some(t) => {
+                    let staging = t.layers.stage().map_err(|e| PullError {
+                        message: format!("cannot stage layer {}: {e}", desc.digest),
+                        hint: Some(format!(
+                            "check free space and permissions of {}",
+                            t.layers.root().display()
+                        )),
+                    })?;
+                    let sink = StreamUnpack::start(
+                        desc.media_type.clone(),
+                        staging.fs.clone(),
+                        t.max_size,
+                        Limits::default(),
+                    )
+                    .map_err(|e| PullError::new(format!("cannot start unpacking: {e}")))?;
+                    (Some(staging), Some(sink))
+                }
+                None => (None, None),
+            };
             match self
-                .fetch_blob_once(repo, desc, file, progress, slots)
+                .fetch_blob_once(repo, desc, file, progress, slots, sink)
                 .await
             {
-                Ok(net) => {
+                Ok((net, unpacked)) => {
                     pending.commit(&desc.digest).map_err(|e| PullError {
                         message: e.to_string(),
                         hint: store_hint(),
                     })?;
+                    if let (Some(t), Some(staging), Some(result)) = (target, staging, unpacked) {
+                        t.commit(desc, staging, result)
+                            .map_err(|e| super::image::layer_error(&desc.digest, &e))?;
+                    }
                     return Ok(net);
                 }
                 Err((e, mismatch)) => {
@@ -75,7 +104,8 @@ impl Session {
         mut f: crate::store::IngestFile,
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
-    ) -> Result<u64, (PullError, bool)> {
+        mut sink: Option<StreamUnpack>,
+    ) -> Result<(u64, Option<Result<Unpacked, UnpackError>>), (PullError, bool)> {
         let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         // A download slot is held while bytes flow, not while the writer syncs the file:
         // the next download starts during this one's fsync.
@@ -98,14 +128,26 @@ impl Session {
         // with 8, 37-44 MiB with 4, at the same speed).
         let (tx, mut rx) = mpsc::channel::<Msg>(4);
         let size = desc.size;
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+        type Written = ((Digest, u64), Option<Result<Unpacked, UnpackError>>);
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
             while let Some(m) = rx.blocking_recv() {
                 match m {
-                    Msg::Data(batch) => f.write_batch(&batch)?,
-                    Msg::Reset => f.reset()?,
+                    Msg::Data(batch) => {
+                        f.write_batch(&batch)?;
+                        if let Some(s) = sink.as_mut() {
+                            s.feed(&batch);
+                        }
+                    }
+                    Msg::Reset => {
+                        f.reset()?;
+                        if let Some(s) = sink.as_mut() {
+                            s.restart();
+                        }
+                    }
                 }
             }
-            f.finish()
+            let written = f.finish()?;
+            Ok((written, sink.map(StreamUnpack::finish)))
         });
         let mut received: u64 = 0;
         let mut network: u64 = 0;
@@ -200,7 +242,7 @@ impl Session {
                 false,
             )
         })?;
-        let (digest, n) = match (streamed, written) {
+        let ((digest, n), unpacked) = match (streamed, written) {
             (Ok(()), Ok(v)) => v,
             (_, Err(io)) => {
                 return Err((
@@ -228,6 +270,6 @@ impl Session {
                 true,
             ));
         }
-        Ok(network)
+        Ok((network, unpacked))
     }
 }

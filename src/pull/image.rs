@@ -14,9 +14,13 @@ use super::progress::ImageProgress;
 use super::session::Session;
 use super::{PullError, Shared, join_all};
 use crate::config::ImageRequest;
+use crate::layers::{LayerPlan, LayerTarget, UnpackError};
+use crate::oci;
 use crate::oci::Digest;
+use crate::oci::config::MAX_CONFIG;
 use crate::oci::manifest::{self, Descriptor, Document};
 use crate::oci::platform;
+use crate::report::LayerReport;
 use crate::report::Status;
 use crate::store::{REF_NAME, RESOLVED, Store};
 
@@ -41,7 +45,7 @@ pub(super) async fn pull_image(
     bytes: &AtomicU64,
     served: &Mutex<Served>,
     prog: &ImageProgress,
-) -> Result<(Status, Digest), PullError> {
+) -> Result<(Status, Digest, Option<Unpacking>), PullError> {
     let r = &req.reference;
     let name = r.to_string();
     let store = &shared.store;
@@ -71,7 +75,8 @@ pub(super) async fn pull_image(
     if let (Some(d), Some(s)) = (&r.digest, stored_ok)
         && resolved_of(s) == Some(d.as_str())
     {
-        return Ok((Status::Present, s.digest.clone()));
+        let layers = unpack_image(shared, &s.digest).await?;
+        return Ok((Status::Present, s.digest.clone(), layers));
     }
     let all = endpoints(shared, &r.registry).await?;
     // Tags are resolved only by hosts allowed to; content addressed by digest comes from any.
@@ -94,7 +99,8 @@ pub(super) async fn pull_image(
         .await
         && Some(head.as_str()) == resolved_of(s)
     {
-        return Ok((Status::Present, s.digest.clone()));
+        let layers = unpack_image(shared, &s.digest).await?;
+        return Ok((Status::Present, s.digest.clone(), layers));
     }
 
     let list: &[Arc<Session>] = if r.digest.is_some() { &all } else { &resolvers };
@@ -187,22 +193,38 @@ pub(super) async fn pull_image(
     };
 
     // Blobs: concurrently, each once.
-    let mut blobs: Vec<Descriptor> = Vec::new();
-    for d in std::iter::once(*config).chain(layers) {
-        if !blobs.iter().any(|b| b.digest == d.digest) {
-            blobs.push(d);
-        }
-    }
-    let needed: u64 = blobs
-        .iter()
+    let needed: u64 = std::iter::once(config.as_ref())
+        .chain(&layers)
         .filter(|b| !store.has_blob(&b.digest, b.size))
         .map(|b| b.size)
         .sum();
     prog.total.fetch_add(needed, Ordering::Relaxed);
+    // Unpacking: the config first (it is small), for the layers' diff_ids; then every layer
+    // unpacks while it downloads.
+    let plans = match &shared.layers {
+        None => None,
+        Some(_) => {
+            let n = fetch_shared(shared, &all, &r.repository, &config, served, prog, None).await?;
+            bytes.fetch_add(n, Ordering::Relaxed);
+            Some(plan_layers(shared, &config, layers.len()).await?)
+        }
+    };
+    let mut blobs: Vec<(Descriptor, Option<LayerPlan>)> = Vec::new();
+    let planned = layers
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.clone(), plans.as_ref().map(|p| p[i].clone())));
+    for (d, plan) in std::iter::once((*config, None)).chain(planned) {
+        if !blobs.iter().any(|(b, _)| b.digest == d.digest) {
+            blobs.push((d, plan));
+        }
+    }
     let results = join_all(
         blobs
             .iter()
-            .map(|d| fetch_shared(shared, &all, &r.repository, d, served, prog))
+            .map(|(d, plan)| {
+                fetch_shared(shared, &all, &r.repository, d, served, prog, plan.clone())
+            })
             .collect(),
     )
     .await;
@@ -241,6 +263,9 @@ pub(super) async fn pull_image(
         Some(s) if s.digest == desc.digest => Status::Present,
         _ => Status::Pulled,
     };
+    // What did not unpack while downloading (a blob already stored, a restarted download);
+    // the image becomes visible in index.json only once its layers are ready.
+    let layers = unpack_image(shared, &desc.digest).await?;
     {
         let _g = shared.index.lock().await;
         let entry = desc.clone();
@@ -253,7 +278,7 @@ pub(super) async fn pull_image(
             hint,
         })?;
     }
-    Ok((status, desc.digest))
+    Ok((status, desc.digest, layers))
 }
 
 /// Fetches a blob unless it is present, from the first endpoint that delivers it intact;
@@ -266,6 +291,7 @@ async fn fetch_shared(
     d: &Descriptor,
     served: &Mutex<Served>,
     prog: &ImageProgress,
+    plan: Option<LayerPlan>,
 ) -> Result<u64, PullError> {
     if shared.store.has_blob(&d.digest, d.size) {
         return Ok(0);
@@ -274,6 +300,16 @@ async fn fetch_shared(
         let mut map = shared.inflight.lock().expect("poisoned");
         map.entry(d.digest.clone()).or_default().clone()
     };
+    // Streamed into the layer store only if that layer is not there yet.
+    let target = match (&shared.layers, plan) {
+        (Some(layers), Some(plan)) if layers.get(&plan.chain_id).is_none() => Some(LayerTarget {
+            layers,
+            plan,
+            max_size: shared.max_layer_size,
+            committed: &shared.committed,
+        }),
+        _ => None,
+    };
     let fetched = AtomicU64::new(0);
     cell.get_or_try_init(|| async {
         if !shared.store.has_blob(&d.digest, d.size) {
@@ -281,8 +317,15 @@ async fn fetch_shared(
                 endpoints,
                 &format!("blob {}", d.digest),
                 async |e: &Session| {
-                    e.fetch_blob(repo, d, &shared.store, &prog.done, &shared.downloads)
-                        .await
+                    e.fetch_blob(
+                        repo,
+                        d,
+                        &shared.store,
+                        &prog.done,
+                        &shared.downloads,
+                        target.as_ref(),
+                    )
+                    .await
                 },
             )
             .await?;
@@ -293,4 +336,138 @@ async fn fetch_shared(
     })
     .await?;
     Ok(fetched.load(Ordering::Relaxed))
+}
+
+/// What unpacking gave an image: its layers (bottom first) and the bytes unpacked now.
+pub(super) struct Unpacking {
+    pub layers: Vec<LayerReport>,
+    pub unpacked_bytes: u64,
+}
+
+/// The layer plans of an image from its stored config: diff_ids and chain IDs.
+async fn plan_layers(
+    shared: &Shared,
+    config: &Descriptor,
+    layers: usize,
+) -> Result<Vec<LayerPlan>, PullError> {
+    let digest = config.digest.clone();
+    let bytes = on_store(shared, move |store| store.read_blob(&digest, MAX_CONFIG))
+        .await?
+        .map_err(|e| PullError::new(format!("cannot read the image config: {e}")))?;
+    let diff_ids = oci::config::diff_ids(&bytes, layers).map_err(|e| PullError {
+        message: e.to_string(),
+        hint: Some("the image's config does not describe its layers; push it again".into()),
+    })?;
+    let chains = oci::config::chain_ids(&diff_ids);
+    Ok(diff_ids
+        .into_iter()
+        .zip(&chains)
+        .enumerate()
+        .map(|(i, (diff_id, chain))| LayerPlan {
+            chain_id: chain.clone(),
+            parent: i.checked_sub(1).map(|p| chains[p].clone()),
+            diff_id,
+        })
+        .collect())
+}
+
+/// Makes sure every layer of the stored image `manifest` is in the layer store, unpacking
+/// from the stored blobs what is not (each chain ID once per run, on a blocking thread), and
+/// reports the image's layers. `None` with `--no-unpack`.
+async fn unpack_image(shared: &Shared, manifest: &Digest) -> Result<Option<Unpacking>, PullError> {
+    let Some(layer_store) = &shared.layers else {
+        return Ok(None);
+    };
+    let digest = manifest.clone();
+    let blobs = on_store(shared, move |store| store.manifest_blobs(&digest))
+        .await?
+        .ok_or_else(|| PullError::new(format!("the stored manifest {manifest} is unreadable")))?;
+    let (config, layers) = blobs.split_first().expect("a manifest has a config");
+    let plans = plan_layers(shared, config, layers.len()).await?;
+    for (desc, plan) in layers.iter().zip(&plans) {
+        if layer_store.get(&plan.chain_id).is_some() {
+            continue;
+        }
+        let cell = {
+            let mut map = shared.unpacking.lock().expect("poisoned");
+            map.entry(plan.chain_id.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| async {
+            let (store, layers, desc, plan) = (
+                shared.store.clone(),
+                layer_store.clone(),
+                desc.clone(),
+                plan.clone(),
+            );
+            let max_size = shared.max_layer_size;
+            let committed = shared.committed.clone();
+            let shown = desc.digest.clone();
+            tokio::task::spawn_blocking(move || {
+                if layers.get(&plan.chain_id).is_some() {
+                    return Ok(());
+                }
+                let blob = store
+                    .open_blob(&desc.digest)
+                    .map_err(UnpackError::Decompress)?;
+                let target = LayerTarget {
+                    layers: &layers,
+                    plan,
+                    max_size,
+                    committed: &committed,
+                };
+                target.unpack_blob(&desc, std::io::BufReader::with_capacity(1 << 20, blob))
+            })
+            .await
+            .map_err(|e| PullError::new(format!("an unpack task failed: {e}")))?
+            .map_err(|e| layer_error(&shown, &e))
+        })
+        .await?;
+    }
+    let committed = shared.committed.lock().expect("poisoned").clone();
+    let mut out = Unpacking {
+        layers: Vec::new(),
+        unpacked_bytes: 0,
+    };
+    for plan in &plans {
+        let json = layer_store.get(&plan.chain_id).ok_or_else(|| {
+            PullError::new(format!(
+                "layer {} is missing from the layer store",
+                plan.chain_id
+            ))
+        })?;
+        let unpacked = committed.contains(&plan.chain_id);
+        if unpacked {
+            out.unpacked_bytes += json.size;
+        }
+        out.layers.push(LayerReport {
+            digest: json.digest.to_string(),
+            diff_id: json.diff_id.to_string(),
+            chain_id: json.chain_id.to_string(),
+            size: json.size,
+            unpacked,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// A layer that could not be unpacked, explained.
+pub(super) fn layer_error(digest: &Digest, e: &UnpackError) -> PullError {
+    let hint = match e {
+        UnpackError::DiffId { .. } => {
+            "the image's config and this layer disagree: the image is broken at the registry; \
+             push it again"
+        }
+        UnpackError::MediaType(_) => "rebuild the image with tar, tar+gzip or tar+zstd layers",
+        UnpackError::Extract(_) => {
+            "the layer holds an entry that cannot be unpacked safely; nothing of it was kept"
+        }
+        UnpackError::Decompress(_) => {
+            "the layer is corrupt or too large (--max-layer-size), or the layer store's disk \
+             is full"
+        }
+    };
+    PullError {
+        message: format!("layer {digest}: {e}"),
+        hint: Some(hint.into()),
+    }
 }

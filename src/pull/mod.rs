@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::config::auth::AuthFile;
 use crate::config::{Config, ImageRequest};
+use crate::layers::store::LayerStore;
 use crate::oci::Digest;
 use crate::oci::platform::Platform;
 use crate::registry::host::RegistryHost;
@@ -76,6 +77,15 @@ pub struct PullOptions {
     pub direct_io: bool,
     /// When the run ends (`--deadline`): images not complete by then fail.
     pub deadline: Option<Instant>,
+    /// Unpack layers into this layer store (`None`: `--no-unpack`).
+    pub unpack: Option<UnpackOptions>,
+}
+
+/// Where and how layers are unpacked.
+#[derive(Debug, Clone)]
+pub struct UnpackOptions {
+    pub layers: PathBuf,
+    pub max_layer_size: u64,
 }
 
 /// Reads the hosts.toml of every registry of `cfg` under `root`: errors name the file, and are
@@ -120,6 +130,13 @@ struct Shared {
     downloads: Semaphore,
     index: Mutex<()>,
     deadline: Option<Instant>,
+    /// The layer store, unless `--no-unpack`.
+    layers: Option<Arc<LayerStore>>,
+    max_layer_size: u64,
+    /// Layers being unpacked from a stored blob, by chain ID: each once per run.
+    unpacking: std::sync::Mutex<HashMap<Digest, Arc<OnceCell<()>>>>,
+    /// Chain IDs committed in this run.
+    committed: Arc<std::sync::Mutex<std::collections::HashSet<Digest>>>,
 }
 
 /// Pulls every image of `cfg`; one failure does not stop the others.
@@ -140,6 +157,18 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
         }
         Err(e) => return failed_all(cfg, &format!("cannot open the image store: {e}"), started),
     };
+    let layers = match opts.unpack.clone() {
+        None => None,
+        Some(u) => match tokio::task::spawn_blocking(move || LayerStore::open(&u.layers)).await {
+            Ok(Ok(l)) => Some(Arc::new(l)),
+            Ok(Err(e)) => {
+                return failed_all(cfg, &format!("cannot open the layer store: {e}"), started);
+            }
+            Err(e) => {
+                return failed_all(cfg, &format!("cannot open the layer store: {e}"), started);
+            }
+        },
+    };
     let resolver = Arc::new(RootResolver::from_root(&opts.root));
     let shared = Arc::new(Shared {
         root: opts.root.clone(),
@@ -155,6 +184,10 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
         downloads: Semaphore::new(opts.max_concurrent_downloads.max(1)),
         index: Mutex::new(()),
         deadline: opts.deadline,
+        layers,
+        max_layer_size: opts.unpack.as_ref().map_or(u64::MAX, |u| u.max_layer_size),
+        unpacking: std::sync::Mutex::new(HashMap::new()),
+        committed: Arc::new(std::sync::Mutex::new(std::collections::HashSet::new())),
     });
     // All images on this task: their time goes to the network (connection tasks) and to the
     // blob writer threads, so no spawning is needed to overlap them.
@@ -181,6 +214,8 @@ fn new_report(policy: &Policy, req: &ImageRequest) -> ImageReport {
         status: Status::Failed,
         error: None,
         served_by: None,
+        layers: None,
+        unpacked_bytes: None,
     }
 }
 
@@ -231,9 +266,13 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
         report.served_by = served.lock().await.main();
     }
     match result {
-        Ok((status, digest)) => {
+        Ok((status, digest, unpacking)) => {
             report.status = status;
             report.digest = Some(digest.to_string());
+            if let Some(u) = unpacking {
+                report.layers = Some(u.layers);
+                report.unpacked_bytes = Some(u.unpacked_bytes);
+            }
             tracing::info!(
                 image = %req.image,
                 registry = %report.registry,

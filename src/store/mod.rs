@@ -320,6 +320,13 @@ impl Store {
         pending.commit(digest)
     }
 
+    /// Opens a stored blob for reading (never through a link).
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
+        let path = self.blob_path(digest);
+        fsutil::open_file(self.alg_dir(digest.algorithm())?, digest.hex(), &path)?
+            .ok_or_else(|| missing(&path))
+    }
+
     /// Reads a blob of at most `max` bytes (never through a link).
     pub fn read_blob(&self, digest: &Digest, max: u64) -> io::Result<Vec<u8>> {
         let path = self.blob_path(digest);

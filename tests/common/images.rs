@@ -33,12 +33,16 @@ pub struct Blob {
     pub digest: String,
     pub bytes: Vec<u8>,
     pub media_type: String,
+    /// For a layer: the digest of its uncompressed tar (what the image config lists).
+    pub diff_id: String,
 }
 
 impl Blob {
     pub fn new(bytes: Vec<u8>, media_type: &str) -> Blob {
+        let digest = sha256(&bytes);
         Blob {
-            digest: sha256(&bytes),
+            diff_id: digest.clone(),
+            digest,
             bytes,
             media_type: media_type.into(),
         }
@@ -76,7 +80,7 @@ pub fn image_with(layers: Vec<Blob>, arch: &str, docker: bool) -> Image {
     } else {
         (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json")
     };
-    let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
     let config = Blob::new(
         serde_json::to_vec(&json!({
             "architecture": arch, "os": "linux",
@@ -100,15 +104,59 @@ pub fn image_with(layers: Vec<Blob>, arch: &str, docker: bool) -> Image {
     }
 }
 
-/// A gzip-layer blob of about `size` bytes: pseudo-random (incompressible) content in a valid
-/// gzip stream of stored deflate blocks, as real images carry incompressible layers.
+/// A gzip-layer blob of about `size` bytes: a tar holding one file of pseudo-random
+/// (incompressible) content, in a valid gzip stream of stored deflate blocks, as real images
+/// carry incompressible layers.
 pub fn layer(seed: u64, size: usize, docker: bool) -> Blob {
     let mt = if docker {
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
     } else {
         "application/vnd.oci.image.layer.v1.tar+gzip"
     };
-    Blob::new(gzip_stored(&random_bytes(seed, size)), mt)
+    let data = random_bytes(seed, size.saturating_sub(1536));
+    let tar = tar_of(&[(&format!("layer-{seed}/data"), &data)]);
+    layer_of(&tar, mt)
+}
+
+/// A layer blob of `media_type` whose uncompressed stream is `tar` (gzip: stored blocks).
+pub fn layer_of(tar: &[u8], media_type: &str) -> Blob {
+    let bytes = if media_type.ends_with("gzip") {
+        gzip_stored(tar)
+    } else {
+        tar.to_vec()
+    };
+    let mut b = Blob::new(bytes, media_type);
+    b.diff_id = sha256(tar);
+    b
+}
+
+/// A tar of regular files (mode 0644, root-owned), ended by two zero blocks.
+pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in files {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+            let s = format!("{v:0w$o}\0", w = len - 1);
+            h[at..at + len].copy_from_slice(s.as_bytes());
+        };
+        octal(&mut h, 100, 8, 0o644);
+        octal(&mut h, 108, 8, 0);
+        octal(&mut h, 116, 8, 0);
+        octal(&mut h, 124, 12, data.len() as u64);
+        octal(&mut h, 136, 12, 1_700_000_000);
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| *b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
 }
 
 /// gzip with stored (uncompressed) deflate blocks.
