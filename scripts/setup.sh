@@ -9,6 +9,7 @@ need() { # need COMMAND PACKAGE
 }
 need unshare util-linux
 need script bsdutils                   # a pseudo-terminal for the progress-bar test
+need umoci umoci                       # the reference unpacker the layer tests compare against
 need mount mount
 need systemd-analyze systemd
 need docker-registry docker-registry   # the CNCF distribution registry, for integration tests

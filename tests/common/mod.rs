@@ -118,6 +118,7 @@ pub mod fault;
 pub mod images;
 pub mod proxy;
 pub mod registry;
+pub mod tarball;
 pub mod token;
 
 /// Every blob under `store/blobs/sha256` hashes to its name; returns how many there are.

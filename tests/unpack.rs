@@ -1,0 +1,400 @@
+//! Unpacking layers while they download (SPEC §8), against the real registry: the layer
+//! directories, merged with overlayfs, give the same tree as `umoci raw unpack` of the same
+//! image; a wrong diff_id commits nothing; layers are shared, present images are not unpacked
+//! again, `--no-unpack` unpacks nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fault::FaultEnv;
+use common::images::{Blob, Image, image_with, sha256};
+use common::tarball::{chardev, dir, fifo, file, hardlink, opaque, symlink, tar, whiteout};
+use common::{Pull, pull_report};
+
+const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+fn layer(tar: Vec<u8>, media_type: &str) -> Blob {
+    let bytes = match media_type {
+        GZIP => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&tar).unwrap();
+            gz.finish().unwrap()
+        }
+        ZSTD => zstd::stream::encode_all(&tar[..], 3).unwrap(),
+        _ => tar.clone(),
+    };
+    let mut b = Blob::new(bytes, media_type);
+    b.diff_id = sha256(&tar);
+    b
+}
+
+/// Three layers (gzip, zstd, plain tar) with every kind of entry, whiteouts and an opaque
+/// directory.
+fn rich_image() -> Image {
+    rich_image_as(&[GZIP, ZSTD, TAR])
+}
+
+/// The same layer contents with the given compressions (umoci 0.4 reads no zstd, so its copy
+/// of the image has the zstd layer as gzip: the same diff_id, the same tree).
+fn rich_image_as(media_types: &[&str; 3]) -> Image {
+    let long = format!("deep/{}/{}", "d".repeat(120), "f".repeat(150));
+    let l0 = tar(&[
+        dir("etc"),
+        file("etc/a", b"alpha"),
+        file("etc/b", b"beta"),
+        hardlink("etc/a2", "etc/a"),
+        file("etc/h1", b"one inode"),
+        hardlink("etc/h2", "etc/h1"),
+        dir("opt"),
+        dir("opt/keep"),
+        file("opt/keep/x", b"kept below"),
+        dir("usr"),
+        dir("usr/bin"),
+        file("usr/bin/tool", b"\x7fELF tool")
+            .mode(0o4755)
+            .owner(1000, 1000),
+        symlink("bin", "usr/bin"),
+        symlink("abs", "/etc/a").owner(1000, 1001),
+        dir("tmp").mode(0o1777),
+        fifo("run-fifo"),
+        chardev("dev-null", 1, 3),
+        file("tagged", b"x").xattr("user.origin", b"layer0"),
+        file("empty", b""),
+        dir("deep"),
+        file(&long, b"long name"),
+        dir("donn\u{e9}es"),
+        file("donn\u{e9}es/\u{fc}.txt", b"utf-8"),
+        file("owned", b"o").owner(1234, 5678).mode(0o640),
+    ]);
+    let l1 = tar(&[
+        whiteout("etc/b"),
+        dir("opt"),
+        opaque("opt"),
+        file("opt/new", b"above"),
+        file("etc/a", b"alpha, changed"),
+    ]);
+    let l2 = tar(&[file("etc/c", b"gamma"), whiteout("usr/bin/tool")]);
+    image_with(
+        vec![
+            layer(l0, media_types[0]),
+            layer(l1, media_types[1]),
+            layer(l2, media_types[2]),
+        ],
+        "amd64",
+        false,
+    )
+}
+
+/// An overlay mount, unmounted when dropped (even when the test fails).
+struct Overlay(PathBuf);
+
+impl Overlay {
+    fn mount(lower_top_first: &[PathBuf], at: &Path) -> Overlay {
+        fs::create_dir_all(at).unwrap();
+        let lower: Vec<String> = lower_top_first
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("lowerdir={}", lower.join(":")))
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Overlay(at.to_path_buf())
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// What the comparison looks at, per path: type, mode, owner, size, content, link target,
+/// device, user xattrs, regular-file mtime; and the hardlink groups.
+fn describe(root: &Path) -> (BTreeMap<String, String>, Vec<Vec<String>>) {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let mut xattrs: Vec<String> = Vec::new();
+            if !ft.is_symlink() {
+                let mut names = vec![0u8; 4096];
+                if let Ok(n) = rustix::fs::llistxattr(&p, &mut names) {
+                    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                        let name = String::from_utf8_lossy(name).into_owned();
+                        if name.starts_with("user.") {
+                            let mut v = vec![0u8; 4096];
+                            let k = rustix::fs::lgetxattr(&p, name.as_str(), &mut v).unwrap();
+                            xattrs.push(format!("{name}={}", String::from_utf8_lossy(&v[..k])));
+                        }
+                    }
+                }
+            }
+            let what = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("link->{}", fs::read_link(&p).unwrap().display())
+            } else if ft.is_file() {
+                inodes.entry(m.ino()).or_default().push(rel.clone());
+                format!(
+                    "file {} {} mtime={}",
+                    m.len(),
+                    sha256(&fs::read(&p).unwrap()),
+                    m.mtime()
+                )
+            } else if ft.is_fifo() {
+                "fifo".into()
+            } else if ft.is_char_device() {
+                format!("chardev {}", m.rdev())
+            } else {
+                "other".into()
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{what} mode={:o} owner={}:{} {}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    xattrs.join(",")
+                ),
+            );
+        }
+    }
+    let groups = inodes.into_values().filter(|g| g.len() > 1).map(|mut g| {
+        g.sort();
+        g
+    });
+    (out, groups.collect())
+}
+
+/// `umoci raw unpack` of `img` from an OCI layout written for it.
+fn umoci_tree(img: &Image, work: &Path) -> PathBuf {
+    let layout = work.join("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    for b in img.blobs().chain(std::iter::once(&img.manifest)) {
+        fs::write(layout.join("blobs/sha256").join(&b.digest[7..]), &b.bytes).unwrap();
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": img.manifest.media_type, "digest": img.manifest.digest,
+        "size": img.manifest.bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "ref"}}]});
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let rootfs = work.join("umoci-rootfs");
+    let out = Command::new("umoci")
+        .args(["raw", "unpack", "--image"])
+        .arg(format!("{}:ref", layout.display()))
+        .arg(&rootfs)
+        .output()
+        .expect("umoci is missing: run scripts/setup.sh");
+    assert!(
+        out.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rootfs
+}
+
+fn pull(e: &FaultEnv, store: &Path, layers: &Path, image: &str, extra: &[&str]) -> Pull {
+    let reg = e.registry.addr();
+    let layers = layers.to_str().unwrap();
+    let mut args = vec!["--http-registry", &reg, "--layers", layers];
+    args.extend_from_slice(extra);
+    args.push(image);
+    pull_report(&e.root, store, &args)
+}
+
+#[test]
+fn the_overlay_merge_of_the_layers_equals_umoci_raw_unpack() {
+    let img = rich_image();
+    let e = FaultEnv::start(img.clone(), &["unpack/rich"]);
+    let work = tempfile::tempdir().unwrap();
+    let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+    let image = format!("{}/unpack/rich:v1", e.registry.addr());
+    let p = pull(&e, &store, &layers, &image, &[]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let reported = p.report["images"][0]["layers"].as_array().unwrap().clone();
+    assert_eq!(reported.len(), 3);
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for (l, blob) in reported.iter().zip(&img.layers) {
+        assert_eq!(l["digest"], blob.digest.as_str());
+        assert_eq!(l["diff_id"], blob.diff_id.as_str());
+        assert_eq!(l["unpacked"], true);
+        let chain = l["chain_id"].as_str().unwrap();
+        let dir = layers.join("sha256").join(&chain[7..]);
+        let json: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("layer.json")).unwrap()).unwrap();
+        assert_eq!(json["chain_id"], chain);
+        dirs.push(dir.join("fs"));
+    }
+    // The overlay format itself: a whiteout is a 0/0 character device, opaque is an xattr.
+    let wh = fs::symlink_metadata(dirs[1].join("etc/b")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    let mut v = [0u8; 4];
+    let n = rustix::fs::lgetxattr(
+        dirs[1].join("opt").as_path(),
+        "trusted.overlay.opaque",
+        &mut v,
+    )
+    .unwrap();
+    assert_eq!(&v[..n], b"y");
+    assert_eq!(fs::read_dir(layers.join("ingest")).unwrap().count(), 0);
+
+    dirs.reverse();
+    let merged = Overlay::mount(&dirs, &work.path().join("merged"));
+    let (ours, our_links) = describe(&merged.0);
+    let (theirs, their_links) =
+        describe(&umoci_tree(&rich_image_as(&[GZIP, GZIP, TAR]), work.path()));
+    // Everything but directory mtimes (SPEC §8), which `describe` leaves out.
+    assert_eq!(ours, theirs, "trees differ");
+    assert_eq!(our_links, their_links, "hardlink groups differ");
+    // The comparison saw what the layers hold (it would pass on two empty trees otherwise).
+    assert!(ours.len() > 20, "{ours:#?}");
+    assert!(
+        ours["tagged"].contains("user.origin=layer0"),
+        "{}",
+        ours["tagged"]
+    );
+    assert!(ours["abs"].starts_with("link->/etc/a") && ours["abs"].contains("owner=1000:1001"));
+    assert!(ours["run-fifo"].starts_with("fifo"));
+    assert!(ours["dev-null"].starts_with(&format!("chardev {}", rustix::fs::makedev(1, 3))));
+    assert!(ours["owned"].contains("mode=640 owner=1234:5678"));
+    assert!(ours["tmp"].contains("mode=1777"));
+    assert!(ours.keys().any(|k| k.len() > 255), "the long name");
+    assert!(ours.contains_key("donn\u{e9}es/\u{fc}.txt"));
+    assert!(
+        !ours.contains_key("usr/bin/tool"),
+        "whited out in the top layer"
+    );
+    assert!(ours.contains_key("opt/new") && !ours.contains_key("opt/keep"));
+    assert!(!ours.contains_key("etc/b") && ours.contains_key("etc/c"));
+}
+
+#[test]
+fn a_wrong_diff_id_fails_the_image_and_commits_nothing() {
+    let good = rich_image();
+    let mut bad_layers = good.layers.clone();
+    bad_layers[1].diff_id = sha256(b"not this layer");
+    let img = image_with(bad_layers, "amd64", false);
+    let e = FaultEnv::start(img, &["unpack/bad"]);
+    let work = tempfile::tempdir().unwrap();
+    let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+    let p = pull(
+        &e,
+        &store,
+        &layers,
+        &format!("{}/unpack/bad:v1", e.registry.addr()),
+        &[],
+    );
+    assert_eq!(p.code, 4, "{}", p.stderr);
+    let err = p.report["images"][0]["error"].as_str().unwrap();
+    assert!(err.contains("diff_id"), "{err}");
+    // Each layer is verified on its own: the one whose diff_id is wrong is never committed
+    // (the others may be, each under the chain ID the config gives it).
+    for entry in fs::read_dir(layers.join("sha256")).unwrap() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&fs::read(entry.unwrap().path().join("layer.json")).unwrap())
+                .unwrap();
+        assert_ne!(json["digest"], good.layers[1].digest.as_str());
+    }
+    assert_eq!(fs::read_dir(layers.join("ingest")).unwrap().count(), 0);
+    assert!(
+        !store.join("index.json").exists(),
+        "the image is not made visible"
+    );
+}
+
+#[test]
+fn shared_layers_once_present_images_not_again_and_no_unpack() {
+    let base = rich_image();
+    let top = layer(tar(&[file("app/bin", b"app")]), GZIP);
+    let a = image_with(base.layers.clone(), "amd64", false);
+    let b = image_with(
+        base.layers.iter().cloned().chain([top]).collect(),
+        "amd64",
+        false,
+    );
+    let e = FaultEnv::start(a.clone(), &["unpack/a"]);
+    common::images::block_on(
+        common::images::Pusher::new(&e.registry.addr()).image("unpack/b", "v1", &b),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+    let reg = e.registry.addr();
+    let (ia, ib) = (format!("{reg}/unpack/a:v1"), format!("{reg}/unpack/b:v1"));
+    let p = pull(&e, &store, &layers, &ia, &[&ib]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(
+        fs::read_dir(layers.join("sha256")).unwrap().count(),
+        4,
+        "3 shared + 1"
+    );
+    let unpacked_now = |p: &Pull| -> usize {
+        p.report["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["layers"].as_array().unwrap())
+            .filter(|l| l["unpacked"] == true)
+            .count()
+    };
+    // Each shared layer is reported by both images but unpacked once: 3 + 4 entries.
+    assert_eq!(
+        unpacked_now(&p),
+        7,
+        "both images report the layers unpacked in this run"
+    );
+
+    // Present: nothing fetched, nothing unpacked.
+    let p = pull(&e, &store, &layers, &ia, &[&ib]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.report["images"][0]["status"], "present");
+    assert_eq!(unpacked_now(&p), 0);
+    assert_eq!(p.report["images"][1]["unpacked_bytes"], 0);
+
+    // A layer removed from the layer store is unpacked again from the stored blob.
+    // (The images are reported in the order given: b, then a.)
+    let chain = p.report["images"][0]["layers"][3]["chain_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fs::remove_dir_all(layers.join("sha256").join(&chain[7..])).unwrap();
+    let p = pull(&e, &store, &layers, &ib, &[]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.report["images"][0]["bytes"], 0, "nothing downloaded");
+    assert_eq!(unpacked_now(&p), 1);
+
+    // --no-unpack: blobs only.
+    let store2 = work.path().join("store2");
+    let layers2 = work.path().join("layers2");
+    let p = pull(&e, &store2, &layers2, &ia, &["--no-unpack"]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert!(!layers2.exists());
+    assert!(p.report["images"][0].get("layers").is_none());
+}
