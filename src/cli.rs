@@ -132,6 +132,9 @@ pub enum Command {
         /// images); complete images are never touched.
         #[arg(long)]
         fix: bool,
+        /// The layer store to check as well (default <root>/var/lib/kci/layers).
+        #[arg(long, value_name = "DIR")]
+        layers: Option<std::path::PathBuf>,
         /// text, or json (one object per problem per line).
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,

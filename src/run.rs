@@ -211,7 +211,16 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 started_at,
             )
         }
-        Command::StoreCheck { fix, output } => store_check(&store_path(&cli.common), *fix, *output),
+        Command::StoreCheck {
+            fix,
+            output,
+            layers,
+        } => {
+            let layers = layers
+                .clone()
+                .unwrap_or_else(|| under_root(root, DEFAULT_LAYERS));
+            store_check(&store_path(&cli.common), &layers, *fix, *output)
+        }
         Command::Explain { output, .. } => {
             if cfg.images.is_empty() {
                 return Err(Error::Usage(
@@ -328,7 +337,7 @@ fn pull_and_report(
     }
 }
 
-fn store_check(path: &Path, fix: bool, output: OutputFormat) -> Result<(), Error> {
+fn store_check(path: &Path, layers: &Path, fix: bool, output: OutputFormat) -> Result<(), Error> {
     // Only looks (nothing is created or cleaned up) unless --fix is given.
     let store = crate::store::Store::open_existing(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -339,9 +348,30 @@ fn store_check(path: &Path, fix: bool, output: OutputFormat) -> Result<(), Error
             Error::Inconsistent(format!("cannot open the store {}: {e}", path.display()))
         }
     })?;
-    let problems = store.check(fix).map_err(|e| {
+    let mut problems = store.check(fix).map_err(|e| {
         Error::Inconsistent(format!("cannot check the store {}: {e}", path.display()))
     })?;
+    // The layer store too, if there is one.
+    let layer_problems = crate::layers::store::LayerStore::open_existing(layers)
+        .and_then(|l| l.map(|l| l.check(fix)).transpose())
+        .map_err(|e| {
+            Error::Inconsistent(format!(
+                "cannot check the layer store {}: {e}",
+                layers.display()
+            ))
+        })?;
+    for (p, detail, fixed) in layer_problems.into_iter().flatten() {
+        problems.push(crate::store::Problem {
+            kind: if detail.starts_with("staging") {
+                crate::store::ProblemKind::StrayFile
+            } else {
+                crate::store::ProblemKind::BrokenLayer
+            },
+            path: p.display().to_string(),
+            detail,
+            fixed,
+        });
+    }
     let mut stdout = std::io::stdout().lock();
     for p in &problems {
         let line = match output {

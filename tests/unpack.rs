@@ -398,3 +398,197 @@ fn shared_layers_once_present_images_not_again_and_no_unpack() {
     assert!(!layers2.exists());
     assert!(p.report["images"][0].get("layers").is_none());
 }
+
+/// store-check covers the layer store: a layer whose layer.json lies, a staging directory of
+/// a killed run; without --fix nothing changes, with --fix they go and good layers stay.
+#[test]
+fn store_check_covers_the_layer_store() {
+    let img = rich_image();
+    let e = FaultEnv::start(img, &["unpack/check"]);
+    let work = tempfile::tempdir().unwrap();
+    let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+    let image = format!("{}/unpack/check:v1", e.registry.addr());
+    let p = pull(&e, &store, &layers, &image, &[]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let chain = p.report["images"][0]["layers"][0]["chain_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let broken = layers.join("sha256").join(&chain[7..]);
+    fs::write(broken.join("layer.json"), "{}").unwrap();
+    fs::create_dir_all(layers.join("ingest/999-dead/fs/etc")).unwrap();
+    let check = |fix: bool| {
+        let mut args = vec![
+            "store-check",
+            "--root",
+            e.root.arg(),
+            "--store",
+            store.to_str().unwrap(),
+            "--layers",
+            layers.to_str().unwrap(),
+            "--output",
+            "json",
+        ];
+        if fix {
+            args.push("--fix");
+        }
+        common::run(&mut common::agent(&args))
+    };
+    let r = check(false);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("broken-layer") && r.stdout.contains("999-dead"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        broken.exists() && layers.join("ingest/999-dead").exists(),
+        "looked only"
+    );
+    let r = check(true);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!broken.exists() && !layers.join("ingest/999-dead").exists());
+    assert_eq!(
+        fs::read_dir(layers.join("sha256")).unwrap().count(),
+        2,
+        "good layers stay"
+    );
+    // The next pull unpacks the removed layer again.
+    let p = pull(&e, &store, &layers, &image, &[]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(fs::read_dir(layers.join("sha256")).unwrap().count(), 3);
+}
+
+/// kill -9 in the middle of an unpack (the layer trickles in): only a staging directory is
+/// left, never a partial layer directory; the next run removes it and succeeds.
+#[test]
+fn kill_9_mid_unpack_leaves_only_staging_and_the_rerun_succeeds() {
+    use common::fault::{Fault, rule};
+    let big = common::images::random_bytes(5, 3_000_000);
+    let l0 = tar(&[file("first", b"1"), file("big", &big), file("last", b"2")]);
+    let img = image_with(vec![layer(l0, TAR)], "amd64", false);
+    let e = FaultEnv::start(img.clone(), &["unpack/kill"]);
+    let slow = e.front(vec![rule(
+        &format!("/blobs/{}", img.layers[0].digest),
+        Fault::Trickle {
+            bytes_per_sec: 256 << 10,
+        },
+        1,
+    )]);
+    let work = tempfile::tempdir().unwrap();
+    let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+    let image = format!("{}/unpack/kill:v1", slow.addr());
+    let mut child = common::agent(&[
+        "pull",
+        "-q",
+        "--root",
+        e.root.arg(),
+        "--store",
+        store.to_str().unwrap(),
+        "--layers",
+        layers.to_str().unwrap(),
+        "--http-registry",
+        &slow.addr(),
+        &image,
+    ])
+    .spawn()
+    .unwrap();
+    // Wait until the layer has started to unpack ("first" is in a staging directory).
+    let started = std::time::Instant::now();
+    let staged = || {
+        fs::read_dir(layers.join("ingest"))
+            .map(|d| d.flatten().any(|s| s.path().join("fs/first").exists()))
+            .unwrap_or(false)
+    };
+    while !staged() {
+        assert!(started.elapsed().as_secs() < 20, "the unpack never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        fs::read_dir(layers.join("sha256")).unwrap().count(),
+        0,
+        "no partial layer"
+    );
+    let p = pull(
+        &e,
+        &store,
+        &layers,
+        &format!("{}/unpack/kill:v1", e.registry.addr()),
+        &[],
+    );
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(
+        fs::read_dir(layers.join("ingest")).unwrap().count(),
+        0,
+        "staging removed"
+    );
+    let chain = p.report["images"][0]["layers"][0]["chain_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fs_dir = layers.join("sha256").join(&chain[7..]).join("fs");
+    assert_eq!(fs::read(fs_dir.join("big")).unwrap(), big);
+    assert!(fs_dir.join("last").exists());
+}
+
+/// A reset mid-layer is resumed with Range and the same stream goes on unpacking; a server
+/// that then ignores Range (the download starts over) makes the layer unpack from the
+/// verified blob instead. Either way the layer is right.
+#[test]
+fn resumed_and_restarted_downloads_still_unpack_the_layer() {
+    use common::fault::{Fault, rule};
+    let big = common::images::random_bytes(6, 600_000);
+    let img = image_with(
+        vec![layer(tar(&[file("big", &big), file("end", b"e")]), GZIP)],
+        "amd64",
+        false,
+    );
+    let e = FaultEnv::start(img.clone(), &["unpack/resume"]);
+    let blob = format!("/blobs/{}", img.layers[0].digest);
+    for (case, rules) in [
+        (
+            "resumed",
+            vec![rule(&blob, Fault::Truncate { after: 200_000 }, 1)],
+        ),
+        (
+            "restarted",
+            vec![
+                rule(&blob, Fault::Truncate { after: 200_000 }, 1),
+                rule(&blob, Fault::IgnoreRange, 1),
+            ],
+        ),
+    ] {
+        let f = e.front(rules);
+        let work = tempfile::tempdir().unwrap();
+        let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+        let reg = f.addr();
+        let image = format!("{reg}/unpack/resume:v1");
+        let p = pull_report(
+            &e.root,
+            &store,
+            &[
+                "--http-registry",
+                &reg,
+                "--layers",
+                layers.to_str().unwrap(),
+                &image,
+            ],
+        );
+        assert_eq!(p.code, 0, "{case}: {}", p.stderr);
+        let ranges: Vec<_> = f.seen().iter().filter_map(|s| s.range.clone()).collect();
+        assert_eq!(ranges.len(), 1, "{case}: {ranges:?}");
+        let chain = p.report["images"][0]["layers"][0]["chain_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let fs_dir = layers.join("sha256").join(&chain[7..]).join("fs");
+        assert_eq!(fs::read(fs_dir.join("big")).unwrap(), big, "{case}");
+        assert_eq!(
+            fs::read_dir(layers.join("ingest")).unwrap().count(),
+            0,
+            "{case}"
+        );
+    }
+}

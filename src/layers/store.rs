@@ -91,6 +91,36 @@ impl LayerStore {
         })
     }
 
+    /// Opens an existing layer store for `store-check`, changing nothing (`None` if there
+    /// is none: no layer was ever unpacked there).
+    pub fn open_existing(root: &Path) -> io::Result<Option<LayerStore>> {
+        let root_fd = match fsutil::open_dir(root) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let lock = File::from(
+            rustix::fs::openat(
+                &root_fd,
+                ".lock",
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(io::Error::from)?,
+        );
+        lock.lock()?;
+        let sha256 = fsutil::open_subdir(root_fd.as_fd(), "sha256", false, &root.join("sha256"))?;
+        let ingest = fsutil::open_subdir(root_fd.as_fd(), "ingest", false, &root.join("ingest"))?;
+        Ok(Some(LayerStore {
+            root: root.to_path_buf(),
+            sha256,
+            ingest,
+            _lock: lock,
+        }))
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

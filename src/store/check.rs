@@ -22,6 +22,8 @@ pub enum ProblemKind {
     IncompleteImage,
     /// `index.json` cannot be read.
     BadIndex,
+    /// A directory of the layer store whose `layer.json` is missing or disagrees with it.
+    BrokenLayer,
 }
 
 impl std::fmt::Display for ProblemKind {
@@ -31,6 +33,7 @@ impl std::fmt::Display for ProblemKind {
             ProblemKind::StrayFile => "stray-file",
             ProblemKind::IncompleteImage => "incomplete-image",
             ProblemKind::BadIndex => "bad-index",
+            ProblemKind::BrokenLayer => "broken-layer",
         })
     }
 }

@@ -39,6 +39,9 @@ pub enum Fault {
     Trickle { bytes_per_sec: usize },
     /// Forward, with the response header `name` set to `value` (replacing the registry's).
     Header { name: String, value: String },
+    /// Forward without the request's `Range` header: the whole body comes back with 200, as
+    /// from a server that ignores ranges.
+    IgnoreRange,
 }
 
 #[derive(Clone, Debug)]
@@ -272,10 +275,14 @@ fn serve<S: Read + Write>(
         let mut req =
             format!("{method} {target} HTTP/1.1\r\nHost: {upstream}\r\nConnection: close\r\n");
         for (k, v) in &headers {
-            if !matches!(
-                k.to_ascii_lowercase().as_str(),
-                "host" | "connection" | "authorization"
-            ) {
+            let dropped =
+                matches!(fault, Some(Fault::IgnoreRange)) && k.eq_ignore_ascii_case("range");
+            if !dropped
+                && !matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "host" | "connection" | "authorization"
+                )
+            {
                 req.push_str(&format!("{k}: {v}\r\n"));
             }
         }
