@@ -118,6 +118,25 @@ fn agent_cmd(t: &Target, store: &Path) -> Command {
     c
 }
 
+/// The agent as it runs by default: every layer unpacked while it downloads (into a fresh
+/// layer store each run), to see how much of the unpack hides under the download.
+fn agent_unpack_cmd(t: &Target, store: &Path) -> Command {
+    let mut c = Command::new(common::bin());
+    let list = if t.tls {
+        "--insecure-registry"
+    } else {
+        "--http-registry"
+    };
+    c.args(["pull", "-q", "--root"])
+        .arg(root())
+        .arg("--store")
+        .arg(store)
+        .arg("--layers")
+        .arg(store.join("layers"))
+        .args([list, &t.registry, &t.reference()]);
+    c
+}
+
 /// The agent with `--buffered-writes` (the page-cache write path), for `KCI_BENCH_BUFFERED=1`.
 fn agent_buffered_cmd(t: &Target, store: &Path) -> Command {
     let mut c = agent_cmd(t, store);
@@ -212,6 +231,7 @@ fn throughput_case(name: &str, reg: &Registry, t: &Target, runs: usize, rows: &m
         (SKOPEO, skopeo_cmd),
         (CURL_OPENSSL, curl_cmd),
         (CURL_NULL, curl_null_cmd),
+        ("agent + unpack", agent_unpack_cmd),
     ];
     if std::env::var_os("KCI_BENCH_BUFFERED").is_some_and(|v| v == "1") {
         tools.push(("agent --buffered-writes", agent_buffered_cmd));
