@@ -73,6 +73,7 @@ fn rich_image_as(media_types: &[&str; 3]) -> Image {
         dir("donn\u{e9}es"),
         file("donn\u{e9}es/\u{fc}.txt", b"utf-8"),
         file("owned", b"o").owner(1234, 5678).mode(0o640),
+        dir("srv").mode(0o700).owner(7, 7),
     ]);
     let l1 = tar(&[
         whiteout("etc/b"),
@@ -80,6 +81,10 @@ fn rich_image_as(media_types: &[&str; 3]) -> Image {
         opaque("opt"),
         file("opt/new", b"above"),
         file("etc/a", b"alpha, changed"),
+        // A directory this layer does not list (it keeps the lower layer's attributes), and a
+        // hardlink to a lower layer's file (a copy: overlayfs cannot link across layers).
+        file("srv/x", b"under a 0700 directory"),
+        hardlink("etc/h-copy", "etc/h1"),
     ]);
     let l2 = tar(&[file("etc/c", b"gamma"), whiteout("usr/bin/tool")]);
     image_with(
@@ -273,7 +278,17 @@ fn the_overlay_merge_of_the_layers_equals_umoci_raw_unpack() {
         describe(&umoci_tree(&rich_image_as(&[GZIP, GZIP, TAR]), work.path()));
     // Everything but directory mtimes (SPEC §8), which `describe` leaves out.
     assert_eq!(ours, theirs, "trees differ");
+    // umoci links etc/h-copy to the lower file; in the layer store it is a copy (SPEC §8).
+    let their_links: Vec<Vec<String>> = their_links
+        .into_iter()
+        .map(|g| g.into_iter().filter(|p| p != "etc/h-copy").collect())
+        .collect();
     assert_eq!(our_links, their_links, "hardlink groups differ");
+    assert!(
+        ours["srv"].contains("mode=700 owner=7:7"),
+        "{}",
+        ours["srv"]
+    );
     // The comparison saw what the layers hold (it would pass on two empty trees otherwise).
     assert!(ours.len() > 20, "{ours:#?}");
     assert!(

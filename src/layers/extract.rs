@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{
     AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
@@ -54,6 +54,9 @@ pub enum ExtractError {
     Io { name: String, source: io::Error },
     #[error("the layer has more than {0} entries")]
     TooManyEntries(u64),
+    /// Streaming only: the layer needs its lower layers (a hardlink to one of their files).
+    #[error("entry {0:?} links to a file of a lower layer, which is not unpacked yet")]
+    NeedsLowers(String),
 }
 
 /// What an extraction wrote.
@@ -62,6 +65,11 @@ pub struct Extracted {
     pub entries: u64,
     /// Layer-supplied `trusted.overlay.*` xattrs that were dropped (warned about).
     pub dropped_overlay_xattrs: u64,
+    /// Directories the layer did not list, created while its lower layers were unknown
+    /// (their attributes may have to come from a lower layer).
+    pub implied_dirs: Vec<String>,
+    /// Hardlinks to a lower layer's file, copied (overlayfs cannot link across layers).
+    pub copied_links: u64,
 }
 
 const WHITEOUT: &str = ".wh.";
@@ -88,9 +96,57 @@ fn shown(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).chars().take(300).collect()
 }
 
+/// The layers below the one being extracted, top first (their `fs/` directories), or
+/// unknown while a layer streams in before its lower layers are committed.
+#[derive(Debug, Clone, Default)]
+pub enum Lowers {
+    /// Not known yet: a directory the layer does not list is recorded in
+    /// [`Extracted::implied_dirs`], and a hardlink to a lower file is [`ExtractError::NeedsLowers`].
+    #[default]
+    Unknown,
+    Known(Vec<PathBuf>),
+}
+
 /// The layer root and the operations on it.
 struct Root {
     fd: OwnedFd,
+    lowers: Lowers,
+    implied: std::cell::RefCell<Vec<String>>,
+    copied: std::cell::Cell<u64>,
+}
+
+/// What `rel` is in the lower layers, top first: the first layer that has the name decides
+/// (a whiteout there means it is gone). Each lookup stays beneath that layer and follows no
+/// symlink (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a link in a lower layer never leads a
+/// lookup out of it.
+fn in_lowers(lowers: &[PathBuf], rel: &[&[u8]]) -> Option<(OwnedFd, rustix::fs::Stat)> {
+    let rel: PathBuf = rel.iter().map(|c| OsStr::from_bytes(c)).collect();
+    for lower in lowers {
+        let Ok(dir) = rustix::fs::open(
+            lower,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let Ok(fd) = rustix::fs::openat2(
+            &dir,
+            rel.as_path(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) else {
+            continue;
+        };
+        let Ok(st) = rustix::fs::fstat(&fd) else {
+            continue;
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0 {
+            return None; // whited out
+        }
+        return Some((fd, st));
+    }
+    None
 }
 
 impl Root {
@@ -128,12 +184,33 @@ impl Root {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(e),
                     }
-                    rustix::fs::openat(
+                    let dir = rustix::fs::openat(
                         &fd,
                         name,
                         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                         Mode::empty(),
-                    )?
+                    )?;
+                    // A directory the layer does not list takes the attributes of the same
+                    // directory in the lower layers, else 0755 root:root.
+                    match &self.lowers {
+                        Lowers::Known(lowers) => {
+                            if let Some((_, st)) = in_lowers(lowers, &path[..=i])
+                                && FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                            {
+                                rustix::fs::fchown(
+                                    &dir,
+                                    Some(Uid::from_raw(st.st_uid)),
+                                    Some(Gid::from_raw(st.st_gid)),
+                                )?;
+                                rustix::fs::fchmod(&dir, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+                            }
+                        }
+                        Lowers::Unknown => self
+                            .implied
+                            .borrow_mut()
+                            .push(String::from_utf8_lossy(&path[..=i].join(&b'/')).into_owned()),
+                    }
+                    dir
                 }
                 Err(e) => return Err(e),
             };
@@ -176,6 +253,53 @@ fn times(mtime: u64) -> Timestamps {
         last_access: t,
         last_modification: t,
     }
+}
+
+/// A copy of a lower layer's regular file (`src`, an `O_PATH` handle found by [`in_lowers`])
+/// at `name` in `dir`: content, owner, mode, `user.*` xattrs and mtime (a separate inode).
+fn copy_lower_file(
+    src: BorrowedFd<'_>,
+    st: &rustix::fs::Stat,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+) -> io::Result<()> {
+    // Reopened for reading through the handle itself (its /proc/self/fd entry): nothing is
+    // resolved again by name.
+    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&src));
+    let mut from = File::from(rustix::fs::open(
+        proc.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?);
+    let mut to = File::from(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?);
+    io::copy(&mut from, &mut to)?;
+    let mut xattrs = Vec::new();
+    let mut names = vec![0u8; 64 << 10];
+    if let Ok(n) = rustix::fs::flistxattr(&from, &mut names) {
+        for k in names[..n]
+            .split(|b| *b == 0)
+            .filter(|k| k.starts_with(b"user."))
+        {
+            let mut v = vec![0u8; 64 << 10];
+            if let Ok(len) = rustix::fs::fgetxattr(&from, OsStr::from_bytes(k), &mut v) {
+                xattrs.push((String::from_utf8_lossy(k).into_owned(), v[..len].to_vec()));
+            }
+        }
+    }
+    finish_fd(
+        to.as_fd(),
+        st.st_uid,
+        st.st_gid,
+        st.st_mode,
+        &xattrs,
+        st.st_mtime.max(0) as u64,
+    )?;
+    Ok(())
 }
 
 /// Ownership, mode (after chown, which clears setuid/setgid), xattrs and mtime on an open
@@ -236,6 +360,7 @@ fn xattrs_of<R: Read>(
 pub fn extract<R: Read>(
     tar: R,
     root: &Path,
+    lowers: Lowers,
     limits: &Limits,
 ) -> Result<(Extracted, R), ExtractError> {
     let root_fd = rustix::fs::open(
@@ -247,7 +372,16 @@ pub fn extract<R: Read>(
         name: root.display().to_string(),
         source: e.into(),
     })?;
-    extract_at(tar, Root { fd: root_fd }, limits)
+    extract_at(
+        tar,
+        Root {
+            fd: root_fd,
+            lowers,
+            implied: Default::default(),
+            copied: Default::default(),
+        },
+        limits,
+    )
 }
 
 fn extract_at<R: Read>(
@@ -274,6 +408,8 @@ fn extract_at<R: Read>(
         let xattrs = xattrs_of(&mut entry, limits, &name, &mut done.dropped_overlay_xattrs)?;
         apply(&root, &mut entry, &raw, &name, &xattrs, limits)?;
     }
+    done.implied_dirs = root.implied.take();
+    done.copied_links = root.copied.get();
     Ok((done, archive.into_inner()))
 }
 
@@ -427,26 +563,46 @@ fn apply<R: Read>(
                     why: "a hardlink to the layer root".into(),
                 });
             };
-            let tdir = root.open_dir(tparent).map_err(|e| ExtractError::Refused {
-                name: name.to_string(),
-                why: format!(
-                    "a hardlink to {:?}, which is not in this layer ({e})",
-                    shown(&target)
-                ),
-            })?;
-            let tleaf = OsStr::from_bytes(tleaf);
-            match kind_at(tdir.as_fd(), tleaf) {
-                Some(FileType::Directory) | None => {
+            let tleaf_name = OsStr::from_bytes(tleaf);
+            let in_layer = root
+                .open_dir(tparent)
+                .ok()
+                .filter(|d| kind_at(d.as_fd(), tleaf_name).is_some());
+            let Some(tdir) = in_layer else {
+                // Not in this layer: a file of a lower layer gets copied (overlayfs cannot
+                // link across layers), read only from inside that layer.
+                let lowers = match &root.lowers {
+                    Lowers::Known(l) => l,
+                    Lowers::Unknown => return Err(ExtractError::NeedsLowers(name.to_string())),
+                };
+                let found = in_lowers(lowers, &tparts)
+                    .filter(|(_, st)| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+                let Some((src, st)) = found else {
                     return Err(ExtractError::Refused {
                         name: name.to_string(),
                         why: format!(
-                            "a hardlink to {:?}, which is not a file of this layer (links to a \
-                             lower layer's file are not supported yet)",
+                            "a hardlink to {:?}, which is not a file of this layer or of the \
+                             layers below it",
                             shown(&target)
                         ),
                     });
-                }
-                Some(_) => {}
+                };
+                clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
+                copy_lower_file(src.as_fd(), &st, dir.as_fd(), leaf_name).map_err(|source| {
+                    ExtractError::Io {
+                        name: name.to_string(),
+                        source,
+                    }
+                })?;
+                root.copied.set(root.copied.get() + 1);
+                return Ok(());
+            };
+            let tleaf = tleaf_name;
+            if kind_at(tdir.as_fd(), tleaf) == Some(FileType::Directory) {
+                return Err(ExtractError::Refused {
+                    name: name.to_string(),
+                    why: format!("a hardlink to the directory {:?}", shown(&target)),
+                });
             }
             clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
             // linkat without AT_SYMLINK_FOLLOW links the entry itself, never what it points to.
@@ -581,7 +737,13 @@ pub(crate) mod tests {
             self.dir.path().join("fs")
         }
         fn run(&self, layer: &[Vec<u8>]) -> Result<Extracted, ExtractError> {
-            extract(&tar(layer)[..], &self.fs(), &Limits::default()).map(|(x, _)| x)
+            extract(
+                &tar(layer)[..],
+                &self.fs(),
+                Lowers::Known(Vec::new()),
+                &Limits::default(),
+            )
+            .map(|(x, _)| x)
         }
         /// Everything beside `fs/` is as it was.
         fn outside_untouched(&self) {
@@ -597,7 +759,6 @@ pub(crate) mod tests {
             );
         }
     }
-    use std::path::PathBuf;
 
     #[test]
     fn dot_dot_and_absolute_names_stay_inside() {
@@ -826,6 +987,7 @@ pub(crate) mod tests {
         let e = extract(
             &tar(&[file("a", b""), file("b", b""), file("c", b"")])[..],
             &s.fs(),
+            Lowers::Unknown,
             &limits,
         )
         .unwrap_err();
@@ -836,5 +998,81 @@ pub(crate) mod tests {
             .run(&[pax(&[("SCHILY.xattr.user.big", &big)]), file("x", b"")])
             .unwrap_err();
         assert!(e.to_string().contains("xattrs"), "{e}");
+    }
+
+    #[test]
+    fn lower_layers_give_implied_directories_and_hardlink_copies() {
+        let lower = tempfile::tempdir().unwrap();
+        std::fs::create_dir(lower.path().join("etc")).unwrap();
+        rustix::fs::chown(
+            lower.path().join("etc").as_path(),
+            Some(Uid::from_raw(5)),
+            Some(Gid::from_raw(6)),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            lower.path().join("etc"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::create_dir(lower.path().join("data")).unwrap();
+        std::fs::write(lower.path().join("data/f"), b"lower content").unwrap();
+        rustix::fs::setxattr(
+            lower.path().join("data/f").as_path(),
+            "user.k",
+            b"v",
+            XattrFlags::empty(),
+        )
+        .unwrap();
+        let layer = tar(&[file("etc/x", b"x"), hardlink("copy", "data/f")]);
+
+        // Streaming, lowers unknown: the link cannot be made yet.
+        let s = Sandbox::new();
+        let e = extract(&layer[..], &s.fs(), Lowers::Unknown, &Limits::default()).unwrap_err();
+        assert!(matches!(e, ExtractError::NeedsLowers(_)), "{e}");
+
+        let s = Sandbox::new();
+        let (x, _) = extract(
+            &layer[..],
+            &s.fs(),
+            Lowers::Known(vec![lower.path().to_path_buf()]),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(x.copied_links, 1);
+        let etc = s.fs().join("etc").metadata().unwrap();
+        assert_eq!((etc.mode() & 0o7777, etc.uid(), etc.gid()), (0o700, 5, 6));
+        assert_eq!(
+            std::fs::read(s.fs().join("copy")).unwrap(),
+            b"lower content"
+        );
+        let mut v = [0u8; 4];
+        let n = rustix::fs::getxattr(s.fs().join("copy").as_path(), "user.k", &mut v).unwrap();
+        assert_eq!(&v[..n], b"v");
+        assert_ne!(
+            s.fs().join("copy").metadata().unwrap().ino(),
+            lower.path().join("data/f").metadata().unwrap().ino(),
+            "a copy, not a link across layers"
+        );
+        // Not in the lowers either: refused, nothing created.
+        let s = Sandbox::new();
+        let e = extract(
+            &tar(&[hardlink("x", "nowhere")])[..],
+            &s.fs(),
+            Lowers::Known(vec![lower.path().to_path_buf()]),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a file of this layer"), "{e}");
+        // Implied directories are recorded while the lowers are unknown.
+        let s = Sandbox::new();
+        let (x, _) = extract(
+            &tar(&[file("a/b/c", b"")])[..],
+            &s.fs(),
+            Lowers::Unknown,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(x.implied_dirs, vec!["a".to_string(), "a/b".to_string()]);
     }
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
 pub use decompress::{Compression, DiffReader, MediaTypeError};
-pub use extract::{ExtractError, Extracted, Limits};
+pub use extract::{ExtractError, Extracted, Limits, Lowers};
 use store::{LayerJson, LayerStore, Staging};
 
 /// What the image config says of a layer: where it goes in the layer store.
@@ -29,6 +29,8 @@ pub struct LayerTarget<'a> {
     pub layers: &'a LayerStore,
     pub plan: LayerPlan,
     pub max_size: u64,
+    /// The layers below, when known (unpacking from a stored blob, bottom-up).
+    pub lowers: Lowers,
     /// Chain IDs committed in this run (for the report).
     pub committed: &'a std::sync::Mutex<std::collections::HashSet<Digest>>,
 }
@@ -44,9 +46,20 @@ impl LayerTarget<'_> {
         result: Result<Unpacked, UnpackError>,
     ) -> Result<(), UnpackError> {
         let u = match result {
+            // Redone from the stored blob once the lower layers are there: a download that
+            // started over, a hardlink to a lower layer's file.
             Err(e) if stream::StreamUnpack::was_restarted(&e) => return Ok(()),
+            Err(UnpackError::Extract(ExtractError::NeedsLowers(_))) => return Ok(()),
             r => r?,
         };
+        // Directories the layer did not list take a lower layer's attributes: redone with
+        // the lower layers at hand (the bottom layer has none, so its defaults stand).
+        if matches!(self.lowers, Lowers::Unknown)
+            && self.plan.parent.is_some()
+            && !u.extracted.implied_dirs.is_empty()
+        {
+            return Ok(());
+        }
         if u.diff_id != self.plan.diff_id {
             return Err(UnpackError::DiffId {
                 expected: self.plan.diff_id.clone(),
@@ -78,6 +91,7 @@ impl LayerTarget<'_> {
             blob,
             &desc.media_type,
             &staging.fs,
+            self.lowers.clone(),
             self.max_size,
             &Limits::default(),
             Some(&self.plan.diff_id),
@@ -115,13 +129,15 @@ pub fn unpack<R: Read>(
     blob: R,
     media_type: &str,
     fs: &Path,
+    lowers: Lowers,
     max_size: u64,
     limits: &Limits,
     expected: Option<&Digest>,
 ) -> Result<Unpacked, UnpackError> {
     let compression = Compression::of_media_type(media_type)?;
     let stream = compression.reader(blob).map_err(UnpackError::Decompress)?;
-    let (extracted, rest) = extract::extract(DiffReader::new(stream, max_size), fs, limits)?;
+    let (extracted, rest) =
+        extract::extract(DiffReader::new(stream, max_size), fs, lowers, limits)?;
     let (diff_id, size) = rest.finish().map_err(UnpackError::Decompress)?;
     if let Some(want) = expected
         && *want != diff_id
@@ -157,7 +173,16 @@ mod tests {
         let blob = gzip(&layer);
         let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
         let dir = tempfile::tempdir().unwrap();
-        let u = unpack(&blob[..], gz, dir.path(), 1 << 20, &Limits::default(), None).unwrap();
+        let u = unpack(
+            &blob[..],
+            gz,
+            dir.path(),
+            Lowers::Unknown,
+            1 << 20,
+            &Limits::default(),
+            None,
+        )
+        .unwrap();
         assert_eq!(u.diff_id, Digest::sha256(&layer), "trailing data is hashed");
         assert_eq!(u.size, layer.len() as u64);
         assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"hello");
@@ -168,6 +193,7 @@ mod tests {
             &blob[..],
             gz,
             dir.path(),
+            Lowers::Unknown,
             1 << 20,
             &Limits::default(),
             Some(&other),
@@ -184,6 +210,7 @@ mod tests {
             &bomb[..],
             "application/vnd.docker.image.rootfs.diff.tar.gzip",
             dir.path(),
+            Lowers::Unknown,
             1 << 20,
             &Limits::default(),
             None,
@@ -194,6 +221,7 @@ mod tests {
             &bomb[..],
             "application/x-rar",
             dir.path(),
+            Lowers::Unknown,
             1 << 20,
             &Limits::default(),
             None,

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
-use super::{Limits, UnpackError, Unpacked, unpack};
+use super::{Limits, Lowers, UnpackError, Unpacked, unpack};
 
 /// Batches queued for the unpacker: a slow unpack slows the download instead of growing
 /// memory.
@@ -49,7 +49,15 @@ impl StreamUnpack {
                     rx,
                     queue: VecDeque::new(),
                 };
-                unpack(reader, &media_type, &fs, max_size, &limits, None)
+                unpack(
+                    reader,
+                    &media_type,
+                    &fs,
+                    Lowers::Unknown,
+                    max_size,
+                    &limits,
+                    None,
+                )
             })?;
         Ok(StreamUnpack {
             tx: Some(tx),

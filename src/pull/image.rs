@@ -14,7 +14,7 @@ use super::progress::ImageProgress;
 use super::session::Session;
 use super::{PullError, Shared, join_all};
 use crate::config::ImageRequest;
-use crate::layers::{LayerPlan, LayerTarget, UnpackError};
+use crate::layers::{LayerPlan, LayerTarget, Lowers, UnpackError};
 use crate::oci;
 use crate::oci::Digest;
 use crate::oci::config::MAX_CONFIG;
@@ -306,6 +306,7 @@ async fn fetch_shared(
             layers,
             plan,
             max_size: shared.max_layer_size,
+            lowers: Lowers::Unknown,
             committed: &shared.committed,
         }),
         _ => None,
@@ -384,10 +385,16 @@ async fn unpack_image(shared: &Shared, manifest: &Digest) -> Result<Option<Unpac
         .ok_or_else(|| PullError::new(format!("the stored manifest {manifest} is unreadable")))?;
     let (config, layers) = blobs.split_first().expect("a manifest has a config");
     let plans = plan_layers(shared, config, layers.len()).await?;
-    for (desc, plan) in layers.iter().zip(&plans) {
+    for (i, (desc, plan)) in layers.iter().zip(&plans).enumerate() {
         if layer_store.get(&plan.chain_id).is_some() {
             continue;
         }
+        // Bottom-up: every layer below is committed by now.
+        let lowers: Vec<std::path::PathBuf> = plans[..i]
+            .iter()
+            .rev()
+            .map(|p| layer_store.layer_dir(&p.chain_id).join("fs"))
+            .collect();
         let cell = {
             let mut map = shared.unpacking.lock().expect("poisoned");
             map.entry(plan.chain_id.clone()).or_default().clone()
@@ -413,6 +420,7 @@ async fn unpack_image(shared: &Shared, manifest: &Digest) -> Result<Option<Unpac
                     layers: &layers,
                     plan,
                     max_size,
+                    lowers: Lowers::Known(lowers),
                     committed: &committed,
                 };
                 target.unpack_blob(&desc, std::io::BufReader::with_capacity(1 << 20, blob))
