@@ -406,13 +406,14 @@ fn main() {
         // Alternating with one `curl` HEAD of the same manifest: the floor for any process that
         // asks the registry one question, so a slow machine shows in both figures.
         let t = target(&http, false, "bench/medium", &medium);
+        // As boot runs it: with the layer store (every layer checked present, none unpacked).
         let store = scratch("present");
-        timed(&mut agent_cmd(&t, &store));
+        timed(&mut agent_unpack_cmd(&t, &store));
         let n = runs.max(5) * 2 + 1;
         let (mut agent, mut curl) = (Vec::new(), Vec::new());
         for _ in 0..n {
             let report = store.with_extension("report.json");
-            let mut c = agent_cmd(&t, &store);
+            let mut c = agent_unpack_cmd(&t, &store);
             c.arg("--report").arg(&report);
             agent.push(timed(&mut c).0.as_secs_f64() * 1000.0);
             let r: serde_json::Value =
@@ -422,6 +423,7 @@ fn main() {
                 r["images"][0]["bytes"], 0,
                 "a present image fetches nothing"
             );
+            assert_eq!(r["images"][0]["unpacked_bytes"], 0, "nor unpacks anything");
             let mut head = Command::new("curl");
             head.args(["-sS", "--fail", "--noproxy", "*", "-o", "/dev/null", "-I", "-H"])
                 .arg("Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
@@ -430,7 +432,7 @@ fn main() {
         }
         let min = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
         notes.push(format!(
-            "present: second pull of medium (already in the store), {n} runs, 0 bytes fetched: \
+            "present: second pull of medium (already in the store and the layer store), {n} runs, 0 bytes fetched, nothing unpacked: \
              median {:.1} ms (min {:.1}); one curl HEAD of the manifest, same rounds: median {:.1} ms (min {:.1})",
             median(agent.clone()),
             min(&agent),
