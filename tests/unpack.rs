@@ -474,8 +474,9 @@ fn store_check_covers_the_layer_store() {
     assert_eq!(fs::read_dir(layers.join("sha256")).unwrap().count(), 3);
 }
 
-/// kill -9 in the middle of an unpack (the layer trickles in): only a staging directory is
-/// left, never a partial layer directory; the next run removes it and succeeds.
+/// kill -9 in the middle of an unpack (the layer trickles in), at several moments: only a
+/// staging directory is left, never a partial layer directory; the next run removes it and
+/// succeeds.
 #[test]
 fn kill_9_mid_unpack_leaves_only_staging_and_the_rerun_succeeds() {
     use common::fault::{Fault, rule};
@@ -483,69 +484,73 @@ fn kill_9_mid_unpack_leaves_only_staging_and_the_rerun_succeeds() {
     let l0 = tar(&[file("first", b"1"), file("big", &big), file("last", b"2")]);
     let img = image_with(vec![layer(l0, TAR)], "amd64", false);
     let e = FaultEnv::start(img.clone(), &["unpack/kill"]);
-    let slow = e.front(vec![rule(
-        &format!("/blobs/{}", img.layers[0].digest),
-        Fault::Trickle {
-            bytes_per_sec: 256 << 10,
-        },
-        1,
-    )]);
-    let work = tempfile::tempdir().unwrap();
-    let (store, layers) = (work.path().join("store"), work.path().join("layers"));
-    let image = format!("{}/unpack/kill:v1", slow.addr());
-    let mut child = common::agent(&[
-        "pull",
-        "-q",
-        "--root",
-        e.root.arg(),
-        "--store",
-        store.to_str().unwrap(),
-        "--layers",
-        layers.to_str().unwrap(),
-        "--http-registry",
-        &slow.addr(),
-        &image,
-    ])
-    .spawn()
-    .unwrap();
-    // Wait until the layer has started to unpack ("first" is in a staging directory).
-    let started = std::time::Instant::now();
-    let staged = || {
-        fs::read_dir(layers.join("ingest"))
-            .map(|d| d.flatten().any(|s| s.path().join("fs/first").exists()))
-            .unwrap_or(false)
-    };
-    while !staged() {
-        assert!(started.elapsed().as_secs() < 20, "the unpack never started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    for delay_ms in [0u64, 1500, 4000] {
+        let slow = e.front(vec![rule(
+            &format!("/blobs/{}", img.layers[0].digest),
+            Fault::Trickle {
+                bytes_per_sec: 256 << 10,
+            },
+            1,
+        )]);
+        let work = tempfile::tempdir().unwrap();
+        let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+        let image = format!("{}/unpack/kill:v1", slow.addr());
+        let mut child = common::agent(&[
+            "pull",
+            "-q",
+            "--root",
+            e.root.arg(),
+            "--store",
+            store.to_str().unwrap(),
+            "--layers",
+            layers.to_str().unwrap(),
+            "--http-registry",
+            &slow.addr(),
+            &image,
+        ])
+        .spawn()
+        .unwrap();
+        // The layer unpacks while it downloads: "first" shows in a staging directory long
+        // before the trickle ends. Then a different moment in each round.
+        let started = std::time::Instant::now();
+        let staged = || {
+            fs::read_dir(layers.join("ingest"))
+                .map(|d| d.flatten().any(|s| s.path().join("fs/first").exists()))
+                .unwrap_or(false)
+        };
+        while !staged() {
+            assert!(started.elapsed().as_secs() < 20, "the unpack never started");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            fs::read_dir(layers.join("sha256")).unwrap().count(),
+            0,
+            "{delay_ms} ms: no partial layer"
+        );
+        let p = pull(
+            &e,
+            &store,
+            &layers,
+            &format!("{}/unpack/kill:v1", e.registry.addr()),
+            &[],
+        );
+        assert_eq!(p.code, 0, "{delay_ms} ms: {}", p.stderr);
+        assert_eq!(
+            fs::read_dir(layers.join("ingest")).unwrap().count(),
+            0,
+            "staging removed"
+        );
+        let chain = p.report["images"][0]["layers"][0]["chain_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let fs_dir = layers.join("sha256").join(&chain[7..]).join("fs");
+        assert_eq!(fs::read(fs_dir.join("big")).unwrap(), big);
+        assert!(fs_dir.join("last").exists());
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(
-        fs::read_dir(layers.join("sha256")).unwrap().count(),
-        0,
-        "no partial layer"
-    );
-    let p = pull(
-        &e,
-        &store,
-        &layers,
-        &format!("{}/unpack/kill:v1", e.registry.addr()),
-        &[],
-    );
-    assert_eq!(p.code, 0, "{}", p.stderr);
-    assert_eq!(
-        fs::read_dir(layers.join("ingest")).unwrap().count(),
-        0,
-        "staging removed"
-    );
-    let chain = p.report["images"][0]["layers"][0]["chain_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let fs_dir = layers.join("sha256").join(&chain[7..]).join("fs");
-    assert_eq!(fs::read(fs_dir.join("big")).unwrap(), big);
-    assert!(fs_dir.join("last").exists());
 }
 
 /// A reset mid-layer is resumed with Range and the same stream goes on unpacking; a server
@@ -606,4 +611,64 @@ fn resumed_and_restarted_downloads_still_unpack_the_layer() {
             "{case}"
         );
     }
+}
+
+/// Real files, as GNU tar writes them: a few hundred files of /usr/share/doc (directories,
+/// symlinks, long names) in a gzip layer, with a second layer that deletes some of them; the
+/// overlay merge equals umoci's tree.
+#[test]
+fn a_layer_of_real_files_written_by_gnu_tar_merges_like_umoci() {
+    let dirs: Vec<String> = fs::read_dir("/usr/share/doc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.is_ascii())
+        .take(60)
+        .collect();
+    assert!(dirs.len() >= 10, "too few docs on this machine: {dirs:?}");
+    let out = Command::new("tar")
+        .args(["--format=pax", "-C", "/usr/share", "-cf", "-"])
+        .args(dirs.iter().map(|d| format!("doc/{d}")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l0 = out.stdout;
+    let l1 = tar(&[
+        whiteout(&format!("doc/{}", dirs[0])),
+        opaque(&format!("doc/{}", dirs[1])),
+        file(&format!("doc/{}/replaced", dirs[1]), b"only this"),
+    ]);
+    let img = image_with(vec![layer(l0, GZIP), layer(l1, GZIP)], "amd64", false);
+    let e = FaultEnv::start(img.clone(), &["unpack/real"]);
+    let work = tempfile::tempdir().unwrap();
+    let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+    let p = pull(
+        &e,
+        &store,
+        &layers,
+        &format!("{}/unpack/real:v1", e.registry.addr()),
+        &[],
+    );
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let mut dirs_fs: Vec<PathBuf> = p.report["images"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let c = l["chain_id"].as_str().unwrap();
+            layers.join("sha256").join(&c[7..]).join("fs")
+        })
+        .collect();
+    dirs_fs.reverse();
+    let merged = Overlay::mount(&dirs_fs, &work.path().join("merged"));
+    let (ours, our_links) = describe(&merged.0);
+    let (theirs, their_links) = describe(&umoci_tree(&img, work.path()));
+    assert!(ours.len() > 100, "{} entries", ours.len());
+    assert_eq!(ours, theirs, "trees differ");
+    assert_eq!(our_links, their_links);
+    assert!(!ours.contains_key(&format!("doc/{}", dirs[0])));
 }
