@@ -244,6 +244,17 @@ fn clear(dir: BorrowedFd<'_>, name: &OsStr, keep_dir: bool) -> Result<bool, Errn
     }
 }
 
+/// Sets the owner of `name` in `dir` without following it (a symlink keeps its target's owner).
+fn chown_at(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> Result<(), Errno> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+}
+
 fn times(mtime: u64) -> Timestamps {
     let t = Timespec {
         tv_sec: mtime.min(i64::MAX as u64) as i64,
@@ -479,14 +490,7 @@ fn apply<R: Read>(
             rustix::fs::makedev(0, 0),
         )
         .map_err(&err)?;
-        return rustix::fs::chownat(
-            &dir,
-            target,
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(&err);
+        return chown_at(dir.as_fd(), target, uid, gid).map_err(&err);
     }
 
     match kind {
@@ -537,14 +541,7 @@ fn apply<R: Read>(
             clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
             // The target is stored verbatim: it is only ever followed inside the root.
             rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, leaf_name).map_err(&err)?;
-            rustix::fs::chownat(
-                &dir,
-                leaf_name,
-                Some(Uid::from_raw(uid)),
-                Some(Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(&err)?;
+            chown_at(dir.as_fd(), leaf_name, uid, gid).map_err(&err)?;
             rustix::fs::utimensat(&dir, leaf_name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(&err)
         }
@@ -625,14 +622,7 @@ fn apply<R: Read>(
             clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
             rustix::fs::mknodat(&dir, leaf_name, ft, Mode::from_raw_mode(0o600), dev)
                 .map_err(&err)?;
-            rustix::fs::chownat(
-                &dir,
-                leaf_name,
-                Some(Uid::from_raw(uid)),
-                Some(Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(&err)?;
+            chown_at(dir.as_fd(), leaf_name, uid, gid).map_err(&err)?;
             rustix::fs::chmodat(
                 &dir,
                 leaf_name,
