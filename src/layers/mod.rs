@@ -4,6 +4,7 @@
 
 pub mod decompress;
 pub mod extract;
+mod lower;
 pub mod store;
 pub mod stream;
 
