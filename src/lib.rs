@@ -3,6 +3,7 @@
 //! A pure core (configuration, network-file planning, registry policy) and a thin shell
 //! (`main.rs`, file writes). See `README.md` for how operators use it.
 
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -80,6 +80,8 @@ fn file_text() -> impl Strategy<Value = String> {
 fn config(hosts: Vec<HostsEntry>, dns: DnsConfig) -> Config {
     Config {
         pod_name: None,
+        hostname: None,
+        containers: Vec::new(),
         hosts,
         dns,
         policy: Policy::default(),

@@ -56,6 +56,10 @@ pub struct ImageRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub pod_name: Option<String>,
+    /// `metadata.name` of the pod: its containers' hostname.
+    pub hostname: Option<String>,
+    /// The pod's init containers and containers (what gets a runtime bundle).
+    pub containers: Vec<pod::PodContainer>,
     /// The managed hosts block, one entry per address.
     pub hosts: Vec<HostsEntry>,
     /// The injected DNS config, both levels merged (not yet capped).
@@ -200,9 +204,15 @@ impl Config {
             None => AuthFile::default(),
         };
 
+        let (hostname, containers) = pod
+            .as_ref()
+            .map(|(_, p)| (p.pod_name.clone(), p.containers.clone()))
+            .unwrap_or_default();
         Ok((
             Config {
                 pod_name: pod.and_then(|(_, p)| p.name),
+                hostname,
+                containers,
                 auth,
                 hosts,
                 dns,

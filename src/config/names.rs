@@ -47,7 +47,7 @@ pub fn check_dns1123_subdomain(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_label(label: &str) -> Result<(), String> {
+pub fn check_label(label: &str) -> Result<(), String> {
     if label.is_empty() {
         return Err(
             "has an empty label (a leading, trailing or doubled '.'); a DNS-1123 subdomain \

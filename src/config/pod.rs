@@ -27,12 +27,55 @@ struct SpecJson {
     init_containers: Option<Vec<ContainerJson>>,
     containers: Option<Vec<ContainerJson>>,
     ephemeral_containers: Option<Vec<ContainerJson>>,
+    security_context: Option<SecurityJson>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ContainerJson {
     name: Option<String>,
     image: Option<String>,
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    env: Option<Vec<EnvJson>>,
+    env_from: Option<Vec<serde_json::Value>>,
+    working_dir: Option<String>,
+    security_context: Option<SecurityJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvJson {
+    name: String,
+    value: Option<String>,
+    value_from: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecurityJson {
+    run_as_user: Option<u32>,
+    run_as_group: Option<u32>,
+    read_only_root_filesystem: Option<bool>,
+}
+
+/// A container of the pod, as far as its runtime bundle needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodContainer {
+    pub name: String,
+    pub init: bool,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    /// Literal `env` values in order (`valueFrom` entries are in `skipped_env`).
+    pub env: Vec<(String, String)>,
+    /// `valueFrom` entries and `envFrom` sources, which the agent cannot resolve.
+    pub skipped_env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// The container's securityContext over the pod's.
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub read_only_root: bool,
 }
 
 /// A container image as the pod lists it.
@@ -47,6 +90,10 @@ pub struct PodImage {
 pub struct Pod {
     /// `namespace/name`, for logs.
     pub name: Option<String>,
+    /// `metadata.name` alone (a container's hostname).
+    pub pod_name: Option<String>,
+    /// initContainers, then containers (what gets a runtime bundle).
+    pub containers: Vec<PodContainer>,
     pub annotations: BTreeMap<String, String>,
     /// initContainers, then containers, then ephemeralContainers, in pod order.
     pub images: Vec<PodImage>,
@@ -65,13 +112,16 @@ impl Pod {
             )
         })?;
         let meta = raw.metadata.unwrap_or_default();
+        let pod_name = meta.name.clone();
         let name = match (meta.namespace, meta.name) {
             (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
             (None, Some(n)) => Some(n),
             _ => None,
         };
         let spec = raw.spec.unwrap_or_default();
+        let pod_security = spec.security_context.unwrap_or_default();
         let mut images = Vec::new();
+        let mut bundled = Vec::new();
         for (list, containers) in [
             ("initContainers", spec.init_containers),
             ("containers", spec.containers),
@@ -82,19 +132,57 @@ impl Pod {
                     Some(n) => format!("spec.{list}[{i}] ({n})"),
                     None => format!("spec.{list}[{i}]"),
                 };
-                match c.image {
-                    Some(image) if !image.is_empty() => images.push(PodImage { field, image }),
+                let image = match &c.image {
+                    Some(image) if !image.is_empty() => image.clone(),
                     _ => {
                         return Err(InputError::new(
                             origin(&field),
                             "the container has no image",
                         ));
                     }
+                };
+                images.push(PodImage {
+                    field: field.clone(),
+                    image: image.clone(),
+                });
+                if list == "ephemeralContainers" {
+                    continue;
                 }
+                // Checked when its bundle is made (a bad name fails that container only).
+                let name = c.name.clone().unwrap_or_default();
+                let sc = c.security_context.unwrap_or_default();
+                let mut env = Vec::new();
+                let mut skipped_env = Vec::new();
+                for e in c.env.unwrap_or_default() {
+                    match (e.value, e.value_from) {
+                        (_, Some(_)) => skipped_env.push(format!("env {} (valueFrom)", e.name)),
+                        (v, None) => env.push((e.name, v.unwrap_or_default())),
+                    }
+                }
+                if let Some(from) = &c.env_from
+                    && !from.is_empty()
+                {
+                    skipped_env.push(format!("envFrom ({} sources)", from.len()));
+                }
+                bundled.push(PodContainer {
+                    name,
+                    init: list == "initContainers",
+                    image,
+                    command: c.command,
+                    args: c.args,
+                    env,
+                    skipped_env,
+                    working_dir: c.working_dir.filter(|w| !w.is_empty()),
+                    run_as_user: sc.run_as_user.or(pod_security.run_as_user),
+                    run_as_group: sc.run_as_group.or(pod_security.run_as_group),
+                    read_only_root: sc.read_only_root_filesystem.unwrap_or(false),
+                });
             }
         }
         Ok(Pod {
             name,
+            pod_name,
+            containers: bundled,
             annotations: meta.annotations.unwrap_or_default(),
             images,
         })

@@ -44,6 +44,27 @@ pub fn diff_ids(config: &[u8], layers: usize) -> Result<Vec<Digest>, ConfigError
     Ok(c.rootfs.diff_ids)
 }
 
+/// What an image config says about how its process runs (`config` of the image config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// The run configuration of an image config (empty if it has none).
+pub fn run_config(config: &[u8]) -> Result<RunConfig, ConfigError> {
+    #[derive(Deserialize)]
+    struct Outer {
+        config: Option<RunConfig>,
+    }
+    let o: Outer = serde_json::from_slice(config).map_err(|e| ConfigError::Json(e.to_string()))?;
+    Ok(o.config.unwrap_or_default())
+}
+
 /// Chain IDs as the OCI image spec defines them: ChainID(L0) = DiffID(L0),
 /// ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)).
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
@@ -70,6 +91,17 @@ mod tests {
         assert_eq!(ids[0], a);
         assert_eq!(ids[1], Digest::sha256(format!("{a} {b}").as_bytes()));
         assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_run_config_is_read() {
+        let c = run_config(
+            br#"{"config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["echo hi"],"Env":["A=1"],"WorkingDir":"/w","User":"app:staff","Labels":{}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.entrypoint.unwrap(), vec!["/bin/sh", "-c"]);
+        assert_eq!(c.user.as_deref(), Some("app:staff"));
+        assert_eq!(run_config(b"{}").unwrap(), RunConfig::default());
     }
 
     #[test]
