@@ -15,6 +15,8 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # The containers' rootfs overlays that boot mounted under the demo root.
+  findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "$work"
 }
 trap cleanup EXIT

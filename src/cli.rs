@@ -106,6 +106,19 @@ pub enum Command {
         report: Option<PathBuf>,
         #[command(flatten)]
         tuning: PullTuning,
+        #[command(flatten)]
+        bundles: BundleArgs,
+    },
+    /// Prepare the runtime bundles of the pod's containers (pulling what is missing), without
+    /// touching the network files.
+    Prepare {
+        /// Write the JSON report here.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        #[command(flatten)]
+        tuning: PullTuning,
+        #[command(flatten)]
+        bundles: BundleArgs,
     },
     /// Write <root>/etc/hosts and <root>/etc/resolv.conf from the merged host aliases and DNS
     /// config.
@@ -149,6 +162,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+}
+
+/// How bundles are prepared.
+#[derive(Debug, Clone, Args)]
+pub struct BundleArgs {
+    /// Write each bundle's config.json and mounts.json but do not mount its rootfs (for a
+    /// runtime that mounts by itself).
+    #[arg(long)]
+    pub no_mount: bool,
 }
 
 /// Knobs of the pull engine.

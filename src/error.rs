@@ -95,6 +95,9 @@ pub enum Error {
     /// At least one image failed (each is explained in the log and the report). Exit code 4.
     #[error("{failed} of {total} image(s) failed to pull")]
     ImagesFailed { failed: usize, total: usize },
+    /// Every image was pulled but a container's bundle could not be prepared. Exit code 4.
+    #[error("{failed} of {total} container bundle(s) could not be prepared")]
+    ContainersFailed { failed: usize, total: usize },
     /// The pull engine could not start (no async runtime). Exit code 4: nothing was pulled.
     #[error("cannot start the pull engine: {0}")]
     Engine(std::io::Error),
@@ -113,7 +116,7 @@ impl Error {
         match self {
             Error::Input(_) | Error::Usage(_) | Error::Mirrors(_) | Error::Endpoint(_) => 2,
             Error::NetFile(_) | Error::Report { .. } => 3,
-            Error::ImagesFailed { .. } | Error::Engine(_) => 4,
+            Error::ImagesFailed { .. } | Error::Engine(_) | Error::ContainersFailed { .. } => 4,
             Error::Inconsistent(_) => 1,
         }
     }
@@ -137,6 +140,9 @@ impl Error {
                     .to_string()
             }
             Error::Engine(_) => "check the instance's memory and thread limits".to_string(),
+            Error::ContainersFailed { .. } => "each failed container is explained above and in \
+                                               the report's containers section"
+                .to_string(),
             Error::Report { .. } => "every image was pulled (see above); make the report's \
                                      directory writable (under systemd, /run/kci is the unit's \
                                      RuntimeDirectory) or pass another --report"

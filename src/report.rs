@@ -66,7 +66,7 @@ pub struct LayerReport {
 }
 
 /// The whole report: `images`, `totals`, and any extra sections (`network` for `boot`).
-pub fn to_json(images: &[ImageReport], seconds: f64, extra: Option<(&str, Value)>) -> Value {
+pub fn to_json(images: &[ImageReport], seconds: f64, extra: Vec<(&str, Value)>) -> Value {
     let count = |s: Status| images.iter().filter(|i| i.status == s).count();
     let mut v = json!({
         "images": images,
@@ -79,7 +79,7 @@ pub fn to_json(images: &[ImageReport], seconds: f64, extra: Option<(&str, Value)
             "seconds": seconds,
         },
     });
-    if let Some((k, x)) = extra {
+    for (k, x) in extra {
         v[k] = x;
     }
     v

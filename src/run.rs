@@ -18,6 +18,40 @@ use crate::registry::transport::NetOptions;
 use crate::report::{self, Status};
 use std::time::{Duration, Instant};
 
+/// Prepares the bundles (SPEC §8) with the stores the pull just filled; a store that cannot
+/// be opened fails every container with the reason.
+fn prepare_bundles(
+    cli: &Cli,
+    cfg: &Config,
+    store: &Path,
+    layers: &Path,
+    images: &[crate::report::ImageReport],
+    mount: bool,
+) -> Vec<crate::bundle::ContainerReport> {
+    let paths = crate::bundle::Paths::under(&cli.common.root, mount);
+    let opened = crate::store::Store::open(store)
+        .map_err(|e| format!("cannot open the image store: {e}"))
+        .and_then(|s| {
+            crate::layers::store::LayerStore::open(layers)
+                .map(|l| (s, l))
+                .map_err(|e| format!("cannot open the layer store: {e}"))
+        });
+    match opened {
+        Ok((s, l)) => crate::bundle::prepare(cfg, &s, &l, images, &paths),
+        Err(why) => cfg
+            .containers
+            .iter()
+            .map(|c| crate::bundle::ContainerReport {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                bundle: paths.bundles.join(&c.name).display().to_string(),
+                status: "failed",
+                error: Some(why.clone()),
+            })
+            .collect(),
+    }
+}
+
 /// The async runtime for pulls: two workers (the instances are small).
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
@@ -140,7 +174,10 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let started_at = Instant::now();
     let images: &[String] = match &cli.command {
         Command::Explain { images, .. } | Command::Pull { images, .. } => images,
-        Command::Network { .. } | Command::Boot { .. } | Command::StoreCheck { .. } => &[],
+        Command::Network { .. }
+        | Command::Boot { .. }
+        | Command::Prepare { .. }
+        | Command::StoreCheck { .. } => &[],
     };
     let src = sources(&cli.common, spec_path(cli), images)?;
     let (cfg, notes) = Config::load(&src)?;
@@ -176,12 +213,19 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 &cfg,
                 mirrors,
                 tuning,
-                report.as_deref(),
-                None,
+                Outputs {
+                    report: report.as_deref(),
+                    network: None,
+                    bundles: None,
+                },
                 started_at,
             )
         }
-        Command::Boot { report, tuning } => {
+        Command::Boot {
+            report,
+            tuning,
+            bundles,
+        } => {
             // Everything was validated above; now the network files, then the images, which
             // resolve names through the files just written.
             let report_path = report
@@ -193,7 +237,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                     // No pull without the network files; the report says why.
                     let network =
                         serde_json::json!({ "error": format!("{e}; hint: {}", e.hint()) });
-                    let json = report::to_json(&[], 0.0, Some(("network", network)));
+                    let json = report::to_json(&[], 0.0, vec![("network", network)]);
                     if let Err(w) = report::write(&report_path, &json) {
                         tracing::error!("cannot write the report {}: {w}", report_path.display());
                     }
@@ -206,8 +250,39 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 &cfg,
                 mirrors,
                 tuning,
-                Some(&report_path),
-                Some(network),
+                Outputs {
+                    report: Some(&report_path),
+                    network: Some(network),
+                    bundles: Some(bundles),
+                },
+                started_at,
+            )
+        }
+        Command::Prepare {
+            report,
+            tuning,
+            bundles,
+        } => {
+            if cfg.containers.is_empty() {
+                return Err(Error::Usage(
+                    "no containers to prepare: give --spec with a pod that has containers".into(),
+                ));
+            }
+            if tuning.no_unpack {
+                return Err(Error::Usage(
+                    "prepare needs the layers unpacked: drop --no-unpack".into(),
+                ));
+            }
+            pull_and_report(
+                cli,
+                &cfg,
+                mirrors,
+                tuning,
+                Outputs {
+                    report: report.as_deref(),
+                    network: None,
+                    bundles: Some(bundles),
+                },
                 started_at,
             )
         }
@@ -258,6 +333,14 @@ fn apply_network(plan: &netfiles::NetPlan) -> Result<Vec<netfiles::FileResult>, 
     Ok(results)
 }
 
+/// What a pull leaves besides the store: the report (with the network files of `boot`) and
+/// the containers' bundles.
+struct Outputs<'a> {
+    report: Option<&'a Path>,
+    network: Option<serde_json::Value>,
+    bundles: Option<&'a crate::cli::BundleArgs>,
+}
+
 /// Pulls the configured images, writes the report (with `extra` sections), logs the summary,
 /// and fails with exit code 4 if any image failed.
 fn pull_and_report(
@@ -265,10 +348,14 @@ fn pull_and_report(
     cfg: &Config,
     mirrors: std::collections::HashMap<crate::registry::host::RegistryHost, Vec<Mirror>>,
     tuning: &PullTuning,
-    report_path: Option<&Path>,
-    network: Option<serde_json::Value>,
+    out: Outputs<'_>,
     started_at: Instant,
 ) -> Result<(), Error> {
+    let Outputs {
+        report: report_path,
+        network,
+        bundles,
+    } = out;
     let opts = PullOptions {
         root: cli.common.root.clone(),
         store: store_path(&cli.common),
@@ -298,9 +385,28 @@ fn pull_and_report(
     } else {
         runtime()?.block_on(pull::pull_all(cfg, &cfg.auth, &opts))
     };
+    // The bundles of the pod's containers (boot and prepare), once the layers are there.
+    let containers = match (bundles, &opts.unpack) {
+        (Some(b), Some(u)) if !cfg.containers.is_empty() => Some(prepare_bundles(
+            cli,
+            cfg,
+            &opts.store,
+            &u.layers,
+            &images,
+            !b.no_mount,
+        )),
+        _ => None,
+    };
     let seconds = started.elapsed().as_secs_f64();
     let written = report_path.map(|path| {
-        let json = report::to_json(&images, seconds, network.map(|n| ("network", n)));
+        let mut extra = Vec::new();
+        if let Some(n) = network {
+            extra.push(("network", n));
+        }
+        if let Some(c) = &containers {
+            extra.push(("containers", serde_json::to_value(c).unwrap_or_default()));
+        }
+        let json = report::to_json(&images, seconds, extra);
         report::write(path, &json).map_err(|source| Error::Report {
             path: path.to_path_buf(),
             source,
@@ -320,6 +426,20 @@ fn pull_and_report(
         );
     } else {
         info!("{summary}");
+    }
+    let failed_containers = containers
+        .iter()
+        .flatten()
+        .filter(|c| c.status != "ready")
+        .count();
+    if failed == 0 && failed_containers > 0 {
+        if let Some(Err(e)) = &written {
+            tracing::error!("{e}");
+        }
+        return Err(Error::ContainersFailed {
+            failed: failed_containers,
+            total: containers.map_or(0, |c| c.len()),
+        });
     }
     match (failed, written) {
         (0, Some(Err(e))) => Err(e),

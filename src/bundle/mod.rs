@@ -1,4 +1,182 @@
-//! Runtime bundles (SPEC §8): one per container of the pod, `config.json` plus a `rootfs/`
-//! that is an overlay of the image's layers.
+//! Runtime bundles (SPEC §8): for each init container and container of the pod,
+//! `<root>/run/kci/bundles/<name>/` holds `config.json` (an OCI runtime spec `runc run`
+//! accepts), `rootfs/` (an overlay of the image's layers with the container's own upper and
+//! work directories under `<root>/var/lib/kci/containers/<name>/`) and `mounts.json` (that
+//! mount, for a runtime that mounts by itself).
 
+pub mod mount;
 pub mod spec;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::config::pod::PodContainer;
+use crate::layers::lower::read_merged;
+use crate::layers::store::LayerStore;
+use crate::oci;
+use crate::registry::reference::Reference;
+use crate::report::{ImageReport, Status};
+use crate::store::Store;
+
+pub const BUNDLES: &str = "run/kci/bundles";
+pub const CONTAINERS: &str = "var/lib/kci/containers";
+
+/// What happened to one container's bundle (the report's `containers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerReport {
+    pub name: String,
+    pub image: String,
+    pub bundle: String,
+    /// `ready` or `failed`.
+    pub status: &'static str,
+    pub error: Option<String>,
+}
+
+/// Where bundles go and whether their rootfs is mounted.
+pub struct Paths {
+    pub bundles: PathBuf,
+    pub containers: PathBuf,
+    pub mount: bool,
+}
+
+impl Paths {
+    /// The default places under `root` (each resolved inside it).
+    pub fn under(root: &Path, mount: bool) -> Paths {
+        let resolve = |rel: &str| {
+            crate::fsutil::atomic::resolve_in_root(root, Path::new(rel))
+                .map(|(p, _)| p)
+                .unwrap_or_else(|_| root.join(rel))
+        };
+        Paths {
+            bundles: resolve(BUNDLES),
+            containers: resolve(CONTAINERS),
+            mount,
+        }
+    }
+}
+
+/// Prepares the bundle of every container of `cfg`: a container whose image failed, or whose
+/// bundle cannot be made, is `failed` with the reason; the others go on.
+pub fn prepare(
+    cfg: &Config,
+    store: &Store,
+    layers: &LayerStore,
+    images: &[ImageReport],
+    paths: &Paths,
+) -> Vec<ContainerReport> {
+    cfg.containers
+        .iter()
+        .map(|c| {
+            let bundle = paths.bundles.join(&c.name);
+            let result = prepare_one(cfg, c, store, layers, images, paths, &bundle);
+            if let Err(e) = &result {
+                tracing::error!(container = %c.name, "container {}: {e}", c.name);
+            }
+            ContainerReport {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                bundle: bundle.display().to_string(),
+                status: if result.is_ok() { "ready" } else { "failed" },
+                error: result.err(),
+            }
+        })
+        .collect()
+}
+
+fn prepare_one(
+    cfg: &Config,
+    c: &PodContainer,
+    store: &Store,
+    layers: &LayerStore,
+    images: &[ImageReport],
+    paths: &Paths,
+    bundle: &Path,
+) -> Result<(), String> {
+    crate::config::names::check_label(&c.name)
+        .map_err(|why| format!("the container name {:?} {why}", c.name))?;
+    for skipped in &c.skipped_env {
+        tracing::warn!(container = %c.name, "{skipped} is not resolved by the agent; left out of the environment");
+    }
+    let reference = Reference::parse(&c.image).map_err(|e| format!("image {:?}: {e}", c.image))?;
+    let name = reference.to_string();
+    if let Some(r) = images.iter().find(|r| r.reference == name)
+        && r.status == Status::Failed
+    {
+        return Err(format!(
+            "its image {name} was not pulled: {}",
+            r.error.as_deref().unwrap_or("see above")
+        ));
+    }
+    let desc = store
+        .find_ref(&name)
+        .map_err(|e| format!("cannot read the image store: {e}"))?
+        .ok_or_else(|| format!("the image {name} is not in the store"))?;
+    let blobs = store
+        .manifest_blobs(&desc.digest)
+        .ok_or_else(|| format!("the manifest of {name} is missing or corrupt in the store"))?;
+    let (config, layer_descs) = blobs.split_first().expect("a manifest has a config");
+    let config_bytes = store
+        .read_blob(&config.digest, oci::config::MAX_CONFIG)
+        .map_err(|e| format!("cannot read the image config of {name}: {e}"))?;
+    let diff_ids =
+        oci::config::diff_ids(&config_bytes, layer_descs.len()).map_err(|e| e.to_string())?;
+    let chains = oci::config::chain_ids(&diff_ids);
+    let mut lower: Vec<PathBuf> = Vec::with_capacity(chains.len());
+    for chain in chains.iter().rev() {
+        if layers.get(chain).is_none() {
+            return Err(format!(
+                "layer {chain} of {name} is not in the layer store (pulled with --no-unpack?)"
+            ));
+        }
+        lower.push(layers.layer_dir(chain).join("fs"));
+    }
+    let run = oci::config::run_config(&config_bytes).map_err(|e| e.to_string())?;
+    let text = |rel: &str| {
+        read_merged(&lower, rel, 4 << 20).map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let (passwd, group) = (text("etc/passwd"), text("etc/group"));
+    let user =
+        spec::user(&run, c, passwd.as_deref(), group.as_deref()).map_err(|e| e.to_string())?;
+    let spec = spec::spec(&run, c, cfg.hostname.as_deref(), user).map_err(|e| e.to_string())?;
+
+    // The container's own directories and the bundle.
+    let own = paths.containers.join(&c.name);
+    let (upper, work) = (own.join("upper"), own.join("work"));
+    for d in [&upper, &work, &bundle.join("rootfs")] {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    let overlay = mount::Overlay { lower, upper, work };
+    let write = |name: &str, value: serde_json::Value| {
+        let path = bundle.join(name);
+        let mut bytes = serde_json::to_vec_pretty(&value).unwrap_or_default();
+        bytes.push(b'\n');
+        crate::fsutil::atomic::write_file(&path, &path, &bytes)
+            .map(|_| ())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    let mounts = overlay.mounts_json();
+    let previous = std::fs::read(bundle.join("mounts.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    write(
+        "config.json",
+        serde_json::to_value(&spec).map_err(|e| e.to_string())?,
+    )?;
+    write("mounts.json", mounts.clone())?;
+    if paths.mount {
+        let rootfs = bundle.join("rootfs");
+        if mount::is_mounted(&rootfs) {
+            if previous.as_ref() == Some(&mounts) {
+                return Ok(()); // a correct mount from an earlier run stays
+            }
+            mount::unmount(&rootfs)
+                .map_err(|e| format!("cannot unmount the stale {}: {e}", rootfs.display()))?;
+        }
+        overlay
+            .mount(&rootfs)
+            .map_err(|e| format!("cannot mount the overlay on {}: {e}", rootfs.display()))?;
+    }
+    Ok(())
+}

@@ -92,3 +92,31 @@ pub(super) fn copy_lower_file(
     )?;
     Ok(())
 }
+
+/// The content of the regular file `rel` as the merged layers show it (top layer first), read
+/// beneath the layer that has it without following any link; `None` if no layer has it (or
+/// it is not a regular file), or it is larger than `max`.
+pub fn read_merged(lowers: &[PathBuf], rel: &str, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let parts: Vec<&[u8]> = rel
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::as_bytes)
+        .collect();
+    let (fd, st) = in_lowers(lowers, &parts)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_size as u64 > max {
+        return None;
+    }
+    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let mut f = File::from(
+        rustix::fs::open(
+            proc.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?,
+    );
+    let mut out = Vec::new();
+    f.by_ref().take(max).read_to_end(&mut out).ok()?;
+    Some(out)
+}

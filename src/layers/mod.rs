@@ -4,7 +4,7 @@
 
 pub mod decompress;
 pub mod extract;
-mod lower;
+pub mod lower;
 pub mod store;
 pub mod stream;
 

@@ -47,6 +47,31 @@ pub struct Root {
     pub dir: tempfile::TempDir,
 }
 
+/// Every mount a test made under its root (a bundle's rootfs, say) goes with it, even when
+/// the test fails.
+impl Drop for Root {
+    fn drop(&mut self) {
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Unmounts (lazily) everything mounted under `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = format!("{}/", dir.display());
+    let mut targets: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = std::process::Command::new("umount").arg("-l").arg(t).status();
+    }
+}
+
 impl Root {
     pub fn new(hosts: &str, resolv: &str) -> Root {
         let dir = tempfile::tempdir().unwrap();
