@@ -10,6 +10,9 @@ need() { # need COMMAND PACKAGE
 need unshare util-linux
 need script bsdutils                   # a pseudo-terminal for the progress-bar test
 need umoci umoci                       # the reference unpacker the layer tests compare against
+need runc runc                         # starts the bundles in the end-to-end test and the demo
+# A static busybox: the test image's only binary (runs in any rootfs).
+dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 need mount mount
 need systemd-analyze systemd
 need docker-registry docker-registry   # the CNCF distribution registry, for integration tests

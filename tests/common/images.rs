@@ -72,6 +72,17 @@ impl Image {
 
 /// An image whose layers are `layers` (given as blobs, so that images can share them).
 pub fn image_with(layers: Vec<Blob>, arch: &str, docker: bool) -> Image {
+    image_with_config(layers, arch, docker, json!({"Cmd": ["/bin/true"]}))
+}
+
+/// An image with `run` as the `config` section of its image config (Entrypoint, Cmd, Env,
+/// WorkingDir, User).
+pub fn image_with_config(
+    layers: Vec<Blob>,
+    arch: &str,
+    docker: bool,
+    run: serde_json::Value,
+) -> Image {
     let (mt, cfg_mt) = if docker {
         (
             DOCKER_MANIFEST,
@@ -84,7 +95,7 @@ pub fn image_with(layers: Vec<Blob>, arch: &str, docker: bool) -> Image {
     let config = Blob::new(
         serde_json::to_vec(&json!({
             "architecture": arch, "os": "linux",
-            "config": {"Cmd": ["/bin/true"]},
+            "config": run,
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }))
         .unwrap(),

@@ -68,7 +68,10 @@ pub fn unmount_under(dir: &Path) {
         .collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
     for t in targets {
-        let _ = std::process::Command::new("umount").arg("-l").arg(t).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(t)
+            .status();
     }
 }
 

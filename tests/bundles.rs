@@ -1,0 +1,205 @@
+//! End to end, as a user sees it (SPEC §8 "Bundles"): an image built from the static busybox,
+//! a pod with an init container and two containers, `boot` against the real registry, then
+//! `runc run` on each bundle the agent prepared.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fault::FaultEnv;
+use common::images::{Blob, image_with_config, sha256};
+use common::tarball::{dir, file, symlink, tar};
+use common::{Root, agent, run};
+use serde_json::json;
+
+/// Containers started by a test, deleted when it ends (even on failure).
+struct Runc {
+    state: PathBuf,
+    ids: Vec<String>,
+}
+
+impl Runc {
+    /// `runc run` of a bundle in the foreground; its stdout.
+    fn run(&mut self, bundle: &Path, name: &str) -> String {
+        let id = format!("kci-test-{}-{name}", std::process::id());
+        self.ids.push(id.clone());
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&self.state)
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(&id)
+            .output()
+            .expect("runc is missing: run scripts/setup.sh");
+        assert!(
+            out.status.success(),
+            "runc run {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Runc {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&self.state)
+                .args(["delete", "-f", id])
+                .output();
+        }
+    }
+}
+
+fn busybox_image() -> common::images::Image {
+    let busybox =
+        fs::read("/bin/busybox").expect("busybox-static is missing: run scripts/setup.sh");
+    let mut entries = vec![
+        dir("bin"),
+        file("bin/busybox", &busybox).mode(0o755),
+        dir("etc"),
+        file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        ),
+        file("etc/group", b"root:x:0:\nstaff:x:1001:app\n"),
+        dir("home"),
+        dir("home/app").owner(1000, 1001),
+        dir("data").mode(0o777),
+        dir("tmp").mode(0o1777),
+    ];
+    for applet in ["sh", "id", "touch", "hostname", "env", "cat"] {
+        entries.push(symlink(&format!("bin/{applet}"), "busybox"));
+    }
+    let layer_tar = tar(&entries);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &layer_tar).unwrap();
+    let mut layer = Blob::new(
+        gz.finish().unwrap(),
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    );
+    layer.diff_id = sha256(&layer_tar);
+    image_with_config(
+        vec![layer],
+        "amd64",
+        false,
+        json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo default-cmd"],
+            "Env": ["PATH=/bin", "IMG=from-image"],
+            "WorkingDir": "/home/app",
+            "User": "app",
+        }),
+    )
+}
+
+#[test]
+fn boot_prepares_bundles_that_runc_runs() {
+    let img = busybox_image();
+    let e = FaultEnv::start(img, &["e2e/busybox"]);
+    let reg = e.registry.addr();
+    let image = format!("{reg}/e2e/busybox:v1");
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let pod = json!({
+        "metadata": {"name": "web-0", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "spec": {
+            "initContainers": [{
+                "name": "init", "image": image,
+                "command": ["/bin/sh", "-c", "echo init $(GREETING) uid=$(id -u); touch /data/init-was-here"],
+                "env": [{"name": "GREETING", "value": "hello"}],
+            }],
+            "containers": [
+                {
+                    "name": "c1", "image": image,
+                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE; cat /data/init-was-here 2>/dev/null || echo no-init-file"],
+                    "env": [{"name": "MINE", "value": "mine-$(GREETING)"}, {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                },
+                {
+                    "name": "c2", "image": image,
+                    "command": ["/bin/sh", "-c", "echo c2 uid=$(id -u) cwd=$(pwd); touch /tmp/c2-file"],
+                    "workingDir": "/data",
+                    "securityContext": {"runAsUser": 0},
+                },
+            ],
+        },
+    });
+    let spec = root.file("pod.json");
+    fs::write(&spec, pod.to_string()).unwrap();
+    let report = root.file("report.json");
+    let r = run(&mut agent(&[
+        "boot",
+        "--root",
+        root.arg(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("SECRET (valueFrom)"),
+        "a skipped valueFrom is warned about: {}",
+        r.stderr
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let containers = rep["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 3);
+    assert!(
+        containers.iter().all(|c| c["status"] == "ready"),
+        "{containers:?}"
+    );
+    let bundle = |name: &str| root.file(&format!("run/kci/bundles/{name}"));
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle("c1").join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["user"]["uid"], 1000);
+    assert_eq!(config["hostname"], "web-0");
+    let mounts: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle("c1").join("mounts.json")).unwrap()).unwrap();
+    assert_eq!(mounts[0]["type"], "overlay");
+
+    let mut runc = Runc {
+        state: root.file("runc-state"),
+        ids: Vec::new(),
+    };
+    assert_eq!(
+        runc.run(&bundle("init"), "init").trim(),
+        "init hello uid=1000"
+    );
+    assert_eq!(
+        runc.run(&bundle("c1"), "c1").trim(),
+        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING)\nno-init-file"
+    );
+    assert_eq!(runc.run(&bundle("c2"), "c2").trim(), "c2 uid=0 cwd=/data");
+    // What a container writes lands in its own upper directory, never in a shared layer.
+    let upper = |name: &str| root.file(&format!("var/lib/kci/containers/{name}/upper"));
+    assert!(upper("c2").join("tmp/c2-file").exists());
+    assert!(upper("init").join("data/init-was-here").exists());
+    assert!(!upper("c1").join("tmp/c2-file").exists());
+    let layers = root.file("var/lib/kci/layers/sha256");
+    for l in fs::read_dir(&layers).unwrap() {
+        let fs_dir = l.unwrap().path().join("fs");
+        assert!(
+            !fs_dir.join("tmp/c2-file").exists() && !fs_dir.join("data/init-was-here").exists()
+        );
+    }
+
+    // A second boot leaves the bundles and their mounts as they are.
+    let r = run(&mut agent(&[
+        "boot",
+        "--root",
+        root.arg(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        runc.run(&bundle("c2"), "c2-again").trim(),
+        "c2 uid=0 cwd=/data"
+    );
+}
