@@ -3,7 +3,8 @@
 # and HTTPS with a self-signed certificate reached through a host alias), seeds a demo image,
 # and runs `kci-pull-agent boot` for a pod that uses a host alias, an HTTP registry and an
 # insecure registry, in a sandbox root (never the machine's /etc). Shows what it wrote and the
-# report, then stops what it started.
+# report, starts the pod's container with runc from the bundle boot prepared, then stops and
+# unmounts what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,6 +15,7 @@ work=$(mktemp -d /tmp/kci-demo.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  runc --root "$work/runc" delete -f "kci-demo-app-$$" >/dev/null 2>&1 || true
   wait 2>/dev/null || true
   # The containers' rootfs overlays that boot mounted under the demo root.
   findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m"; done
@@ -67,8 +69,21 @@ YML
   wait_port "$port"
 done
 
-step "Seeding demo/hello:v1 (testdata/demo/image) into the registry"
-skopeo copy -q --dest-tls-verify=false oci:testdata/demo/image:v1 "docker://127.0.0.1:$http_port/demo/hello:v1"
+step "Building demo/hello:v1 from the static busybox (umoci) and pushing it (skopeo)"
+umoci init --layout "$work/image"
+umoci new --image "$work/image:v1"
+umoci unpack --image "$work/image:v1" "$work/image-bundle" >/dev/null
+rootfs=$work/image-bundle/rootfs
+mkdir -p "$rootfs/bin" "$rootfs/etc/kci-demo"
+cp /bin/busybox "$rootfs/bin/"
+for applet in sh id hostname cat; do ln -s busybox "$rootfs/bin/$applet"; done
+echo "hello from the demo image" >"$rootfs/etc/kci-demo/hello.txt"
+printf 'root:x:0:0:root:/root:/bin/sh\ndemo:x:1000:1000::/:/bin/sh\n' >"$rootfs/etc/passwd"
+printf 'root:x:0:\ndemo:x:1000:\n' >"$rootfs/etc/group"
+umoci repack --image "$work/image:v1" "$work/image-bundle"
+umoci config --image "$work/image:v1" --config.entrypoint /bin/sh --config.entrypoint -c \
+  --config.cmd 'cat /etc/kci-demo/hello.txt' --config.env PATH=/bin --config.user demo
+skopeo copy -q --dest-tls-verify=false "oci:$work/image:v1" "docker://127.0.0.1:$http_port/demo/hello:v1"
 
 root=$work/root
 mkdir -p "$root/etc" "$root/run/kci"
@@ -100,6 +115,13 @@ cat "$root/run/kci/pull-report.json"
 
 step "kci-pull-agent boot --root \$root   (again: nothing changes, images present)"
 "$bin" boot --root "$root" 2>&1 | grep -E "image\(s\)|network file" && echo "exit code: 0"
+step "The bundles boot prepared: \$root/run/kci/bundles/app/config.json (process)"
+python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["process"]; print(json.dumps({k: p[k] for k in ("args","env","cwd","user")}, indent=2))' \
+  "$root/run/kci/bundles/app/config.json"
+step "runc run --bundle \$root/run/kci/bundles/app   (the pod's container, started as prepared)"
+runc --root "$work/runc" run --bundle "$root/run/kci/bundles/app" "kci-demo-app-$$"
+echo "exit code: $?"
+runc --root "$work/runc" delete -f "kci-demo-app-$$" >/dev/null 2>&1 || true
 step "Bad input: an insecure registry with a path (exit 2, nothing written)"
 set +e
 "$bin" boot --root "$root" --insecure-registry demo-registry.internal/team
