@@ -140,6 +140,15 @@ pub enum Command {
     },
     /// Check the store: every blob hashes to its name, nothing half-written is left, every
     /// image in index.json is complete. Exit 0 if consistent, 1 if not.
+    /// Mount the rootfs of every prepared bundle from its mounts.json (the systemd unit runs
+    /// this outside the sandbox of `boot --no-mount`, so that the container runtime sees the
+    /// mounts).
+    MountBundles {
+        /// The layer store the bundles' layers must come from (default
+        /// <root>/var/lib/kci/layers).
+        #[arg(long, value_name = "DIR")]
+        layers: Option<std::path::PathBuf>,
+    },
     StoreCheck {
         /// Remove what is inconsistent (corrupt blobs, leftovers, index entries of incomplete
         /// images); complete images are never touched.

@@ -177,6 +177,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Network { .. }
         | Command::Boot { .. }
         | Command::Prepare { .. }
+        | Command::MountBundles { .. }
         | Command::StoreCheck { .. } => &[],
     };
     let src = sources(&cli.common, spec_path(cli), images)?;
@@ -185,7 +186,9 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let root = &cli.common.root;
     // The mirrors of every registry involved, from <root>/etc/kci/certs.d/*/hosts.toml.
     let mirrors = match &cli.command {
-        Command::Network { .. } | Command::StoreCheck { .. } => Default::default(),
+        Command::Network { .. } | Command::StoreCheck { .. } | Command::MountBundles { .. } => {
+            Default::default()
+        }
         _ => pull::load_mirrors(root, &cfg)?,
     };
     match &cli.command {
@@ -285,6 +288,22 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 },
                 started_at,
             )
+        }
+        Command::MountBundles { layers } => {
+            let layers = layers
+                .clone()
+                .unwrap_or_else(|| under_root(root, DEFAULT_LAYERS));
+            let paths = crate::bundle::Paths::under(root, true);
+            let results = crate::bundle::mount_all(&paths, &layers);
+            let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+            info!(bundles = results.len(), failed, "bundles mounted");
+            if failed > 0 {
+                return Err(Error::ContainersFailed {
+                    failed,
+                    total: results.len(),
+                });
+            }
+            Ok(())
         }
         Command::StoreCheck {
             fix,

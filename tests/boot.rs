@@ -223,6 +223,9 @@ fn the_systemd_unit_verifies() {
         "EnvironmentFile=-/etc/kci/agent.env",
         "ProtectSystem=strict",
         "ReadWritePaths=/etc/hosts /etc/resolv.conf",
+        // Mounts made inside the sandbox's mount namespace are invisible outside it.
+        "--no-mount",
+        "ExecStartPost=+/usr/bin/kci-pull-agent mount-bundles",
     ] {
         assert!(unit.contains(want), "{want}");
     }

@@ -203,3 +203,64 @@ fn boot_prepares_bundles_that_runc_runs() {
         "c2 uid=0 cwd=/data"
     );
 }
+
+/// As the systemd unit runs it: `boot --no-mount` writes mounts.json and mounts nothing, then
+/// `mount-bundles` mounts every rootfs from it (a rerun leaves the mounts alone); a
+/// mounts.json that names a directory outside the agent's own is refused.
+#[test]
+fn boot_without_mounts_then_mount_bundles() {
+    let img = busybox_image();
+    let e = FaultEnv::start(img, &["e2e/nomount"]);
+    let reg = e.registry.addr();
+    let image = format!("{reg}/e2e/nomount:v1");
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let pod = json!({
+        "metadata": {"name": "svc", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "spec": {"containers": [
+            {"name": "one", "image": image, "args": ["echo one $(id -u)"]},
+            {"name": "two", "image": image, "args": ["echo two"]},
+        ]},
+    });
+    let spec = root.file("pod.json");
+    fs::write(&spec, pod.to_string()).unwrap();
+    let boot = |extra: &[&str]| {
+        let mut args = vec![
+            "boot",
+            "--root",
+            root.arg(),
+            "--spec",
+            spec.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&mut agent(&args))
+    };
+    let r = boot(&["--no-mount"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let bundle = |name: &str| root.file(&format!("run/kci/bundles/{name}"));
+    assert!(bundle("one").join("mounts.json").exists());
+    assert_eq!(
+        fs::read_dir(bundle("one").join("rootfs")).unwrap().count(),
+        0,
+        "not mounted"
+    );
+
+    // A planted mounts.json pointing at the machine's /etc is refused; the other is mounted.
+    let good = fs::read_to_string(bundle("two").join("mounts.json")).unwrap();
+    let evil = good.replacen("lowerdir=", "lowerdir=/etc:", 1);
+    fs::write(bundle("two").join("mounts.json"), &evil).unwrap();
+    let mount = || run(&mut agent(&["mount-bundles", "--root", root.arg()]));
+    let r = mount();
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("not a layer of"), "{}", r.stderr);
+    fs::write(bundle("two").join("mounts.json"), &good).unwrap();
+    let r = mount();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = mount();
+    assert_eq!(r.code, 0, "a rerun leaves the mounts alone: {}", r.stderr);
+    let mut runc = Runc {
+        state: root.file("runc-state"),
+        ids: Vec::new(),
+    };
+    assert_eq!(runc.run(&bundle("one"), "one").trim(), "one 1000");
+    assert_eq!(runc.run(&bundle("two"), "two").trim(), "two");
+}

@@ -156,27 +156,127 @@ fn prepare_one(
             .map(|_| ())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
-    let mounts = overlay.mounts_json();
-    let previous = std::fs::read(bundle.join("mounts.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     write(
         "config.json",
         serde_json::to_value(&spec).map_err(|e| e.to_string())?,
     )?;
-    write("mounts.json", mounts.clone())?;
+    write("mounts.json", overlay.mounts_json())?;
     if paths.mount {
-        let rootfs = bundle.join("rootfs");
-        if mount::is_mounted(&rootfs) {
-            if previous.as_ref() == Some(&mounts) {
-                return Ok(()); // a correct mount from an earlier run stays
-            }
-            mount::unmount(&rootfs)
-                .map_err(|e| format!("cannot unmount the stale {}: {e}", rootfs.display()))?;
-        }
-        overlay
-            .mount(&rootfs)
-            .map_err(|e| format!("cannot mount the overlay on {}: {e}", rootfs.display()))?;
+        ensure_mounted(bundle, &overlay)?;
     }
     Ok(())
+}
+
+/// Mounts `overlay` on the bundle's `rootfs/` unless the same overlay is mounted there
+/// already (recorded in `.mounted`); a different one is unmounted first.
+fn ensure_mounted(bundle: &Path, overlay: &mount::Overlay) -> Result<(), String> {
+    let rootfs = bundle.join("rootfs");
+    let marker = bundle.join(".mounted");
+    let want = overlay.mounts_json();
+    if mount::is_mounted(&rootfs) {
+        let have = std::fs::read(&marker)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if have.as_ref() == Some(&want) {
+            return Ok(()); // a correct mount from an earlier run stays
+        }
+        mount::unmount(&rootfs)
+            .map_err(|e| format!("cannot unmount the stale {}: {e}", rootfs.display()))?;
+    }
+    overlay
+        .mount(&rootfs)
+        .map_err(|e| format!("cannot mount the overlay on {}: {e}", rootfs.display()))?;
+    crate::fsutil::atomic::write_file(&marker, &marker, want.to_string().as_bytes())
+        .map(|_| ())
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))
+}
+
+/// Mounts the rootfs of every bundle from its `mounts.json` (for the systemd unit: `boot`
+/// runs sandboxed in a mount namespace of its own with `--no-mount`, and this step, outside
+/// it, makes the mounts the container runtime sees). `mounts.json` is checked before it is
+/// trusted: one overlay whose lower directories are layer directories of `layers` and whose
+/// upper and work directories are the container's own.
+pub fn mount_all(paths: &Paths, layers: &Path) -> Vec<(String, Result<(), String>)> {
+    let Ok(entries) = std::fs::read_dir(&paths.bundles) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let r = read_mounts(paths, layers, &name)
+                .and_then(|o| ensure_mounted(&paths.bundles.join(&name), &o));
+            if let Err(e) = &r {
+                tracing::error!(container = %name, "bundle {name}: {e}");
+            }
+            (name, r)
+        })
+        .collect()
+}
+
+fn read_mounts(paths: &Paths, layers: &Path, name: &str) -> Result<mount::Overlay, String> {
+    crate::config::names::check_label(name)
+        .map_err(|why| format!("the bundle name {name:?} {why}"))?;
+    let file = paths.bundles.join(name).join("mounts.json");
+    let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+    let m = match v.as_array().map(Vec::as_slice) {
+        Some([m]) if m["type"] == "overlay" && m["source"] == "overlay" => m,
+        _ => return Err(format!("{} is not one overlay mount", file.display())),
+    };
+    let mut lower = Vec::new();
+    let (mut upper, mut work) = (None, None);
+    for o in m["options"].as_array().into_iter().flatten() {
+        let o = o.as_str().unwrap_or("");
+        if let Some(l) = o.strip_prefix("lowerdir=") {
+            lower.extend(l.split(':').map(PathBuf::from));
+        } else if let Some(u) = o.strip_prefix("upperdir=") {
+            upper = Some(PathBuf::from(u));
+        } else if let Some(w) = o.strip_prefix("workdir=") {
+            work = Some(PathBuf::from(w));
+        } else {
+            return Err(format!(
+                "{}: option {o:?} is not the agent's",
+                file.display()
+            ));
+        }
+    }
+    let own = paths.containers.join(name);
+    let plain = |p: &Path| {
+        p.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        })
+    };
+    let layer_dir = |p: &Path| {
+        plain(p)
+            && p.parent().and_then(Path::parent) == Some(&layers.join("sha256"))
+            && p.file_name().is_some_and(|f| f == "fs")
+    };
+    if lower.is_empty() || !lower.iter().all(|p| layer_dir(p)) {
+        return Err(format!(
+            "{}: a lower directory is not a layer of {}",
+            file.display(),
+            layers.display()
+        ));
+    }
+    let (Some(upper), Some(work)) = (upper, work) else {
+        return Err(format!("{}: no upperdir or workdir", file.display()));
+    };
+    if upper != own.join("upper") || work != own.join("work") {
+        return Err(format!(
+            "{}: the upper and work directories are not the container's own ({})",
+            file.display(),
+            own.display()
+        ));
+    }
+    Ok(mount::Overlay { lower, upper, work })
 }
