@@ -219,6 +219,7 @@ fn boot_without_mounts_then_mount_bundles() {
         "spec": {"containers": [
             {"name": "one", "image": image, "args": ["echo one $(id -u)"]},
             {"name": "two", "image": image, "args": ["echo two"]},
+            {"name": "gone", "image": format!("{reg}/e2e/nomount:missing")},
         ]},
     });
     let spec = root.file("pod.json");
@@ -234,8 +235,23 @@ fn boot_without_mounts_then_mount_bundles() {
         args.extend_from_slice(extra);
         run(&mut agent(&args))
     };
-    let r = boot(&["--no-mount"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report = root.file("report.json");
+    let r = boot(&["--no-mount", "--report", report.to_str().unwrap()]);
+    // The image of "gone" does not exist: that container fails, the others are prepared.
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let status: Vec<(&str, &str)> = rep["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        vec![("one", "ready"), ("two", "ready"), ("gone", "failed"),]
+    );
+    let gone = rep["containers"][2]["error"].as_str().unwrap();
+    assert!(gone.contains("was not pulled"), "{gone}");
     let bundle = |name: &str| root.file(&format!("run/kci/bundles/{name}"));
     assert!(bundle("one").join("mounts.json").exists());
     assert_eq!(
