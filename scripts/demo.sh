@@ -115,16 +115,18 @@ cat "$root/run/kci/pull-report.json"
 
 step "kci-pull-agent boot --root \$root   (again: nothing changes, images present)"
 "$bin" boot --root "$root" 2>&1 | grep -E "image\(s\)|network file" && echo "exit code: 0"
-step "The bundles boot prepared: \$root/run/kci/bundles/app/config.json (process)"
-python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["process"]; print(json.dumps({k: p[k] for k in ("args","env","cwd","user")}, indent=2))' \
-  "$root/run/kci/bundles/app/config.json"
-step "runc run --bundle \$root/run/kci/bundles/app   (the pod's container, started as prepared)"
-runc --root "$work/runc" run --bundle "$root/run/kci/bundles/app" "kci-demo-app-$$"
-echo "exit code: $?"
-runc --root "$work/runc" delete -f "kci-demo-app-$$" >/dev/null 2>&1 || true
 step "Bad input: an insecure registry with a path (exit 2, nothing written)"
 set +e
 "$bin" boot --root "$root" --insecure-registry demo-registry.internal/team
 echo "exit code: $?"
 set -e
+step "The bundles boot prepared: \$root/run/kci/bundles/app/config.json (process)"
+python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["process"]; print(json.dumps({k: p[k] for k in ("args","env","cwd","user")}, indent=2))' \
+  "$root/run/kci/bundles/app/config.json"
+# KCI_DEMO_KEEP=FILE keeps a copy of the app's whole config.json.
+if [[ -n ${KCI_DEMO_KEEP:-} ]]; then cp "$root/run/kci/bundles/app/config.json" "$KCI_DEMO_KEEP"; fi
+step "runc run --bundle \$root/run/kci/bundles/app   (the pod's container, started as prepared)"
+runc --root "$work/runc" run --bundle "$root/run/kci/bundles/app" "kci-demo-app-$$"
+echo "exit code: $?"
+runc --root "$work/runc" delete -f "kci-demo-app-$$" >/dev/null 2>&1 || true
 exit "$code"
