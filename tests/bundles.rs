@@ -130,15 +130,18 @@ fn boot_prepares_bundles_that_runc_runs() {
     let spec = root.file("pod.json");
     fs::write(&spec, pod.to_string()).unwrap();
     let report = root.file("report.json");
-    let r = run(&mut agent(&[
-        "boot",
-        "--root",
-        root.arg(),
-        "--spec",
-        spec.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]));
+    let boot = || {
+        run(&mut agent(&[
+            "boot",
+            "--root",
+            root.arg(),
+            "--spec",
+            spec.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]))
+    };
+    let r = boot();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains("SECRET (valueFrom)"),
@@ -188,15 +191,7 @@ fn boot_prepares_bundles_that_runc_runs() {
     }
 
     // A second boot leaves the bundles and their mounts as they are.
-    let r = run(&mut agent(&[
-        "boot",
-        "--root",
-        root.arg(),
-        "--spec",
-        spec.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]));
+    let r = boot();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         runc.run(&bundle("c2"), "c2-again").trim(),
