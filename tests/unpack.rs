@@ -81,12 +81,17 @@ fn rich_image_as(media_types: &[&str; 3]) -> Image {
         opaque("opt"),
         file("opt/new", b"above"),
         file("etc/a", b"alpha, changed"),
-        // A directory this layer does not list (it keeps the lower layer's attributes), and a
-        // hardlink to a lower layer's file (a copy: overlayfs cannot link across layers).
+        // A directory this layer does not list: it keeps the lower layer's attributes
+        // (recorded while streaming, given once the lower layer is there).
         file("srv/x", b"under a 0700 directory"),
+    ]);
+    // A hardlink to a lower layer's file: a copy (overlayfs cannot link across layers); this
+    // layer is unpacked again from its blob once the layers below are there.
+    let l2 = tar(&[
+        file("etc/c", b"gamma"),
+        whiteout("usr/bin/tool"),
         hardlink("etc/h-copy", "etc/h1"),
     ]);
-    let l2 = tar(&[file("etc/c", b"gamma"), whiteout("usr/bin/tool")]);
     image_with(
         vec![
             layer(l0, media_types[0]),

@@ -416,6 +416,9 @@ fn apply<R: Read>(
 
     match kind {
         tar::EntryType::Directory => {
+            // Listed after all: its attributes are the layer's own, not a lower layer's.
+            let listed = String::from_utf8_lossy(&parts.join(&b'/')).into_owned();
+            root.implied.borrow_mut().retain(|d| *d != listed);
             let exists = clear(dir.as_fd(), leaf_name, true).map_err(&err)?;
             if !exists {
                 rustix::fs::mkdirat(&dir, leaf_name, Mode::from_raw_mode(0o700)).map_err(&err)?;

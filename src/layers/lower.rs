@@ -120,3 +120,47 @@ pub fn read_merged(lowers: &[PathBuf], rel: &str, max: u64) -> Option<Vec<u8>> {
     f.by_ref().take(max).read_to_end(&mut out).ok()?;
     Some(out)
 }
+
+/// Gives the directories `dirs` of the layer `fs` (relative paths it did not list) the mode
+/// and owner of the same directories in the layers below (`lowers`, top first); a directory
+/// no lower layer has keeps 0755 root:root. Each is opened beneath `fs`, following no link.
+pub fn fix_implied_dirs(
+    fs: &std::path::Path,
+    lowers: &[PathBuf],
+    dirs: &[String],
+) -> io::Result<()> {
+    let root = rustix::fs::open(
+        fs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for rel in dirs {
+        let parts: Vec<&[u8]> = rel
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::as_bytes)
+            .collect();
+        let Some((_, st)) = in_lowers(lowers, &parts) else {
+            continue;
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            continue;
+        }
+        let Ok(dir) = rustix::fs::openat2(
+            &root,
+            rel.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) else {
+            continue;
+        };
+        rustix::fs::fchown(
+            &dir,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        )?;
+        rustix::fs::fchmod(&dir, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    }
+    Ok(())
+}

@@ -53,14 +53,6 @@ impl LayerTarget<'_> {
             Err(UnpackError::Extract(ExtractError::NeedsLowers(_))) => return Ok(()),
             r => r?,
         };
-        // Directories the layer did not list take a lower layer's attributes: redone with
-        // the lower layers at hand (the bottom layer has none, so its defaults stand).
-        if matches!(self.lowers, Lowers::Unknown)
-            && self.plan.parent.is_some()
-            && !u.extracted.implied_dirs.is_empty()
-        {
-            return Ok(());
-        }
         if u.diff_id != self.plan.diff_id {
             return Err(UnpackError::DiffId {
                 expected: self.plan.diff_id.clone(),
@@ -74,6 +66,14 @@ impl LayerTarget<'_> {
             parent: self.plan.parent.clone(),
             size: u.size,
             media_type: desc.media_type.clone(),
+            // Directories the layer did not list take a lower layer's attributes: recorded,
+            // and given them once the layers below are committed (the bottom layer has none
+            // below, so its defaults stand).
+            implied_dirs: if matches!(self.lowers, Lowers::Unknown) && self.plan.parent.is_some() {
+                u.extracted.implied_dirs
+            } else {
+                Vec::new()
+            },
         };
         self.layers
             .commit(staging, &json)

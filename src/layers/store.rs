@@ -25,6 +25,10 @@ pub struct LayerJson {
     pub size: u64,
     #[serde(rename = "mediaType")]
     pub media_type: String,
+    /// Directories the layer did not list, unpacked before the layers below were there: their
+    /// mode and owner still have to come from those layers ([`super::lower::fix_implied_dirs`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "impliedDirs")]
+    pub implied_dirs: Vec<String>,
 }
 
 /// An open, locked layer store.
@@ -150,6 +154,20 @@ impl LayerStore {
         (json.chain_id == *chain_id).then_some(json)
     }
 
+    /// Rewrites the `layer.json` of a committed layer (after its implied directories were
+    /// given their lower layers' attributes).
+    pub fn update(&self, json: &LayerJson) -> io::Result<()> {
+        let dir = fsutil::open_subdir(
+            self.sha256.as_fd(),
+            json.chain_id.hex(),
+            false,
+            &self.layer_dir(&json.chain_id),
+        )?;
+        let mut bytes = serde_json::to_vec_pretty(json)?;
+        bytes.push(b'\n');
+        fsutil::replace(dir.as_fd(), LAYER_JSON, &bytes, 0o644)
+    }
+
     /// A new staging directory with an empty `fs/`.
     pub fn stage(&self) -> io::Result<Staging<'_>> {
         let name = format!("{}-{}", std::process::id(), fsutil::random_hex());
@@ -250,6 +268,7 @@ mod tests {
             parent: None,
             size: 3,
             media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            implied_dirs: Vec::new(),
         }
     }
 

@@ -386,15 +386,34 @@ async fn unpack_image(shared: &Shared, manifest: &Digest) -> Result<Option<Unpac
     let (config, layers) = blobs.split_first().expect("a manifest has a config");
     let plans = plan_layers(shared, config, layers.len()).await?;
     for (i, (desc, plan)) in layers.iter().zip(&plans).enumerate() {
-        if layer_store.get(&plan.chain_id).is_some() {
-            continue;
-        }
         // Bottom-up: every layer below is committed by now.
         let lowers: Vec<std::path::PathBuf> = plans[..i]
             .iter()
             .rev()
             .map(|p| layer_store.layer_dir(&p.chain_id).join("fs"))
             .collect();
+        if let Some(json) = layer_store.get(&plan.chain_id) {
+            if !json.implied_dirs.is_empty() {
+                // Streamed in before its lowers were there: the directories it did not list
+                // take their lower layers' attributes now.
+                let layers = layer_store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let fs = layers.layer_dir(&json.chain_id).join("fs");
+                    crate::layers::lower::fix_implied_dirs(&fs, &lowers, &json.implied_dirs)?;
+                    layers.update(&crate::layers::store::LayerJson {
+                        implied_dirs: Vec::new(),
+                        ..json
+                    })
+                })
+                .await
+                .map_err(|e| PullError::new(format!("a layer task failed: {e}")))?
+                .map_err(|e| PullError {
+                    message: format!("layer {}: {e}", plan.chain_id),
+                    hint: Some("check free space and permissions of the layer store".into()),
+                })?;
+            }
+            continue;
+        }
         let cell = {
             let mut map = shared.unpacking.lock().expect("poisoned");
             map.entry(plan.chain_id.clone()).or_default().clone()
