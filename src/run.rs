@@ -11,6 +11,7 @@ use crate::cli::{Cli, Command, Common, LogFormat, OutputFormat, PullTuning};
 use crate::config::{Config, ENV_DNS_CONFIG, ENV_HOST_ALIASES, Sources};
 use crate::error::{Error, InputError, Notes, Origin};
 use crate::explain;
+use crate::fsutil::atomic::under_root;
 use crate::netfiles;
 use crate::pull::{self, PullOptions};
 use crate::registry::mirrors::Mirror;
@@ -153,14 +154,6 @@ pub fn store_path(common: &Common) -> PathBuf {
         .store
         .clone()
         .unwrap_or_else(|| under_root(&common.root, DEFAULT_STORE))
-}
-
-/// A default path under `--root`, with every link on the way resolved inside the root, so
-/// that a link planted there never leads a write out of it.
-fn under_root(root: &Path, rel: &str) -> PathBuf {
-    crate::fsutil::atomic::resolve_in_root(root, Path::new(rel))
-        .map(|(p, _)| p)
-        .unwrap_or_else(|_| root.join(rel))
 }
 
 const DEFAULT_SPEC: &str = "run/kci/pod.json";

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::config::pod::PodContainer;
+use crate::fsutil::atomic::under_root;
 use crate::layers::lower::read_merged;
 use crate::layers::store::LayerStore;
 use crate::oci;
@@ -44,14 +45,9 @@ pub struct Paths {
 impl Paths {
     /// The default places under `root` (each resolved inside it).
     pub fn under(root: &Path, mount: bool) -> Paths {
-        let resolve = |rel: &str| {
-            crate::fsutil::atomic::resolve_in_root(root, Path::new(rel))
-                .map(|(p, _)| p)
-                .unwrap_or_else(|_| root.join(rel))
-        };
         Paths {
-            bundles: resolve(BUNDLES),
-            containers: resolve(CONTAINERS),
+            bundles: under_root(root, BUNDLES),
+            containers: under_root(root, CONTAINERS),
             mount,
         }
     }

@@ -164,6 +164,15 @@ fn walk_in_root(root: &Path, rel: &Path) -> io::Result<PathBuf> {
     Ok(join(root, &inside))
 }
 
+/// A path under `--root` with every link on the way resolved inside the root
+/// ([`resolve_in_root`]), so that a link planted there never leads a write out of it; the
+/// plain join if it cannot be resolved (a loop), which then fails where it is used.
+pub fn under_root(root: &Path, rel: &str) -> PathBuf {
+    resolve_in_root(root, Path::new(rel))
+        .map(|(p, _)| p)
+        .unwrap_or_else(|_| root.join(rel))
+}
+
 /// `root/rel` with its parent directory resolved inside `root` ([`resolve_in_root`]): the path
 /// to write `rel` at without following a link in one of its directories out of `root`.
 pub fn parent_in_root(root: &Path, rel: &Path) -> io::Result<PathBuf> {
