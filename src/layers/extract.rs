@@ -17,6 +17,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{
     AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
@@ -115,9 +116,38 @@ struct Root {
     lowers: Lowers,
     implied: std::cell::RefCell<Vec<String>>,
     copied: std::cell::Cell<u64>,
+    /// The directory the last regular file went into, by its path in the layer: sorted layers
+    /// put many files in a row into one directory, and each lookup costs an `openat2` walk
+    /// and a `close`. Only regular files that take a fresh name use it; any other entry, or a
+    /// file that replaces something, forgets it, so it never outlives a change of the tree.
+    last_dir: std::cell::RefCell<Option<(Vec<u8>, Rc<OwnedFd>)>>,
+    /// File contents pass through here, so that a file is written in whole chunks (one
+    /// `write` for most files) rather than in the pieces the decompressor yields: a write
+    /// that ends inside a block makes the kernel zero the rest of it first.
+    buf: std::cell::RefCell<Vec<u8>>,
 }
 
+/// The largest piece of a file written at once.
+const WRITE_CHUNK: usize = 1 << 20;
+
 impl Root {
+    /// The parent directory of a regular file: the cached one when it is the same path.
+    fn file_parent(&self, path: &[&[u8]]) -> Result<Rc<OwnedFd>, Errno> {
+        let joined = path.join(&b'/');
+        if let Some((p, fd)) = &*self.last_dir.borrow()
+            && *p == joined
+        {
+            return Ok(fd.clone());
+        }
+        let fd = Rc::new(self.parent(path)?);
+        *self.last_dir.borrow_mut() = Some((joined, fd.clone()));
+        Ok(fd)
+    }
+
+    fn forget_dir(&self) {
+        self.last_dir.borrow_mut().take();
+    }
+
     /// Opens the directory `path` of a parent, resolved inside the root (`RESOLVE_IN_ROOT`:
     /// symlinks are followed as if the root were `/`; no magic links).
     fn open_dir(&self, path: &[&[u8]]) -> Result<OwnedFd, Errno> {
@@ -184,6 +214,33 @@ impl Root {
             };
         }
         Ok(fd)
+    }
+}
+
+/// Copies a file's contents from `from` into `file` in chunks of `WRITE_CHUNK` bytes: each
+/// `write` but the last covers whole blocks.
+fn write_contents(from: &mut impl Read, file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::io::Write;
+    if buf.len() < WRITE_CHUNK {
+        buf.resize(WRITE_CHUNK, 0);
+    }
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        (&*file).write_all(&buf[..n])?;
+        if n < buf.len() {
+            return Ok(());
+        }
     }
 }
 
@@ -311,6 +368,8 @@ pub fn extract<R: Read>(
             lowers,
             implied: Default::default(),
             copied: Default::default(),
+            last_dir: Default::default(),
+            buf: Default::default(),
         },
         limits,
     )
@@ -379,7 +438,16 @@ fn apply<R: Read>(
             why: "names the layer root but is not a directory".into(),
         });
     };
-    let dir = root.parent(parent).map_err(|e| ExtractError::Refused {
+    let regular = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+    if !regular {
+        root.forget_dir();
+    }
+    let dir = if regular {
+        root.file_parent(parent)
+    } else {
+        root.parent(parent).map(Rc::new)
+    };
+    let dir = dir.map_err(|e| ExtractError::Refused {
         name: name.to_string(),
         why: format!("its directory cannot be opened inside the layer ({e})"),
     })?;
@@ -433,16 +501,31 @@ fn apply<R: Read>(
             finish_fd(fd.as_fd(), uid, gid, mode, xattrs, mtime).map_err(&err)
         }
         tar::EntryType::Regular | tar::EntryType::Continuous => {
-            clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
-            let fd = rustix::fs::openat(
-                &dir,
-                leaf_name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
+            let create = || {
+                rustix::fs::openat(
+                    &dir,
+                    leaf_name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+            };
+            // Most names are new in their layer: try first, make room only when taken.
+            let fd = match create() {
+                Err(Errno::EXIST) => {
+                    root.forget_dir();
+                    clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
+                    create()
+                }
+                other => other,
+            }
             .map_err(&err)?;
-            let mut file = File::from(fd);
-            io::copy(entry, &mut file).map_err(|source| ExtractError::Io {
+            let file = File::from(fd);
+            let mut buf = root.buf.borrow_mut();
+            write_contents(entry, &file, &mut buf).map_err(|source| ExtractError::Io {
                 name: name.to_string(),
                 source,
             })?;
