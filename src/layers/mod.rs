@@ -5,6 +5,7 @@
 pub mod decompress;
 pub mod extract;
 pub mod lower;
+mod pipeline;
 pub mod store;
 pub mod stream;
 
@@ -86,7 +87,11 @@ impl LayerTarget<'_> {
     }
 
     /// Unpacks the layer from its stored blob (already downloaded and verified).
-    pub fn unpack_blob<R: Read>(&self, desc: &Descriptor, blob: R) -> Result<(), UnpackError> {
+    pub fn unpack_blob<R: Read + Send>(
+        &self,
+        desc: &Descriptor,
+        blob: R,
+    ) -> Result<(), UnpackError> {
         let staging = self.layers.stage().map_err(UnpackError::Decompress)?;
         let result = unpack(
             blob,
@@ -126,7 +131,7 @@ pub struct Unpacked {
 /// Unpacks the layer blob read from `blob` (of `media_type`) into `fs`, an empty directory,
 /// checking its diff_id against `expected` when given. The whole uncompressed stream is read
 /// (trailing data included) before the diff_id is compared.
-pub fn unpack<R: Read>(
+pub fn unpack<R: Read + Send>(
     blob: R,
     media_type: &str,
     fs: &Path,
@@ -136,10 +141,10 @@ pub fn unpack<R: Read>(
     expected: Option<&Digest>,
 ) -> Result<Unpacked, UnpackError> {
     let compression = Compression::of_media_type(media_type)?;
-    let stream = compression.reader(blob).map_err(UnpackError::Decompress)?;
-    let (extracted, rest) =
-        extract::extract(DiffReader::new(stream, max_size), fs, lowers, limits)?;
-    let (diff_id, size) = rest.finish().map_err(UnpackError::Decompress)?;
+    let (extracted, digest) = pipeline::decompress_ahead(blob, compression, max_size, |stream| {
+        extract::extract(stream, fs, lowers, limits).map(|(extracted, _)| extracted)
+    })?;
+    let (diff_id, size) = digest.map_err(UnpackError::Decompress)?;
     if let Some(want) = expected
         && *want != diff_id
     {
