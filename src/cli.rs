@@ -219,4 +219,10 @@ pub struct PullTuning {
     /// Largest uncompressed size of one layer; a layer that unpacks to more fails the image.
     #[arg(long, value_name = "BYTES", default_value_t = 32 << 30)]
     pub max_layer_size: u64,
+    /// Commit layers without flushing their files to disk first (one syncfs per layer).
+    /// Faster where the disk is slow, but a power loss soon after the pull can leave
+    /// committed layers with empty files: only for a layer store that does not outlive the
+    /// instance.
+    #[arg(long)]
+    pub no_layer_sync: bool,
 }

@@ -389,6 +389,7 @@ fn pull_and_report(
                 .clone()
                 .unwrap_or_else(|| under_root(&cli.common.root, DEFAULT_LAYERS)),
             max_layer_size: tuning.max_layer_size,
+            sync: !tuning.no_layer_sync,
         }),
     };
     let started = Instant::now();

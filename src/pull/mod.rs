@@ -86,6 +86,8 @@ pub struct PullOptions {
 pub struct UnpackOptions {
     pub layers: PathBuf,
     pub max_layer_size: u64,
+    /// Flush each layer to disk before committing it (`--no-layer-sync` turns it off).
+    pub sync: bool,
 }
 
 /// Reads the hosts.toml of every registry of `cfg` under `root`: errors name the file, and are
@@ -159,7 +161,14 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     };
     let layers = match opts.unpack.clone() {
         None => None,
-        Some(u) => match tokio::task::spawn_blocking(move || LayerStore::open(&u.layers)).await {
+        Some(u) => match tokio::task::spawn_blocking(move || {
+            LayerStore::open(&u.layers).map(|mut l| {
+                l.set_sync(u.sync);
+                l
+            })
+        })
+        .await
+        {
             Ok(Ok(l)) => Some(Arc::new(l)),
             Ok(Err(e)) => {
                 return failed_all(cfg, &format!("cannot open the layer store: {e}"), started);
