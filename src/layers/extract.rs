@@ -120,28 +120,33 @@ struct Root {
     /// put many files in a row into one directory, and each lookup costs an `openat2` walk
     /// and a `close`. Only regular files that take a fresh name use it; any other entry, or a
     /// file that replaces something, forgets it, so it never outlives a change of the tree.
-    last_dir: std::cell::RefCell<Option<(Vec<u8>, Rc<OwnedFd>)>>,
+    last_dir: std::cell::RefCell<Option<LastDir>>,
     /// File contents pass through here, so that a file is written in whole chunks (one
     /// `write` for most files) rather than in the pieces the decompressor yields: a write
     /// that ends inside a block makes the kernel zero the rest of it first.
     buf: std::cell::RefCell<Vec<u8>>,
 }
 
+/// A directory by its path in the layer, open, and whether it is setgid.
+type LastDir = (Vec<u8>, Rc<OwnedFd>, bool);
+
 /// The largest piece of a file written at once.
 const WRITE_CHUNK: usize = 1 << 20;
 
 impl Root {
-    /// The parent directory of a regular file: the cached one when it is the same path.
-    fn file_parent(&self, path: &[&[u8]]) -> Result<Rc<OwnedFd>, Errno> {
+    /// The parent directory of a regular file (the cached one when it is the same path), and
+    /// whether it is setgid (its new files take its group, not ours).
+    fn file_parent(&self, path: &[&[u8]]) -> Result<(Rc<OwnedFd>, bool), Errno> {
         let joined = path.join(&b'/');
-        if let Some((p, fd)) = &*self.last_dir.borrow()
+        if let Some((p, fd, setgid)) = &*self.last_dir.borrow()
             && *p == joined
         {
-            return Ok(fd.clone());
+            return Ok((fd.clone(), *setgid));
         }
         let fd = Rc::new(self.parent(path)?);
-        *self.last_dir.borrow_mut() = Some((joined, fd.clone()));
-        Ok(fd)
+        let setgid = rustix::fs::fstat(&*fd)?.st_mode & 0o2000 != 0;
+        *self.last_dir.borrow_mut() = Some((joined, fd.clone(), setgid));
+        Ok((fd, setgid))
     }
 
     fn forget_dir(&self) {
@@ -289,6 +294,45 @@ fn times(mtime: u64) -> Timestamps {
         last_access: t,
         last_modification: t,
     }
+}
+
+/// Xattrs and mtime on an open file created with its final owner and mode.
+fn finish_plain_fd(
+    fd: BorrowedFd<'_>,
+    xattrs: &[(String, Vec<u8>)],
+    mtime: u64,
+) -> Result<(), Errno> {
+    for (k, v) in xattrs {
+        rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())?;
+    }
+    rustix::fs::futimens(fd, &times(mtime))
+}
+
+/// Who new files belong to, and the umask they are created under.
+struct Creds {
+    uid: u32,
+    gid: u32,
+    umask: u32,
+}
+
+/// This process's file-system uid and gid and its umask, from `/proc/self/status` (read
+/// once; `None` where it cannot be read, and then every file gets its chown and chmod).
+fn creds() -> Option<&'static Creds> {
+    static CREDS: std::sync::OnceLock<Option<Creds>> = std::sync::OnceLock::new();
+    CREDS
+        .get_or_init(|| {
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+            // "Uid:\treal\teffective\tsaved\tfilesystem": the last one creates files.
+            let fs_id =
+                |key: &str| -> Option<u32> { field(key)?.split_whitespace().nth(3)?.parse().ok() };
+            Some(Creds {
+                uid: fs_id("Uid:")?,
+                gid: fs_id("Gid:")?,
+                umask: u32::from_str_radix(field("Umask:")?.trim(), 8).ok()?,
+            })
+        })
+        .as_ref()
 }
 
 /// Ownership, mode (after chown, which clears setuid/setgid), xattrs and mtime on an open
@@ -445,9 +489,9 @@ fn apply<R: Read>(
     let dir = if regular {
         root.file_parent(parent)
     } else {
-        root.parent(parent).map(Rc::new)
+        root.parent(parent).map(|d| (Rc::new(d), false))
     };
-    let dir = dir.map_err(|e| ExtractError::Refused {
+    let (dir, parent_setgid) = dir.map_err(|e| ExtractError::Refused {
         name: name.to_string(),
         why: format!("its directory cannot be opened inside the layer ({e})"),
     })?;
@@ -501,6 +545,18 @@ fn apply<R: Read>(
             finish_fd(fd.as_fd(), uid, gid, mode, xattrs, mtime).map_err(&err)
         }
         tar::EntryType::Regular | tar::EntryType::Continuous => {
+            // A file that is ours (our uid and gid, no setgid parent) with plain permissions
+            // the umask leaves alone is created with its final mode: no chown, no chmod (two
+            // journaled inode updates per file). Anything else is created private and given
+            // its owner, then its mode (chown clears setuid/setgid).
+            let plain = creds().is_some_and(|c| {
+                uid == c.uid
+                    && gid == c.gid
+                    && !parent_setgid
+                    && mode & 0o7000 == 0
+                    && mode & 0o777 & c.umask == 0
+            });
+            let create_mode = if plain { mode & 0o777 } else { 0o600 };
             let create = || {
                 rustix::fs::openat(
                     &dir,
@@ -510,7 +566,7 @@ fn apply<R: Read>(
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
+                    Mode::from_raw_mode(create_mode),
                 )
             };
             // Most names are new in their layer: try first, make room only when taken.
@@ -529,7 +585,11 @@ fn apply<R: Read>(
                 name: name.to_string(),
                 source,
             })?;
-            finish_fd(file.as_fd(), uid, gid, mode, xattrs, mtime).map_err(&err)
+            if plain {
+                finish_plain_fd(file.as_fd(), xattrs, mtime).map_err(&err)
+            } else {
+                finish_fd(file.as_fd(), uid, gid, mode, xattrs, mtime).map_err(&err)
+            }
         }
         tar::EntryType::Symlink => {
             let target: Cow<'_, [u8]> =

@@ -420,3 +420,38 @@ fn lower_layers_give_implied_directories_and_hardlink_copies() {
     .unwrap();
     assert_eq!(x.implied_dirs, vec!["a".to_string(), "a/b".to_string()]);
 }
+
+#[test]
+fn files_get_their_own_owner_and_mode_in_a_setgid_directory_and_under_any_umask() {
+    // Files of the process's own uid and gid skip chown and chmod when nothing would change
+    // them; a setgid directory (its new files take its group) and modes the umask would cut
+    // must still end as the layer says.
+    let s = Sandbox::new();
+    s.run(&[
+        entry(b"shared", b'5', b"", b"", 0o2775, (0, 1234)),
+        entry(b"shared/mine", b'0', b"x", b"", 0o644, (0, 0)),
+        entry(b"shared/grouped", b'0', b"x", b"", 0o664, (0, 1234)),
+        entry(b"open", b'0', b"x", b"", 0o666, (0, 0)),
+        entry(b"plain", b'0', b"x", b"", 0o640, (0, 0)),
+        entry(b"setgid", b'0', b"x", b"", 0o2755, (0, 0)),
+    ])
+    .unwrap();
+    let meta = |p: &str| {
+        let m = s.fs().join(p).metadata().unwrap();
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    assert_eq!(meta("shared"), (0o2775, 0, 1234));
+    assert_eq!(
+        meta("shared/mine"),
+        (0o644, 0, 0),
+        "not the directory's group"
+    );
+    assert_eq!(meta("shared/grouped"), (0o664, 0, 1234));
+    assert_eq!(
+        meta("open"),
+        (0o666, 0, 0),
+        "group and other write survive the umask"
+    );
+    assert_eq!(meta("plain"), (0o640, 0, 0));
+    assert_eq!(meta("setgid"), (0o2755, 0, 0));
+}
