@@ -1,4 +1,4 @@
-//! The progress bars of `pull`: one per image with bytes and rate on a terminal (driven here
+//! The progress bars of `pull`: one per image with bytes, rate and layers unpacked on a terminal (driven here
 //! through a pseudo-terminal with util-linux `script`), nothing when stderr is not one.
 
 mod common;
@@ -40,6 +40,10 @@ fn a_pull_on_a_terminal_shows_a_bar_per_image_and_none_otherwise() {
         .unwrap_or_else(|| panic!("no finished bar for {image_ref}: {screen:?}"));
     assert!(bar.contains("[====="), "{bar:?}");
     assert!(bar.contains("/s"), "the rate is shown: {bar:?}");
+    assert!(
+        bar.contains("unpacked 2/2 layers"),
+        "the bar counts the layers unpacked: {bar:?}"
+    );
     // The log lines are still there, around the bars.
     assert!(screen.contains("image pulled"), "{screen:?}");
 

@@ -206,7 +206,16 @@ pub(super) async fn pull_image(
         Some(_) => {
             let n = fetch_shared(shared, &all, &r.repository, &config, served, prog, None).await?;
             bytes.fetch_add(n, Ordering::Relaxed);
-            Some(plan_layers(shared, &config, layers.len()).await?)
+            let plans = plan_layers(shared, &config, layers.len()).await?;
+            if let Some(store) = &shared.layers {
+                let missing = plans
+                    .iter()
+                    .filter(|p| store.get(&p.chain_id).is_none())
+                    .map(|p| p.chain_id.clone())
+                    .collect();
+                prog.unpacks(missing, shared.committed.clone());
+            }
+            Some(plans)
         }
     };
     let mut blobs: Vec<(Descriptor, Option<LayerPlan>)> = Vec::new();

@@ -1,14 +1,18 @@
-//! Progress on an interactive terminal: one bar per image with its bytes and rate, drawn on
+//! Progress on an interactive terminal: one bar per image with its bytes and rate, and its
+//! layers unpacked so far (which go on after the last byte arrived), drawn on
 //! stderr by `indicatif` (hidden by itself when stderr is not a terminal). Log lines written
 //! while bars are shown go through [`LogWriter`], which lifts the bars, writes the line and
 //! draws them again.
 
+use std::collections::HashSet;
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::oci::Digest;
 
 /// The bars of this process, while a pull shows them (for [`LogWriter`]).
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
@@ -19,15 +23,41 @@ static BARS: OnceLock<MultiProgress> = OnceLock::new();
 pub struct ImageProgress {
     pub done: AtomicU64,
     pub total: AtomicU64,
+    /// The chain IDs this image has to unpack (set once its config is read) and the set of
+    /// chain IDs committed so far in this run: the bar counts its layers ready.
+    unpack: OnceLock<(Vec<Digest>, Committed)>,
     bar: OnceLock<ProgressBar>,
 }
 
+/// Chain IDs committed in this run (shared by every image).
+pub type Committed = Arc<std::sync::Mutex<HashSet<Digest>>>;
+
 impl ImageProgress {
+    /// The layers (by chain ID) this image unpacks, counted as `committed` takes them in.
+    pub fn unpacks(&self, chains: Vec<Digest>, committed: Committed) {
+        let _ = self.unpack.set((chains, committed));
+    }
+
+    /// "unpacked N/M layers", once the image has layers to unpack.
+    fn unpacked(&self) -> Option<String> {
+        let (chains, committed) = self.unpack.get()?;
+        if chains.is_empty() {
+            return None;
+        }
+        let set = committed.lock().ok()?;
+        let ready = chains.iter().filter(|c| set.contains(*c)).count();
+        Some(format!("unpacked {ready}/{} layers", chains.len()))
+    }
+
     /// Ends the image's bar with its outcome (`pulled`, `present`, `failed`).
     pub fn finish(&self, outcome: &str) {
         if let Some(bar) = self.bar.get() {
             sync(self, bar);
-            bar.finish_with_message(outcome.to_string());
+            let outcome = match self.unpacked() {
+                Some(u) => format!("{outcome}, {u}"),
+                None => outcome.to_string(),
+            };
+            bar.finish_with_message(outcome);
         }
     }
 }
@@ -36,6 +66,11 @@ fn sync(p: &ImageProgress, bar: &ProgressBar) {
     let done = p.done.load(Ordering::Relaxed);
     bar.set_length(p.total.load(Ordering::Relaxed).max(done));
     bar.set_position(done);
+    if !bar.is_finished()
+        && let Some(m) = p.unpacked()
+    {
+        bar.set_message(m);
+    }
 }
 
 /// The bars of one run (none when stderr is not a terminal or progress is off).
