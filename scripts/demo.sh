@@ -113,6 +113,11 @@ cat "$root/etc/resolv.conf"
 step "\$root/run/kci/pull-report.json"
 cat "$root/run/kci/pull-report.json"
 
+step "kci-pull-agent flush-layers --root \$root   (kci-layer-flush.service, once the pod is up)"
+ls "$root/var/lib/kci/layers" | grep unflushed || true
+"$bin" flush-layers --root "$root"
+ls "$root/var/lib/kci/layers" | grep unflushed || echo "(no unflushed marker left)"
+
 step "kci-pull-agent boot --root \$root   (again: nothing changes, images present)"
 "$bin" boot --root "$root" 2>&1 | grep -E "image\(s\)|network file" && echo "exit code: 0"
 step "Bad input: an insecure registry with a path (exit 2, nothing written)"

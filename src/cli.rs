@@ -138,8 +138,6 @@ pub enum Command {
         #[command(flatten)]
         tuning: PullTuning,
     },
-    /// Check the store: every blob hashes to its name, nothing half-written is left, every
-    /// image in index.json is complete. Exit 0 if consistent, 1 if not.
     /// Mount the rootfs of every prepared bundle from its mounts.json (the systemd unit runs
     /// this outside the sandbox of `boot --no-mount`, so that the container runtime sees the
     /// mounts).
@@ -149,6 +147,16 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         layers: Option<std::path::PathBuf>,
     },
+    /// Flush the layers unpacked so far to disk and clear the layer store's `unflushed` marker
+    /// (after `boot` or `pull` with the default --layer-sync deferred; the systemd units run
+    /// it once the pod is up).
+    FlushLayers {
+        /// The layer store (default <root>/var/lib/kci/layers).
+        #[arg(long, value_name = "DIR")]
+        layers: Option<std::path::PathBuf>,
+    },
+    /// Check the store: every blob hashes to its name, nothing half-written is left, every
+    /// image in index.json is complete. Exit 0 if consistent, 1 if not.
     StoreCheck {
         /// Remove what is inconsistent (corrupt blobs, leftovers, index entries of incomplete
         /// images); complete images are never touched.
@@ -219,10 +227,17 @@ pub struct PullTuning {
     /// Largest uncompressed size of one layer; a layer that unpacks to more fails the image.
     #[arg(long, value_name = "BYTES", default_value_t = 32 << 30)]
     pub max_layer_size: u64,
-    /// Commit layers without flushing their files to disk first (one syncfs per layer).
-    /// Faster where the disk is slow, but a power loss soon after the pull can leave
-    /// committed layers with empty files: only for a layer store that does not outlive the
-    /// instance.
-    #[arg(long)]
-    pub no_layer_sync: bool,
+    /// When unpacked layers reach the disk. deferred: committed at once under a durable
+    /// marker, flushed later by `flush-layers` (the systemd units run it after boot); a later
+    /// boot that finds the marker (a crash before the flush) unpacks those layers again from
+    /// their blobs. commit: one syncfs before each layer is committed (slower by the time the
+    /// disk takes to write the layers).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = LayerSyncArg::Deferred)]
+    pub layer_sync: LayerSyncArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayerSyncArg {
+    Deferred,
+    Commit,
 }

@@ -101,6 +101,13 @@ pub enum Error {
     /// The pull engine could not start (no async runtime). Exit code 4: nothing was pulled.
     #[error("cannot start the pull engine: {0}")]
     Engine(std::io::Error),
+    /// `flush-layers` could not flush the layer store. Exit code 3, like a file the boot flow
+    /// must leave behind.
+    #[error("cannot flush the layer store {}: {source}", path.display())]
+    Flush {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Every image was pulled but the report could not be written. Exit code 3, like a
     /// network file: a file the boot flow must leave behind is missing.
     #[error("cannot write the report {}: {source}", path.display())]
@@ -115,7 +122,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Input(_) | Error::Usage(_) | Error::Mirrors(_) | Error::Endpoint(_) => 2,
-            Error::NetFile(_) | Error::Report { .. } => 3,
+            Error::NetFile(_) | Error::Report { .. } | Error::Flush { .. } => 3,
             Error::ImagesFailed { .. } | Error::Engine(_) | Error::ContainersFailed { .. } => 4,
             Error::Inconsistent(_) => 1,
         }
@@ -142,6 +149,10 @@ impl Error {
             Error::Engine(_) => "check the instance's memory and thread limits".to_string(),
             Error::ContainersFailed { .. } => "each failed container is explained above and in \
                                                the report's containers section"
+                .to_string(),
+            Error::Flush { .. } => "the layers stay marked unflushed: if the instance \
+                                    restarts before a flush succeeds they are unpacked again \
+                                    from their blobs; check the disk (dmesg) and rerun"
                 .to_string(),
             Error::Report { .. } => "every image was pulled (see above); make the report's \
                                      directory writable (under systemd, /run/kci is the unit's \

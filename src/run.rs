@@ -171,6 +171,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         | Command::Boot { .. }
         | Command::Prepare { .. }
         | Command::MountBundles { .. }
+        | Command::FlushLayers { .. }
         | Command::StoreCheck { .. } => &[],
     };
     let src = sources(&cli.common, spec_path(cli), images)?;
@@ -179,9 +180,10 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
     let root = &cli.common.root;
     // The mirrors of every registry involved, from <root>/etc/kci/certs.d/*/hosts.toml.
     let mirrors = match &cli.command {
-        Command::Network { .. } | Command::StoreCheck { .. } | Command::MountBundles { .. } => {
-            Default::default()
-        }
+        Command::Network { .. }
+        | Command::StoreCheck { .. }
+        | Command::MountBundles { .. }
+        | Command::FlushLayers { .. } => Default::default(),
         _ => pull::load_mirrors(root, &cfg)?,
     };
     match &cli.command {
@@ -298,6 +300,22 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::FlushLayers { layers } => {
+            let layers = layers
+                .clone()
+                .unwrap_or_else(|| under_root(root, DEFAULT_LAYERS));
+            let flushed = match crate::layers::store::LayerStore::open_existing(&layers) {
+                Ok(None) => Ok(false),
+                Ok(Some(store)) => store.flush(),
+                Err(e) => Err(e),
+            }
+            .map_err(|source| Error::Flush {
+                path: layers.clone(),
+                source,
+            })?;
+            info!(flushed, layers = %layers.display(), "layer store flushed");
+            Ok(())
+        }
         Command::StoreCheck {
             fix,
             output,
@@ -389,7 +407,10 @@ fn pull_and_report(
                 .clone()
                 .unwrap_or_else(|| under_root(&cli.common.root, DEFAULT_LAYERS)),
             max_layer_size: tuning.max_layer_size,
-            sync: !tuning.no_layer_sync,
+            sync: match tuning.layer_sync {
+                crate::cli::LayerSyncArg::Deferred => crate::layers::store::LayerSync::Deferred,
+                crate::cli::LayerSyncArg::Commit => crate::layers::store::LayerSync::Commit,
+            },
         }),
     };
     let started = Instant::now();

@@ -270,6 +270,41 @@ fn the_systemd_unit_verifies() {
 }
 
 #[test]
+fn the_layer_flush_unit_verifies_and_runs_after_boot() {
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/kci-layer-flush.service"
+    ))
+    .unwrap();
+    for want in [
+        "Type=oneshot",
+        "After=kci-pull-agent.service",
+        "ExecStart=/usr/bin/kci-pull-agent flush-layers",
+        "StateDirectory=kci",
+    ] {
+        assert!(unit.contains(want), "{want}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["kci-pull-agent.service", "kci-layer-flush.service"] {
+        let text = fs::read_to_string(format!("{}/systemd/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .replace("/usr/bin/kci-pull-agent", &common::bin());
+        fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("kci-layer-flush.service"))
+        .output()
+        .expect("systemd-analyze is missing: run scripts/setup.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("kci-layer-flush.service:"),
+        "warnings about the unit: {stderr}"
+    );
+}
+
+#[test]
 fn a_network_file_that_cannot_be_written_is_exit_3_with_a_report() {
     let d = demo();
     // A hand-broken managed block: the agent refuses to guess and does not pull.

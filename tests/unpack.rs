@@ -677,3 +677,104 @@ fn a_layer_of_real_files_written_by_gnu_tar_merges_like_umoci() {
     assert_eq!(our_links, their_links);
     assert!(!ours.contains_key(&format!("doc/{}", dirs[0])));
 }
+
+/// The names in the layer store's root that are `unflushed.<boot id>` markers.
+fn unflushed_markers(layers: &Path) -> Vec<String> {
+    fs::read_dir(layers)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("unflushed."))
+        .collect()
+}
+
+/// Makes the layer store look as if its unflushed layers were committed in an earlier boot:
+/// what a store looks like after a crash or power loss that came before `flush-layers`.
+fn as_if_from_an_earlier_boot(layers: &Path) {
+    for m in unflushed_markers(layers) {
+        fs::rename(layers.join(&m), layers.join("unflushed.0000-earlier-boot")).unwrap();
+    }
+    for d in fs::read_dir(layers.join("sha256")).unwrap() {
+        let path = d.unwrap().path().join("layer.json");
+        let mut j: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        if j.get("unflushedBoot").is_some() {
+            j["unflushedBoot"] = "0000-earlier-boot".into();
+            fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+        }
+    }
+}
+
+/// --layer-sync deferred (the default): layers are committed under a durable marker of this
+/// boot and flushed later by `flush-layers`. A later boot that finds an earlier boot's marker
+/// (the flush never ran: a crash) unpacks those layers again from the stored blobs, without a
+/// download; once flushed, a layer is kept. With --layer-sync commit no marker is left.
+#[test]
+fn unflushed_layers_of_an_earlier_boot_are_unpacked_again_flushed_ones_are_kept() {
+    let img = rich_image();
+    let layer_count = img.layers.len();
+    let e = FaultEnv::start(img, &["unpack/flush"]);
+    let work = tempfile::tempdir().unwrap();
+    let (store, layers) = (work.path().join("store"), work.path().join("layers"));
+    let image = format!("{}/unpack/flush:v1", e.registry.addr());
+    let unpacked_now = |p: &Pull| {
+        p.report["images"][0]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["unpacked"] == true)
+            .count()
+    };
+
+    let p = pull(&e, &store, &layers, &image, &[]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(unflushed_markers(&layers).len(), 1, "this boot's marker");
+
+    // A crash before the flush: the next run drops those layers and unpacks them again.
+    as_if_from_an_earlier_boot(&layers);
+    let p = pull(&e, &store, &layers, &image, &[]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(unpacked_now(&p), layer_count, "{}", p.report);
+    assert_eq!(p.report["images"][0]["bytes"], 0, "from the stored blobs");
+    assert!(p.stderr.contains("unpacked again"), "{}", p.stderr);
+    assert_eq!(
+        unflushed_markers(&layers),
+        [format!(
+            "unflushed.{}",
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .unwrap()
+                .trim()
+        )]
+    );
+
+    // Flushed: the marker goes, and a later boot keeps the layers.
+    let r = common::run(&mut common::agent(&[
+        "flush-layers",
+        "--root",
+        e.root.arg(),
+        "--layers",
+        layers.to_str().unwrap(),
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(unflushed_markers(&layers).is_empty());
+    as_if_from_an_earlier_boot(&layers);
+    let p = pull(&e, &store, &layers, &image, &[]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(unpacked_now(&p), 0, "flushed layers are kept");
+
+    // --layer-sync commit: flushed before each commit, no marker.
+    let layers2 = work.path().join("layers2");
+    let p = pull(&e, &store, &layers2, &image, &["--layer-sync", "commit"]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(unpacked_now(&p), layer_count);
+    assert!(unflushed_markers(&layers2).is_empty());
+    // flush-layers with nothing to flush, or no layer store at all, succeeds.
+    for dir in [&layers2, &work.path().join("none")] {
+        let r = common::run(&mut common::agent(&[
+            "flush-layers",
+            "--root",
+            e.root.arg(),
+            "--layers",
+            dir.to_str().unwrap(),
+        ]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+}

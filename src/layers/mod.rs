@@ -75,6 +75,7 @@ impl LayerTarget<'_> {
             } else {
                 Vec::new()
             },
+            unflushed_boot: None,
         };
         self.layers
             .commit(staging, &json)

@@ -2,6 +2,13 @@
 //! format) and its `layer.json`. A layer is unpacked into a staging directory under
 //! `layers/ingest/` and renamed into place only once the blob and the diff_id are verified;
 //! staging directories of a killed run are removed when the store is next opened.
+//!
+//! Durability ([`LayerSync`]): by default a layer is committed without waiting for its files
+//! to reach the disk, under a marker `unflushed.<boot id>` made durable first; `flush` (the
+//! `flush-layers` command, run after boot off the pod's critical path) flushes the file system
+//! and removes the marker. A store opened in a later boot that still has the marker of an
+//! earlier one (a crash or power loss before the flush) drops the layers committed unflushed in
+//! that boot: they may hold empty files. They are unpacked again from their stored blobs.
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
@@ -29,6 +36,40 @@ pub struct LayerJson {
     /// mode and owner still have to come from those layers ([`super::lower::fix_implied_dirs`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "impliedDirs")]
     pub implied_dirs: Vec<String>,
+    /// The boot (`/proc/sys/kernel/random/boot_id`) in which the layer was committed without
+    /// a flush; set by [`LayerStore::commit`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "unflushedBoot"
+    )]
+    pub unflushed_boot: Option<String>,
+}
+
+/// When a layer's files are flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerSync {
+    /// Committed at once under a durable `unflushed.<boot id>` marker; flushed by
+    /// [`LayerStore::flush`]; dropped by a later boot if the flush never happened.
+    #[default]
+    Deferred,
+    /// One `syncfs` before each layer is committed.
+    Commit,
+}
+
+const MARKER: &str = "unflushed.";
+
+/// This boot's identity, which changes with every boot (`None` without /proc: then every
+/// layer is flushed before its commit).
+fn boot_id() -> Option<String> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let id = id.trim();
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+            .then(|| id.to_string())
+    })
+    .clone()
 }
 
 /// An open, locked layer store.
@@ -38,8 +79,12 @@ pub struct LayerStore {
     sha256: OwnedFd,
     ingest: OwnedFd,
     _lock: File,
-    /// Flush the file system before a layer is committed (see [`LayerStore::set_sync`]).
-    sync: bool,
+    root_fd: OwnedFd,
+    sync: LayerSync,
+    /// The boot this store handle commits in (`None`: flush before each commit).
+    boot: Option<String>,
+    /// Whether this handle made sure of the boot's marker already.
+    marked: std::sync::atomic::AtomicBool,
 }
 
 /// A layer being unpacked: its `fs/` to extract into. Dropped without [`LayerStore::commit`],
@@ -85,6 +130,8 @@ impl LayerStore {
         lock.lock()?;
         let sha256 = fsutil::open_subdir(root_fd.as_fd(), "sha256", true, &root.join("sha256"))?;
         let ingest = fsutil::open_subdir(root_fd.as_fd(), "ingest", true, &root.join("ingest"))?;
+        let boot = boot_id();
+        drop_unflushed(&root_fd, &sha256, &ingest, boot.as_deref())?;
         for (name, _) in fsutil::list(ingest.as_fd())? {
             let _ = std::fs::remove_dir_all(root.join("ingest").join(&name))
                 .or_else(|_| fsutil::remove(ingest.as_fd(), &name));
@@ -94,7 +141,10 @@ impl LayerStore {
             sha256,
             ingest,
             _lock: lock,
-            sync: true,
+            root_fd,
+            sync: LayerSync::default(),
+            boot,
+            marked: Default::default(),
         })
     }
 
@@ -125,15 +175,62 @@ impl LayerStore {
             sha256,
             ingest,
             _lock: lock,
-            sync: true,
+            root_fd,
+            sync: LayerSync::default(),
+            boot: boot_id(),
+            marked: Default::default(),
         }))
     }
 
-    /// Whether a layer's files are flushed to disk (one `syncfs`) before the layer is
-    /// committed; on by default. Off, a power loss soon after a pull can leave committed
-    /// layers with empty files: only for stores that do not outlive the instance.
-    pub fn set_sync(&mut self, on: bool) {
-        self.sync = on;
+    /// When layers' files are flushed to disk (deferred by default).
+    pub fn set_sync(&mut self, sync: LayerSync) {
+        self.sync = sync;
+    }
+
+    /// Flushes the store's file system and removes this boot's `unflushed` marker: every layer
+    /// committed so far is durable. Returns whether there was anything to flush.
+    pub fn flush(&self) -> io::Result<bool> {
+        let Some(boot) = &self.boot else {
+            return Ok(false);
+        };
+        let name = format!("{MARKER}{boot}");
+        match rustix::fs::statat(
+            &self.root_fd,
+            name.as_str(),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        rustix::fs::syncfs(&self.root_fd).map_err(io::Error::from)?;
+        fsutil::remove(self.root_fd.as_fd(), &name)?;
+        fsutil::sync_dir(self.root_fd.as_fd())?;
+        self.marked
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Makes sure this boot's marker is on disk before a layer is committed unflushed.
+    fn mark(&self, boot: &str) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.marked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let fd = rustix::fs::openat(
+            &self.root_fd,
+            format!("{MARKER}{boot}").as_str(),
+            rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .map_err(io::Error::from)?;
+        drop(fd);
+        fsutil::sync_dir(self.root_fd.as_fd())?;
+        self.marked.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -205,15 +302,25 @@ impl LayerStore {
             return Ok(());
         };
         let dir = fsutil::open_subdir(self.ingest.as_fd(), &name, false, &staging.fs)?;
+        let mut json = json.clone();
+        json.unflushed_boot = None;
+        let deferred = match (&self.sync, &self.boot) {
+            (LayerSync::Deferred, Some(boot)) => {
+                self.mark(boot)?;
+                json.unflushed_boot = Some(boot.clone());
+                true
+            }
+            _ => false,
+        };
         // The layer's files reach the disk before the name that says the layer is complete:
         // without this, a power loss soon after a pull leaves a committed layer of empty files
         // that no later run re-checks (containerd#5854, where this flush is opt-in). One
         // syncfs costs far less than an fsync per file, and a crash before it leaves only a
         // staging directory, removed by the next run.
-        if self.sync {
+        if !deferred {
             rustix::fs::syncfs(&dir).map_err(io::Error::from)?;
         }
-        let mut bytes = serde_json::to_vec_pretty(json)?;
+        let mut bytes = serde_json::to_vec_pretty(&json)?;
         bytes.push(b'\n');
         fsutil::replace(dir.as_fd(), LAYER_JSON, &bytes, 0o644)?;
         match fsutil::rename(
@@ -265,6 +372,64 @@ impl LayerStore {
     }
 }
 
+/// At open: the markers of earlier boots mean layers committed unflushed in those boots may
+/// have lost their files' data to a crash; those layers are moved to `ingest/` (removed with
+/// the other leftovers there), then the marker goes.
+fn drop_unflushed(
+    root: &OwnedFd,
+    sha256: &OwnedFd,
+    ingest: &OwnedFd,
+    boot: Option<&str>,
+) -> io::Result<()> {
+    let stale: Vec<String> = fsutil::list(root.as_fd())?
+        .into_iter()
+        .filter_map(|(name, _)| name.strip_prefix(MARKER).map(str::to_string))
+        .filter(|b| Some(b.as_str()) != boot)
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let mut dropped = 0;
+    for (name, _) in fsutil::list(sha256.as_fd())? {
+        let json = fsutil::open_subdir(sha256.as_fd(), &name, false, Path::new(&name))
+            .ok()
+            .and_then(|dir| {
+                fsutil::read_file(
+                    dir.as_fd(),
+                    LAYER_JSON,
+                    MAX_LAYER_JSON,
+                    Path::new(LAYER_JSON),
+                )
+                .ok()
+                .flatten()
+            })
+            .and_then(|b| serde_json::from_slice::<LayerJson>(&b).ok());
+        if let Some(LayerJson {
+            unflushed_boot: Some(b),
+            ..
+        }) = json
+            && stale.contains(&b)
+        {
+            let to = format!("dropped-{name}-{}", fsutil::random_hex());
+            fsutil::rename(sha256.as_fd(), &name, ingest.as_fd(), &to)?;
+            dropped += 1;
+        }
+    }
+    fsutil::sync_dir(sha256.as_fd())?;
+    for b in &stale {
+        fsutil::remove(root.as_fd(), &format!("{MARKER}{b}"))?;
+    }
+    fsutil::sync_dir(root.as_fd())?;
+    if dropped > 0 {
+        tracing::warn!(
+            layers = dropped,
+            "layer store: {dropped} layer(s) were committed before a restart that came before \
+             their files were flushed (no flush-layers ran); they are unpacked again from their blobs"
+        );
+    }
+    Ok(())
+}
+
 /// Removes a directory tree or a file (never following a link: `remove_dir_all` does not).
 fn remove_tree(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
@@ -288,7 +453,84 @@ mod tests {
             size: 3,
             media_type: "application/vnd.oci.image.layer.v1.tar".into(),
             implied_dirs: Vec::new(),
+            unflushed_boot: None,
         }
+    }
+
+    /// What `get` gives, without the boot the store adds at commit.
+    fn got(store: &LayerStore, chain: &Digest) -> Option<LayerJson> {
+        store.get(chain).map(|j| LayerJson {
+            unflushed_boot: None,
+            ..j
+        })
+    }
+
+    fn markers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(MARKER))
+            .collect()
+    }
+
+    #[test]
+    fn layers_committed_unflushed_are_dropped_by_a_later_boot_unless_flushed_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = boot_id().expect("/proc/sys/kernel/random/boot_id");
+        let (a, b) = (Digest::sha256(b"a"), Digest::sha256(b"b"));
+        let commit = |store: &LayerStore, chain: &Digest| {
+            let s = store.stage().unwrap();
+            std::fs::write(s.fs.join("f"), "x").unwrap();
+            store.commit(s, &json(chain)).unwrap();
+        };
+        // As if committed in an earlier boot that ended before any flush: the layer says so,
+        // and so does that boot's marker.
+        let pretend_earlier_boot = |store: &LayerStore, chain: &Digest| {
+            let j = store.get(chain).unwrap();
+            assert_eq!(j.unflushed_boot.as_deref(), Some(boot.as_str()));
+            store
+                .update(&LayerJson {
+                    unflushed_boot: Some("0000-earlier".into()),
+                    ..j
+                })
+                .unwrap();
+        };
+        {
+            let store = LayerStore::open(dir.path()).unwrap();
+            commit(&store, &a);
+            assert_eq!(markers(dir.path()), [format!("{MARKER}{boot}")]);
+            pretend_earlier_boot(&store, &a);
+            std::fs::rename(
+                dir.path().join(format!("{MARKER}{boot}")),
+                dir.path().join(format!("{MARKER}0000-earlier")),
+            )
+            .unwrap();
+        }
+        {
+            let store = LayerStore::open(dir.path()).unwrap();
+            assert!(store.get(&a).is_none(), "dropped: its files may be empty");
+            assert!(!store.layer_dir(&a).exists());
+            assert!(markers(dir.path()).is_empty());
+            assert_eq!(
+                std::fs::read_dir(dir.path().join("ingest"))
+                    .unwrap()
+                    .count(),
+                0
+            );
+            // Flushed in its own boot: kept by a later one, whatever its layer.json says.
+            commit(&store, &b);
+            assert!(store.flush().unwrap(), "there was a layer to flush");
+            assert!(markers(dir.path()).is_empty());
+            assert!(!store.flush().unwrap(), "nothing left to flush");
+            pretend_earlier_boot(&store, &b);
+        }
+        let mut store = LayerStore::open(dir.path()).unwrap();
+        assert_eq!(got(&store, &b), Some(json(&b)));
+        // Flushed before each commit: no marker, nothing to drop later.
+        store.set_sync(LayerSync::Commit);
+        commit(&store, &a);
+        assert_eq!(store.get(&a), Some(json(&a)));
+        assert!(markers(dir.path()).is_empty());
     }
 
     #[test]
@@ -301,7 +543,7 @@ mod tests {
             let s = store.stage().unwrap();
             std::fs::write(s.fs.join("f"), "x").unwrap();
             store.commit(s, &json(&chain)).unwrap();
-            assert_eq!(store.get(&chain), Some(json(&chain)));
+            assert_eq!(got(&store, &chain), Some(json(&chain)));
             assert!(store.layer_dir(&chain).join("fs/f").is_file());
             // A second commit of the same chain keeps the first.
             let s = store.stage().unwrap();

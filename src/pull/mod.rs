@@ -86,8 +86,8 @@ pub struct PullOptions {
 pub struct UnpackOptions {
     pub layers: PathBuf,
     pub max_layer_size: u64,
-    /// Flush each layer to disk before committing it (`--no-layer-sync` turns it off).
-    pub sync: bool,
+    /// When the layers' files are flushed to disk (`--layer-sync`).
+    pub sync: crate::layers::store::LayerSync,
 }
 
 /// Reads the hosts.toml of every registry of `cfg` under `root`: errors name the file, and are
