@@ -18,56 +18,17 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::images::{Image, Pusher, block_on, image};
 use common::registry::{Front, Pki, Registry};
+use support::{env_list, env_runs, median, timed};
 
 const MB: f64 = 1e6;
-
-fn env_list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_string())
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// Runs a command under GNU time, returning wall time and the command's peak RSS in KiB.
-/// (The command cannot be measured with wait4 from here: a child spawned by this large
-/// process inherits its high-water mark until exec.)
-fn timed(cmd: &mut Command) -> (Duration, u64) {
-    let mut wrapped = Command::new("/usr/bin/time");
-    wrapped
-        .args(["-f", "KCI_MAXRSS_KIB=%M"])
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let out = wrapped
-        .output()
-        .expect("/usr/bin/time is missing: run scripts/setup.sh");
-    let elapsed = start.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
-    let rss = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("KCI_MAXRSS_KIB="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    (elapsed, rss)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 struct Target {
     registry: String,
@@ -303,10 +264,7 @@ fn registry_floor(case: &str, rows: &[Row]) -> String {
 fn main() {
     // `cargo bench` passes --bench; ignore arguments.
     let cases = env_list("KCI_BENCH_CASES", "medium,medium-tls,many,present,large");
-    let runs: usize = std::env::var("KCI_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs = env_runs(5);
     let storage = tempfile::Builder::new()
         .prefix("kci-bench-registry")
         .tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))

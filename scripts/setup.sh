@@ -20,6 +20,11 @@ need openssl openssl
 need htpasswd apache2-utils            # bcrypt htpasswd files for the Basic-auth registry
 need skopeo skopeo                     # reads the store in an interoperability test; bench peer
 need curl curl                         # the benchmark's streaming baseline
+need containerd containerd             # the time-to-ready benchmark's peer (a private instance)
+need unpigz pigz                       # the benchmark's local `unpigz | tar` reference
+need zstd zstd
+need mkfs.ext4 e2fsprogs               # the benchmark's fresh journaled ext4 on a loop device
+need losetup mount
 [[ -x /usr/bin/time ]] || need_pkgs+=(time)   # GNU time: peak RSS in the benchmark
 
 if ((${#need_pkgs[@]})); then

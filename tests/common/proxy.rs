@@ -69,3 +69,68 @@ impl Proxy {
         Proxy { port, cuts }
     }
 }
+
+/// A link of `bytes_per_sec` between `upstream` and the proxy's clients: every byte towards
+/// the clients, over all connections together, waits for its turn on one shared budget, as on
+/// a slow network in front of a registry.
+pub struct Throttle {
+    pub port: u16,
+}
+
+impl Throttle {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(upstream: &str, bytes_per_sec: u64) -> Throttle {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = upstream.to_string();
+        // The instant the link is free again (bytes already granted, spread at the rate).
+        let link = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(Shutdown::Write);
+                });
+                let link = link.clone();
+                std::thread::spawn(move || {
+                    let (mut s_read, mut c_write) = (server, client);
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let due = {
+                            let mut free_at = link.lock().unwrap();
+                            let now = std::time::Instant::now();
+                            let start = (*free_at).max(now);
+                            *free_at = start
+                                + std::time::Duration::from_secs_f64(
+                                    n as f64 / bytes_per_sec as f64,
+                                );
+                            *free_at
+                        };
+                        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_write.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Throttle { port }
+    }
+}
