@@ -80,6 +80,13 @@ impl LayerTarget<'_> {
         self.layers
             .commit(staging, &json)
             .map_err(UnpackError::Decompress)?;
+        tracing::debug!(
+            chain_id = %self.plan.chain_id,
+            blob = %desc.digest,
+            bytes = json.size,
+            entries = u.extracted.entries,
+            "layer committed"
+        );
         self.committed
             .lock()
             .expect("poisoned")
