@@ -745,15 +745,19 @@ fn unflushed_layers_of_an_earlier_boot_are_unpacked_again_flushed_ones_are_kept(
         )]
     );
 
+    let flush = |dir: &Path| {
+        let r = common::run(&mut common::agent(&[
+            "flush-layers",
+            "--root",
+            e.root.arg(),
+            "--layers",
+            dir.to_str().unwrap(),
+        ]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    };
+
     // Flushed: the marker goes, and a later boot keeps the layers.
-    let r = common::run(&mut common::agent(&[
-        "flush-layers",
-        "--root",
-        e.root.arg(),
-        "--layers",
-        layers.to_str().unwrap(),
-    ]));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    flush(&layers);
     assert!(unflushed_markers(&layers).is_empty());
     as_if_from_an_earlier_boot(&layers);
     let p = pull(&e, &store, &layers, &image, &[]);
@@ -767,14 +771,6 @@ fn unflushed_layers_of_an_earlier_boot_are_unpacked_again_flushed_ones_are_kept(
     assert_eq!(unpacked_now(&p), layer_count);
     assert!(unflushed_markers(&layers2).is_empty());
     // flush-layers with nothing to flush, or no layer store at all, succeeds.
-    for dir in [&layers2, &work.path().join("none")] {
-        let r = common::run(&mut common::agent(&[
-            "flush-layers",
-            "--root",
-            e.root.arg(),
-            "--layers",
-            dir.to_str().unwrap(),
-        ]));
-        assert_eq!(r.code, 0, "{}", r.stderr);
-    }
+    flush(&layers2);
+    flush(&work.path().join("none"));
 }

@@ -23,48 +23,31 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cuts = Arc::new(AtomicUsize::new(0));
-        let upstream = upstream.to_string();
         let c2 = cuts.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
+        forward(listener, upstream, move |server, client| {
+            let cuts = c2.clone();
+            let sent = Arc::new(AtomicU64::new(0));
+            let (mut s_read, mut c_write) = (server, client);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match s_read.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
                 };
-                let (mut c_read, mut s_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                    let _ = s_write.shutdown(Shutdown::Write);
-                });
-                let cuts = c2.clone();
-                let sent = Arc::new(AtomicU64::new(0));
-                std::thread::spawn(move || {
-                    let (mut s_read, mut c_write) = (server, client);
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match s_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let before = sent.fetch_add(n as u64, Ordering::SeqCst);
-                        if before + n as u64 > cut_after
-                            && cuts.load(Ordering::SeqCst) < cuts_wanted
-                        {
-                            cuts.fetch_add(1, Ordering::SeqCst);
-                            let keep = cut_after.saturating_sub(before) as usize;
-                            let _ = c_write.write_all(&buf[..keep.min(n)]);
-                            let _ = c_write.shutdown(Shutdown::Both);
-                            let _ = s_read.shutdown(Shutdown::Both);
-                            return;
-                        }
-                        if c_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = c_write.shutdown(Shutdown::Write);
-                });
+                let before = sent.fetch_add(n as u64, Ordering::SeqCst);
+                if before + n as u64 > cut_after && cuts.load(Ordering::SeqCst) < cuts_wanted {
+                    cuts.fetch_add(1, Ordering::SeqCst);
+                    let keep = cut_after.saturating_sub(before) as usize;
+                    let _ = c_write.write_all(&buf[..keep.min(n)]);
+                    let _ = c_write.shutdown(Shutdown::Both);
+                    let _ = s_read.shutdown(Shutdown::Both);
+                    return;
+                }
+                if c_write.write_all(&buf[..n]).is_err() {
+                    break;
+                }
             }
+            let _ = c_write.shutdown(Shutdown::Write);
         });
         Proxy { port, cuts }
     }
@@ -85,52 +68,62 @@ impl Throttle {
     pub fn start(upstream: &str, bytes_per_sec: u64) -> Throttle {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let upstream = upstream.to_string();
         // The instant the link is free again (bytes already granted, spread at the rate).
         let link = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
+        forward(listener, upstream, move |server, client| {
+            let _ = client.set_nodelay(true);
+            let (mut s_read, mut c_write) = (server, client);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match s_read.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
                 };
-                let _ = client.set_nodelay(true);
-                let (mut c_read, mut s_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                    let _ = s_write.shutdown(Shutdown::Write);
-                });
-                let link = link.clone();
-                std::thread::spawn(move || {
-                    let (mut s_read, mut c_write) = (server, client);
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match s_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let due = {
-                            let mut free_at = link.lock().unwrap();
-                            let now = std::time::Instant::now();
-                            let start = (*free_at).max(now);
-                            *free_at = start
-                                + std::time::Duration::from_secs_f64(
-                                    n as f64 / bytes_per_sec as f64,
-                                );
-                            *free_at
-                        };
-                        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
-                            std::thread::sleep(wait);
-                        }
-                        if c_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = c_write.shutdown(Shutdown::Write);
-                });
+                let due = {
+                    let mut free_at = link.lock().unwrap();
+                    let now = std::time::Instant::now();
+                    let start = (*free_at).max(now);
+                    *free_at =
+                        start + std::time::Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
+                    *free_at
+                };
+                if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if c_write.write_all(&buf[..n]).is_err() {
+                    break;
+                }
             }
+            let _ = c_write.shutdown(Shutdown::Write);
         });
         Throttle { port }
     }
+}
+
+/// Accepts connections on `listener`, connects each to `upstream`, copies what the client
+/// sends to the server on a thread of its own, and runs `respond(server, client)` on another
+/// to carry the server's bytes back.
+fn forward(
+    listener: TcpListener,
+    upstream: &str,
+    respond: impl Fn(TcpStream, TcpStream) + Send + Sync + 'static,
+) {
+    let upstream = upstream.to_string();
+    let respond = Arc::new(respond);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut s_write);
+                let _ = s_write.shutdown(Shutdown::Write);
+            });
+            let respond = respond.clone();
+            std::thread::spawn(move || respond(server, client));
+        }
+    });
 }
