@@ -61,7 +61,7 @@ const MARKER: &str = "unflushed.";
 
 /// This boot's identity, which changes with every boot (`None` without /proc: then every
 /// layer is flushed before its commit).
-fn boot_id() -> Option<String> {
+fn boot_id() -> Option<&'static str> {
     static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
         let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
@@ -69,7 +69,20 @@ fn boot_id() -> Option<String> {
         (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
             .then(|| id.to_string())
     })
-    .clone()
+    .as_deref()
+}
+
+/// The `layer.json` of the layer directory `name` under `sha256/`, if it is there and parses.
+fn read_layer_json(sha256: &OwnedFd, name: &str, shown: &Path) -> Option<LayerJson> {
+    let dir = fsutil::open_subdir(sha256.as_fd(), name, false, shown).ok()?;
+    let bytes = fsutil::read_file(
+        dir.as_fd(),
+        LAYER_JSON,
+        MAX_LAYER_JSON,
+        Path::new(LAYER_JSON),
+    )
+    .ok()??;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// An open, locked layer store.
@@ -81,8 +94,6 @@ pub struct LayerStore {
     _lock: File,
     root_fd: OwnedFd,
     sync: LayerSync,
-    /// The boot this store handle commits in (`None`: flush before each commit).
-    boot: Option<String>,
     /// Whether this handle made sure of the boot's marker already.
     marked: std::sync::atomic::AtomicBool,
 }
@@ -130,8 +141,7 @@ impl LayerStore {
         lock.lock()?;
         let sha256 = fsutil::open_subdir(root_fd.as_fd(), "sha256", true, &root.join("sha256"))?;
         let ingest = fsutil::open_subdir(root_fd.as_fd(), "ingest", true, &root.join("ingest"))?;
-        let boot = boot_id();
-        drop_unflushed(&root_fd, &sha256, &ingest, boot.as_deref())?;
+        drop_unflushed(&root_fd, &sha256, &ingest)?;
         for (name, _) in fsutil::list(ingest.as_fd())? {
             let _ = std::fs::remove_dir_all(root.join("ingest").join(&name))
                 .or_else(|_| fsutil::remove(ingest.as_fd(), &name));
@@ -143,7 +153,6 @@ impl LayerStore {
             _lock: lock,
             root_fd,
             sync: LayerSync::default(),
-            boot,
             marked: Default::default(),
         })
     }
@@ -177,7 +186,6 @@ impl LayerStore {
             _lock: lock,
             root_fd,
             sync: LayerSync::default(),
-            boot: boot_id(),
             marked: Default::default(),
         }))
     }
@@ -190,7 +198,7 @@ impl LayerStore {
     /// Flushes the store's file system and removes this boot's `unflushed` marker: every layer
     /// committed so far is durable. Returns whether there was anything to flush.
     pub fn flush(&self) -> io::Result<bool> {
-        let Some(boot) = &self.boot else {
+        let Some(boot) = boot_id() else {
             return Ok(false);
         };
         let name = format!("{MARKER}{boot}");
@@ -244,21 +252,7 @@ impl LayerStore {
 
     /// The layer of `chain_id`, if it is committed and its `layer.json` agrees with its name.
     pub fn get(&self, chain_id: &Digest) -> Option<LayerJson> {
-        let dir = fsutil::open_subdir(
-            self.sha256.as_fd(),
-            chain_id.hex(),
-            false,
-            &self.layer_dir(chain_id),
-        )
-        .ok()?;
-        let bytes = fsutil::read_file(
-            dir.as_fd(),
-            LAYER_JSON,
-            MAX_LAYER_JSON,
-            Path::new(LAYER_JSON),
-        )
-        .ok()??;
-        let json: LayerJson = serde_json::from_slice(&bytes).ok()?;
+        let json = read_layer_json(&self.sha256, chain_id.hex(), &self.layer_dir(chain_id))?;
         (json.chain_id == *chain_id).then_some(json)
     }
 
@@ -304,10 +298,10 @@ impl LayerStore {
         let dir = fsutil::open_subdir(self.ingest.as_fd(), &name, false, &staging.fs)?;
         let mut json = json.clone();
         json.unflushed_boot = None;
-        let deferred = match (&self.sync, &self.boot) {
+        let deferred = match (self.sync, boot_id()) {
             (LayerSync::Deferred, Some(boot)) => {
                 self.mark(boot)?;
-                json.unflushed_boot = Some(boot.clone());
+                json.unflushed_boot = Some(boot.to_string());
                 true
             }
             _ => false,
@@ -375,35 +369,18 @@ impl LayerStore {
 /// At open: the markers of earlier boots mean layers committed unflushed in those boots may
 /// have lost their files' data to a crash; those layers are moved to `ingest/` (removed with
 /// the other leftovers there), then the marker goes.
-fn drop_unflushed(
-    root: &OwnedFd,
-    sha256: &OwnedFd,
-    ingest: &OwnedFd,
-    boot: Option<&str>,
-) -> io::Result<()> {
+fn drop_unflushed(root: &OwnedFd, sha256: &OwnedFd, ingest: &OwnedFd) -> io::Result<()> {
     let stale: Vec<String> = fsutil::list(root.as_fd())?
         .into_iter()
         .filter_map(|(name, _)| name.strip_prefix(MARKER).map(str::to_string))
-        .filter(|b| Some(b.as_str()) != boot)
+        .filter(|b| Some(b.as_str()) != boot_id())
         .collect();
     if stale.is_empty() {
         return Ok(());
     }
     let mut dropped = 0;
     for (name, _) in fsutil::list(sha256.as_fd())? {
-        let json = fsutil::open_subdir(sha256.as_fd(), &name, false, Path::new(&name))
-            .ok()
-            .and_then(|dir| {
-                fsutil::read_file(
-                    dir.as_fd(),
-                    LAYER_JSON,
-                    MAX_LAYER_JSON,
-                    Path::new(LAYER_JSON),
-                )
-                .ok()
-                .flatten()
-            })
-            .and_then(|b| serde_json::from_slice::<LayerJson>(&b).ok());
+        let json = read_layer_json(sha256, &name, Path::new(&name));
         if let Some(LayerJson {
             unflushed_boot: Some(b),
             ..
@@ -487,7 +464,7 @@ mod tests {
         // and so does that boot's marker.
         let pretend_earlier_boot = |store: &LayerStore, chain: &Digest| {
             let j = store.get(chain).unwrap();
-            assert_eq!(j.unflushed_boot.as_deref(), Some(boot.as_str()));
+            assert_eq!(j.unflushed_boot.as_deref(), Some(boot));
             store
                 .update(&LayerJson {
                     unflushed_boot: Some("0000-earlier".into()),
