@@ -44,17 +44,10 @@ where
             .spawn_scoped(s, move || {
                 produce(blob, compression, max_size, tx, back_rx, stop)
             });
-        let producer = match producer {
-            Ok(p) => p,
-            Err(e) => {
-                // No thread to be had: the caller sees a decompression error.
-                let mut chunks = Chunks::failed(e);
-                let out = consume(&mut chunks)?;
-                return Ok((
-                    out,
-                    Err(io::Error::other("cannot start the inflate thread")),
-                ));
-            }
+        // No thread to be had: the consumer's first read fails with the reason.
+        let (producer, failed) = match producer {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
         };
         let mut chunks = Chunks {
             rx,
@@ -62,7 +55,7 @@ where
             cur: Vec::new(),
             pos: 0,
             done: false,
-            failed: None,
+            failed,
             stop,
         };
         let out = consume(&mut chunks);
@@ -76,11 +69,12 @@ where
         };
         let rest = io::copy(&mut chunks, &mut io::sink());
         drop(chunks);
-        let digest = match (rest, producer.join()) {
+        let digest = match (rest, producer.map(|p| p.join())) {
             (Err(e), _) => Err(e),
-            (Ok(_), Ok(Some(d))) => Ok(d),
-            (Ok(_), Ok(None)) => Err(io::Error::other("the inflate thread stopped early")),
-            (Ok(_), Err(panic)) => std::panic::resume_unwind(panic),
+            (Ok(_), None) => Err(io::Error::other("cannot start the inflate thread")),
+            (Ok(_), Some(Ok(Some(d)))) => Ok(d),
+            (Ok(_), Some(Ok(None))) => Err(io::Error::other("the inflate thread stopped early")),
+            (Ok(_), Some(Err(panic))) => std::panic::resume_unwind(panic),
         };
         Ok((out, digest))
     })
@@ -146,26 +140,9 @@ pub(super) struct Chunks<'a> {
     cur: Vec<u8>,
     pos: usize,
     done: bool,
-    /// An error to return before any data (no producer could be started).
+    /// An error to return before any data (no inflate thread could be started).
     failed: Option<io::Error>,
     stop: &'a AtomicBool,
-}
-
-impl Chunks<'_> {
-    fn failed(e: io::Error) -> Chunks<'static> {
-        static NEVER: AtomicBool = AtomicBool::new(false);
-        let (_, rx) = std::sync::mpsc::sync_channel(0);
-        let (back, _) = std::sync::mpsc::channel();
-        Chunks {
-            rx,
-            back,
-            cur: Vec::new(),
-            pos: 0,
-            done: false,
-            failed: Some(e),
-            stop: &NEVER,
-        }
-    }
 }
 
 impl Read for Chunks<'_> {
