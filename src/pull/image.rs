@@ -207,7 +207,8 @@ pub(super) async fn pull_image(
             let n = fetch_shared(shared, &all, &r.repository, &config, served, prog, None).await?;
             bytes.fetch_add(n, Ordering::Relaxed);
             let plans = plan_layers(shared, &config, layers.len()).await?;
-            if let Some(store) = &shared.layers {
+            // Only for a bar: each check reads a layer.json.
+            if let Some(store) = shared.layers.as_ref().filter(|_| prog.shown()) {
                 let missing = plans
                     .iter()
                     .filter(|p| store.get(&p.chain_id).is_none())

@@ -33,6 +33,11 @@ pub struct ImageProgress {
 pub type Committed = Arc<std::sync::Mutex<HashSet<Digest>>>;
 
 impl ImageProgress {
+    /// Whether this image has a bar (else nothing needs to be counted for it).
+    pub fn shown(&self) -> bool {
+        self.bar.get().is_some()
+    }
+
     /// The layers (by chain ID) this image unpacks, counted as `committed` takes them in.
     pub fn unpacks(&self, chains: Vec<Digest>, committed: Committed) {
         let _ = self.unpack.set((chains, committed));
