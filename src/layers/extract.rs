@@ -482,13 +482,10 @@ fn apply<R: Read>(
             why: "names the layer root but is not a directory".into(),
         });
     };
-    let regular = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
-    if !regular {
-        root.forget_dir();
-    }
-    let dir = if regular {
+    let dir = if matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
         root.file_parent(parent)
     } else {
+        root.forget_dir();
         root.parent(parent).map(|d| (Rc::new(d), false))
     };
     let (dir, parent_setgid) = dir.map_err(|e| ExtractError::Refused {
