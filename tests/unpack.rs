@@ -231,6 +231,17 @@ fn umoci_tree(img: &Image, work: &Path) -> PathBuf {
     rootfs
 }
 
+/// Layers the report says were unpacked in this run, over all its images.
+fn unpacked_now(p: &Pull) -> usize {
+    p.report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["layers"].as_array().unwrap())
+        .filter(|l| l["unpacked"] == true)
+        .count()
+}
+
 fn pull(e: &FaultEnv, store: &Path, layers: &Path, image: &str, extra: &[&str]) -> Pull {
     let reg = e.registry.addr();
     let layers = layers.to_str().unwrap();
@@ -375,15 +386,6 @@ fn shared_layers_once_present_images_not_again_and_no_unpack() {
         4,
         "3 shared + 1"
     );
-    let unpacked_now = |p: &Pull| -> usize {
-        p.report["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|i| i["layers"].as_array().unwrap())
-            .filter(|l| l["unpacked"] == true)
-            .count()
-    };
     // Each shared layer is reported by both images but unpacked once: 3 + 4 entries.
     assert_eq!(
         unpacked_now(&p),
@@ -715,14 +717,6 @@ fn unflushed_layers_of_an_earlier_boot_are_unpacked_again_flushed_ones_are_kept(
     let work = tempfile::tempdir().unwrap();
     let (store, layers) = (work.path().join("store"), work.path().join("layers"));
     let image = format!("{}/unpack/flush:v1", e.registry.addr());
-    let unpacked_now = |p: &Pull| {
-        p.report["images"][0]["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| l["unpacked"] == true)
-            .count()
-    };
 
     let p = pull(&e, &store, &layers, &image, &[]);
     assert_eq!(p.code, 0, "{}", p.stderr);
