@@ -26,7 +26,7 @@ use std::process::Command;
 
 use common::images::{Image, Pusher, block_on, image};
 use common::registry::{Front, Pki, Registry};
-use support::{env_list, env_runs, median, timed};
+use support::{env_list, env_runs, instance_root, median, timed};
 
 const MB: f64 = 1e6;
 
@@ -58,9 +58,7 @@ fn scratch(name: &str) -> PathBuf {
 
 fn root() -> PathBuf {
     let r = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scratch/root");
-    std::fs::create_dir_all(r.join("etc")).unwrap();
-    std::fs::write(r.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
-    std::fs::write(r.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    instance_root(&r);
     r
 }
 

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use common::images::{Blob, Image, Pusher, block_on, image_with, sha256};
 use common::proxy::Throttle;
 use common::registry::{Front, Registry};
-use support::{env_list, env_runs, median, timed};
+use support::{env_list, env_runs, instance_root, median, timed};
 
 const MB: f64 = 1e6;
 
@@ -54,13 +54,23 @@ fn sh(script: &str) -> Command {
     c
 }
 
-/// Every mount point strictly under `dir`, deepest first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+/// Every mount point of this process, as /proc/self/mountinfo lists them.
+fn mount_points() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out: Vec<PathBuf> = info
-        .lines()
+    info.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .collect()
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    mount_points().iter().any(|p| p == dir)
+}
+
+/// Every mount point strictly under `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = mount_points()
+        .into_iter()
         .filter(|p| p.starts_with(dir) && p != dir)
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
@@ -99,11 +109,22 @@ impl LoopFs {
         std::fs::create_dir_all(base).unwrap();
         let image = base.join("fs.img");
         let mnt = base.join("mnt");
-        // A leftover of a run that was killed: its mounts and device first.
-        clear(&mnt);
-        if mnt.exists() {
+        // A leftover of a run that was killed: its mounts (the file system itself last) and
+        // its loop device, before anything is removed.
+        for m in mounts_under(&mnt) {
+            unmount(&m);
+        }
+        if is_mount_point(&mnt) {
             unmount(&mnt);
         }
+        if let Ok(out) = Command::new("losetup").arg("-j").arg(&image).output() {
+            for dev in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(dev) = dev.split(':').next() {
+                    let _ = Command::new("losetup").args(["-d", dev]).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&mnt);
         let _ = std::fs::remove_file(&image);
         std::fs::create_dir_all(&mnt).unwrap();
         let f = std::fs::File::create(&image).unwrap();
@@ -438,9 +459,7 @@ struct Row {
 
 fn agent(registry: &str, reference: &str, dir: &Path, extra: &[&'static str]) -> Command {
     let root = dir.join("root");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
-    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    instance_root(&root);
     let mut c = Command::new(common::bin());
     c.args(["pull", "-q", "--root"])
         .arg(&root)
@@ -863,9 +882,7 @@ fn main() {
         let dir = fs.dir("boot");
         let root = dir.join("root");
         std::fs::create_dir_all(root.join("run/kci")).unwrap();
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
-        std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        instance_root(&root);
         let pod = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "bench", "namespace": "default", "annotations": {

@@ -1,6 +1,7 @@
 //! What both benchmarks share: timing a command with its peak RSS, and medians.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,4 +61,11 @@ pub fn env_runs(default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Makes `root` a --root for the agent: the network files it reads and rewrites.
+pub fn instance_root(root: &Path) {
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
 }
