@@ -225,16 +225,32 @@ impl LayerStore {
         if self.marked.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let name = format!("{MARKER}{boot}");
+        let refused = |why: String| {
+            io::Error::other(format!(
+                "cannot make the marker {}: {why}; remove it and rerun",
+                self.root.join(&name).display()
+            ))
+        };
+        // Its name is predictable (the boot id is public): what is there already is never
+        // followed (a link), nor waited on (a FIFO would block a plain open for writing).
         let fd = rustix::fs::openat(
             &self.root_fd,
-            format!("{MARKER}{boot}").as_str(),
+            name.as_str(),
             rustix::fs::OFlags::WRONLY
                 | rustix::fs::OFlags::CREATE
                 | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::NONBLOCK
                 | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::from_raw_mode(0o600),
         )
-        .map_err(io::Error::from)?;
+        .map_err(|e| refused(e.to_string()))?;
+        let kind = rustix::fs::FileType::from_raw_mode(
+            rustix::fs::fstat(&fd).map_err(io::Error::from)?.st_mode,
+        );
+        if kind != rustix::fs::FileType::RegularFile {
+            return Err(refused(format!("it is a {kind:?}, not a regular file")));
+        }
         drop(fd);
         fsutil::sync_dir(self.root_fd.as_fd())?;
         self.marked.store(true, Ordering::Relaxed);
@@ -448,6 +464,37 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(MARKER))
             .collect()
+    }
+
+    /// The marker's name is predictable: a link there is not followed, a FIFO does not hang
+    /// the commit; either is a clear error and the layer is not committed.
+    #[test]
+    fn a_link_or_a_fifo_in_place_of_the_marker_is_refused_without_waiting() {
+        let boot = boot_id().expect("/proc/sys/kernel/random/boot_id");
+        let victim = tempfile::tempdir().unwrap();
+        let target = victim.path().join("target");
+        for plant in ["symlink", "fifo"] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LayerStore::open(dir.path()).unwrap();
+            let marker = dir.path().join(format!("{MARKER}{boot}"));
+            match plant {
+                "symlink" => std::os::unix::fs::symlink(&target, &marker).unwrap(),
+                _ => rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &marker,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap(),
+            }
+            let chain = Digest::sha256(plant.as_bytes());
+            let s = store.stage().unwrap();
+            let e = store.commit(s, &json(&chain)).unwrap_err();
+            assert!(e.to_string().contains("unflushed."), "{plant}: {e}");
+            assert!(store.get(&chain).is_none(), "{plant}: nothing committed");
+            assert!(!target.exists(), "{plant}: the link was followed");
+        }
     }
 
     #[test]
