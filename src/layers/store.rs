@@ -388,6 +388,9 @@ impl LayerStore {
 fn drop_unflushed(root: &OwnedFd, sha256: &OwnedFd, ingest: &OwnedFd) -> io::Result<()> {
     let stale: Vec<String> = fsutil::list(root.as_fd())?
         .into_iter()
+        // Only the regular files we make: anything else under such a name is not ours, and
+        // must not keep the store from opening.
+        .filter(|(_, kind)| *kind == rustix::fs::FileType::RegularFile)
         .filter_map(|(name, _)| name.strip_prefix(MARKER).map(str::to_string))
         .filter(|b| Some(b.as_str()) != boot_id())
         .collect();
@@ -495,6 +498,10 @@ mod tests {
             assert!(store.get(&chain).is_none(), "{plant}: nothing committed");
             assert!(!target.exists(), "{plant}: the link was followed");
         }
+        // Not a marker of ours under a marker's name: the store still opens.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(format!("{MARKER}0000-earlier"))).unwrap();
+        LayerStore::open(dir.path()).unwrap();
     }
 
     #[test]
