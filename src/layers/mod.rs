@@ -174,7 +174,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn gzip(data: &[u8]) -> Vec<u8> {
+    /// A gzip stream of `data` (also for the tests of the submodules).
+    pub(super) fn gzip(data: &[u8]) -> Vec<u8> {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(data).unwrap();
         gz.finish().unwrap()

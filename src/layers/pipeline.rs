@@ -190,13 +190,7 @@ impl Drop for Chunks<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(data).unwrap();
-        gz.finish().unwrap()
-    }
+    use crate::layers::tests::gzip;
 
     #[test]
     fn the_stream_arrives_whole_and_in_order_with_its_digest() {
