@@ -1,16 +1,19 @@
-//! Extracting one layer's tar stream into a directory, in the overlayfs format, safely.
+//! Extracting one layer's tar stream into a directory, in the overlayfs format, safely and
+//! with the semantics of the merged rootfs.
 //!
-//! Every entry's parent is resolved inside the layer root with `openat2(RESOLVE_IN_ROOT)`
-//! (an absolute name, `..` or a symlink of the layer never leads outside it), and the entry
-//! itself is created with `*at` calls on that parent, never following a link: ownership, modes,
-//! times and xattrs are set on the open file or with `AT_SYMLINK_NOFOLLOW`. The `tar` crate is
-//! used only to parse the stream.
+//! Every entry's parent is resolved in the merged view of this layer over the layers below
+//! ([`super::merged`]): symlinks of any layer are followed as the merged rootfs would follow
+//! them (so `bin/foo` over a lower `bin -> usr/bin` is written as `usr/bin/foo`), a directory
+//! only the lower layers have is copied up with its attributes, and nothing ever leaves the
+//! layers. The entry itself is created with `*at` calls on its parent, never following a
+//! link. Whiteouts apply to the lower layers only (OCI): one never removes what this layer
+//! made, and one that would hide nothing is not made (overlayfs would list it).
 //!
-//! Overlay format: `.wh.NAME` becomes a character device 0/0 named `NAME`; `.wh..wh..opq`
-//! sets `trusted.overlay.opaque=y` on its directory; a layer's own `trusted.overlay.*` xattrs
-//! are never applied.
+//! While a layer streams in before the layers below it are committed, they are unknown: the
+//! layer is extracted on its own and what it assumed of them is kept ([`Assumed`]);
+//! [`super::settle`] checks it once they are known, or the layer is extracted again.
 
-use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -19,14 +22,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use rustix::fs::{
-    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
-};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use super::lower::{copy_lower_file, in_lowers};
+use super::attrs::{self, OVERLAY_PREFIX, Xattrs};
+use super::lower::{self, Lookup, set_opaque};
+use super::merged::{self, Cursor, Found, Make, is_whiteout, kind, stat_at};
+use super::settle::{self, Assumed};
+use super::tar::{Archive, Header, Kind};
 
-/// Limits of one layer (SPEC §8); the uncompressed size is enforced by the reader.
+/// Limits of one layer (SPEC §8); the uncompressed size is also enforced by the reader.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_entries: u64,
@@ -34,6 +39,8 @@ pub struct Limits {
     pub max_path: usize,
     /// Most bytes of extended attributes (names and values) per entry.
     pub max_xattrs: usize,
+    /// Most bytes of the layer's stream and of the lower layers' files it copies, together.
+    pub max_size: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +49,7 @@ impl Default for Limits {
             max_entries: 1_000_000,
             max_path: 4096,
             max_xattrs: 64 << 10,
+            max_size: u64::MAX,
         }
     }
 }
@@ -57,8 +65,8 @@ pub enum ExtractError {
     Io { name: String, source: io::Error },
     #[error("the layer has more than {0} entries")]
     TooManyEntries(u64),
-    /// Streaming only: the layer needs its lower layers (a hardlink to one of their files).
-    #[error("entry {0:?} links to a file of a lower layer, which is not unpacked yet")]
+    /// Streaming only: the layer cannot be extracted right without its lower layers.
+    #[error("{0}: the layer is unpacked once the layers below it are")]
     NeedsLowers(String),
 }
 
@@ -68,19 +76,17 @@ pub struct Extracted {
     pub entries: u64,
     /// Layer-supplied `trusted.overlay.*` xattrs that were dropped (warned about).
     pub dropped_overlay_xattrs: u64,
-    /// Directories the layer did not list, created while its lower layers were unknown
-    /// (their attributes may have to come from a lower layer).
-    pub implied_dirs: Vec<String>,
-    /// Hardlinks to a lower layer's file, copied (overlayfs cannot link across layers).
+    /// Entries copied from a lower layer (hardlinks overlayfs cannot make across layers).
     pub copied_links: u64,
+    /// Extracted with the lower layers unknown: what it assumed of them.
+    pub assumed: Option<Assumed>,
 }
 
-const WHITEOUT: &str = ".wh.";
-const OPAQUE: &str = ".wh..wh..opq";
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const WHITEOUT: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
 
 /// An entry name as components inside the root: a leading `/` and `.` components dropped,
-/// `..` taken inside the root (it never climbs above it), as a chroot would.
+/// `..` taken inside the root (it never climbs above it), as umoci's `CleanPath` does.
 fn components(raw: &[u8]) -> Vec<&[u8]> {
     let mut out: Vec<&[u8]> = Vec::new();
     for c in raw.split(|b| *b == b'/') {
@@ -103,122 +109,234 @@ fn shown(raw: &[u8]) -> String {
 /// unknown while a layer streams in before its lower layers are committed.
 #[derive(Debug, Clone, Default)]
 pub enum Lowers {
-    /// Not known yet: a directory the layer does not list is recorded in
-    /// [`Extracted::implied_dirs`], and a hardlink to a lower file is [`ExtractError::NeedsLowers`].
     #[default]
     Unknown,
     Known(Vec<PathBuf>),
 }
 
-/// The layer root and the operations on it.
+/// The layer root and the state of its extraction.
 struct Root {
     fd: OwnedFd,
-    lowers: Lowers,
-    implied: std::cell::RefCell<Vec<String>>,
-    copied: std::cell::Cell<u64>,
-    /// The directory the last regular file went into, by its path in the layer: sorted layers
-    /// put many files in a row into one directory, and each lookup costs an `openat2` walk
-    /// and a `close`. Only regular files that take a fresh name use it; any other entry, or a
-    /// file that replaces something, forgets it, so it never outlives a change of the tree.
-    last_dir: std::cell::RefCell<Option<LastDir>>,
-    /// File contents pass through here, so that a file is written in whole chunks (one
-    /// `write` for most files) rather than in the pieces the decompressor yields: a write
-    /// that ends inside a block makes the kernel zero the rest of it first.
-    buf: std::cell::RefCell<Vec<u8>>,
+    /// The lower layers' roots, top first; `None` while they are unknown.
+    lowers: Option<Vec<OwnedFd>>,
+    assumed: RefCell<Assumed>,
+    /// The layer made its root opaque: the lower layers are hidden from then on.
+    root_hides: Cell<bool>,
+    copied: Cell<u64>,
+    copied_bytes: Cell<u64>,
+    /// The directory the last regular file went into, by its raw parent path: sorted layers
+    /// put many files in a row into one directory. Only regular files that take a fresh name
+    /// use it; any other entry forgets it, so it never outlives a change of the tree.
+    last_dir: RefCell<Option<LastDir>>,
+    /// File contents pass through here, so that a file is written in whole chunks.
+    buf: RefCell<Vec<u8>>,
 }
 
-/// A directory by its path in the layer, open, and whether it is setgid.
+/// A directory by its raw path in the layer, open, and whether it is setgid.
 type LastDir = (Vec<u8>, Rc<OwnedFd>, bool);
 
-/// The largest piece of a file written at once.
+/// The largest piece of a file written at once (a write that ends inside a block makes the
+/// kernel zero the rest of it first).
 const WRITE_CHUNK: usize = 1 << 20;
 
+/// Creates what an entry's path needs in the top layer: a missing directory (0755 root:root,
+/// recorded while the lowers are unknown), a directory over a whiteout of this layer (fresh
+/// and opaque: what was below is gone), a copy of a directory only the lowers have.
+struct Create<'a> {
+    root: &'a Root,
+    /// The path serves a whiteout or an opaque marker only (umoci makes nothing for them).
+    for_whiteout: bool,
+}
+
+impl Make for Create<'_> {
+    fn missing(
+        &mut self,
+        parent: &Cursor,
+        name: &[u8],
+        whiteout: bool,
+    ) -> Result<Option<OwnedFd>, Errno> {
+        let top = parent
+            .top
+            .as_ref()
+            .expect("the top layer has every parent it walks");
+        let n = OsStr::from_bytes(name);
+        if whiteout {
+            rustix::fs::unlinkat(top, n, rustix::fs::AtFlags::empty())?;
+        }
+        rustix::fs::mkdirat(top, n, Mode::from_raw_mode(0o700))?;
+        let d = merged::open_dir_at(top.as_fd(), name)?;
+        attrs::finish_fd(d.as_fd(), 0, 0, 0o755, &[], now())?;
+        if whiteout {
+            set_opaque(d.as_fd())?;
+        } else if self.root.lowers.is_none() && (!parent.hides || self.for_whiteout) {
+            let mut path = parent.path();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            self.root
+                .assumed
+                .borrow_mut()
+                .implied(path, self.for_whiteout);
+        }
+        Ok(Some(d))
+    }
+
+    fn copy_up(
+        &mut self,
+        parent: &Cursor,
+        name: &[u8],
+        lower: BorrowedFd<'_>,
+    ) -> Result<Option<OwnedFd>, Errno> {
+        let top = parent
+            .top
+            .as_ref()
+            .expect("the top layer has every parent it walks");
+        rustix::fs::mkdirat(top, OsStr::from_bytes(name), Mode::from_raw_mode(0o700))?;
+        let d = merged::open_dir_at(top.as_fd(), name)?;
+        attrs::copy_attrs(lower, d.as_fd())?;
+        Ok(Some(d))
+    }
+}
+
+fn now() -> (i64, u32) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_secs() as i64, t.subsec_nanos())
+}
+
 impl Root {
-    /// The parent directory of a regular file (the cached one when it is the same path), and
-    /// whether it is setgid (its new files take its group, not ours).
-    fn file_parent(&self, path: &[&[u8]]) -> Result<(Rc<OwnedFd>, bool), Errno> {
+    fn root_cursor(&self) -> Result<Cursor, Errno> {
+        let lowers: &[OwnedFd] = self.lowers.as_deref().unwrap_or(&[]);
+        Cursor::root(
+            Some(rustix::io::dup(&self.fd)?),
+            lowers,
+            self.root_hides.get(),
+        )
+    }
+
+    /// Walks `path` in the merged view, creating what it needs in the top layer.
+    fn walk_create(&self, path: &[&[u8]], for_whiteout: bool) -> Result<Cursor, Errno> {
+        let root = || self.root_cursor();
+        let mut make = Create {
+            root: self,
+            for_whiteout,
+        };
+        let cur = merged::walk(&root, path, &mut make)?.expect("creating walks never stop");
+        if !for_whiteout {
+            self.assumed.borrow_mut().used(&cur.canon);
+        }
+        Ok(cur)
+    }
+
+    /// Walks `path` in the merged view without creating anything: `None` if it is missing.
+    fn walk_lookup(&self, path: &[&[u8]]) -> Result<Option<Cursor>, Errno> {
+        let root = || self.root_cursor();
+        merged::walk(&root, path, &mut Lookup)
+    }
+
+    /// The top layer's directory at `path` for a new entry (fast: the kernel resolves it in
+    /// the top layer alone when every component is there, which is then what the merged view
+    /// says too), and whether it is setgid.
+    fn entry_dir(&self, path: &[&[u8]]) -> Result<(Rc<OwnedFd>, bool), Errno> {
         let joined = path.join(&b'/');
         if let Some((p, fd, setgid)) = &*self.last_dir.borrow()
             && *p == joined
         {
             return Ok((fd.clone(), *setgid));
         }
-        let fd = Rc::new(self.parent(path)?);
+        // The record of a streamed layer holds canonical paths: then the walk is needed.
+        let fast = if self.assumed.borrow().is_empty() {
+            self.open_in_top(&joined)
+        } else {
+            Err(Errno::NOENT)
+        };
+        let fd = match fast {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => {
+                self.walk_create(path, false)?.top.expect("created")
+            }
+            Err(e) => return Err(e),
+        };
+        let fd = Rc::new(fd);
         let setgid = rustix::fs::fstat(&*fd)?.st_mode & 0o2000 != 0;
         *self.last_dir.borrow_mut() = Some((joined, fd.clone(), setgid));
         Ok((fd, setgid))
     }
 
-    fn forget_dir(&self) {
-        self.last_dir.borrow_mut().take();
+    /// The top layer's directory for an entry in `parent` (fast when the kernel finds it in
+    /// the top layer alone), and its canonical path when the streamed layer's record needs it.
+    fn entry_parent(&self, parent: &[&[u8]]) -> Result<(OwnedFd, Option<Vec<u8>>), Errno> {
+        if self.assumed.borrow().is_empty() {
+            match self.open_in_top(&parent.join(&b'/')) {
+                Ok(fd) => return Ok((fd, None)),
+                Err(Errno::NOENT | Errno::NOTDIR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let cur = self.walk_create(parent, false)?;
+        let path = cur.path();
+        Ok((cur.top.expect("created"), Some(path)))
     }
 
-    /// Opens the directory `path` of a parent, resolved inside the root (`RESOLVE_IN_ROOT`:
-    /// symlinks are followed as if the root were `/`; no magic links).
-    fn open_dir(&self, path: &[&[u8]]) -> Result<OwnedFd, Errno> {
-        if path.is_empty() {
+    fn open_in_top(&self, joined: &[u8]) -> Result<OwnedFd, Errno> {
+        if joined.is_empty() {
             return rustix::io::dup(&self.fd);
         }
-        let joined = path.join(&b'/');
         rustix::fs::openat2(
             &self.fd,
-            OsStr::from_bytes(&joined),
+            OsStr::from_bytes(joined),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
             ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
         )
     }
 
-    /// The parent directory of an entry, creating missing directories (0755, root:root).
-    fn parent(&self, path: &[&[u8]]) -> Result<OwnedFd, Errno> {
-        match self.open_dir(path) {
-            Ok(fd) => return Ok(fd),
-            Err(Errno::NOENT) => {}
-            Err(e) => return Err(e),
-        }
-        // Create the missing tail, one component at a time, each resolved inside the root.
-        let mut fd = rustix::io::dup(&self.fd)?;
-        for i in 0..path.len() {
-            fd = match self.open_dir(&path[..=i]) {
-                Ok(next) => next,
-                Err(Errno::NOENT) => {
-                    let name = OsStr::from_bytes(path[i]);
-                    match rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(e),
-                    }
-                    let dir = rustix::fs::openat(
-                        &fd,
-                        name,
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
-                    // A directory the layer does not list takes the attributes of the same
-                    // directory in the lower layers, else 0755 root:root.
-                    match &self.lowers {
-                        Lowers::Known(lowers) => {
-                            if let Some((_, st)) = in_lowers(lowers, &path[..=i])
-                                && FileType::from_raw_mode(st.st_mode) == FileType::Directory
-                            {
-                                rustix::fs::fchown(
-                                    &dir,
-                                    Some(Uid::from_raw(st.st_uid)),
-                                    Some(Gid::from_raw(st.st_gid)),
-                                )?;
-                                rustix::fs::fchmod(&dir, Mode::from_raw_mode(st.st_mode & 0o7777))?;
-                            }
-                        }
-                        Lowers::Unknown => self
-                            .implied
-                            .borrow_mut()
-                            .push(String::from_utf8_lossy(&path[..=i].join(&b'/')).into_owned()),
-                    }
-                    dir
+    fn forget_dir(&self) {
+        self.last_dir.borrow_mut().take();
+    }
+
+    /// Makes room for a non-directory entry at `name` in `dir` (the top layer's): whatever
+    /// this layer has there goes, a directory with everything in it.
+    fn clear(&self, dir: BorrowedFd<'_>, name: &[u8], canon: Option<&[u8]>) -> Result<(), Errno> {
+        match stat_at(dir, name)? {
+            None => Ok(()),
+            Some(st) if kind(&st) == FileType::Directory => {
+                self.forget_dir();
+                settle::remove_tree(dir, name)?;
+                if let Some(c) = canon {
+                    self.assumed.borrow_mut().removed(c);
                 }
-                Err(e) => return Err(e),
-            };
+                Ok(())
+            }
+            Some(_) => {
+                rustix::fs::unlinkat(dir, OsStr::from_bytes(name), rustix::fs::AtFlags::empty())
+            }
         }
-        Ok(fd)
+    }
+
+    /// Makes the top layer's directory `dir` at `canon` opaque (everything below it in the
+    /// lower layers is gone).
+    fn make_opaque(&self, dir: BorrowedFd<'_>, canon: &[u8]) -> Result<(), ExtractError> {
+        let err = |e: Errno| ExtractError::Io {
+            name: shown(canon),
+            source: e.into(),
+        };
+        if self.lowers.is_none() {
+            // What was recorded beneath took its attributes from the lower layers while they
+            // were still visible: only an extraction that knows them gets that right.
+            if self.assumed.borrow().implied_under(canon) {
+                return Err(ExtractError::NeedsLowers(format!(
+                    "{:?} is made opaque after directories beneath it were implied",
+                    shown(canon)
+                )));
+            }
+        } else {
+            // Whiteouts beneath now hide nothing; overlayfs would list them.
+            settle::remove_whiteouts(dir).map_err(err)?;
+        }
+        set_opaque(dir).map_err(err)
     }
 }
 
@@ -249,63 +367,27 @@ fn write_contents(from: &mut impl Read, file: &File, buf: &mut Vec<u8>) -> io::R
     }
 }
 
-/// What is at `name` in `dir`, without following it.
-fn kind_at(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileType> {
-    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-        .ok()
-        .map(|s| FileType::from_raw_mode(s.st_mode))
-}
-
-/// Makes room for a new entry at `name`: an existing non-directory is removed; an existing
-/// directory is kept when `keep_dir` (a directory entry over a directory), else removed if
-/// empty.
-fn clear(dir: BorrowedFd<'_>, name: &OsStr, keep_dir: bool) -> Result<bool, Errno> {
-    match kind_at(dir, name) {
-        None => Ok(false),
-        Some(FileType::Directory) if keep_dir => Ok(true),
-        Some(FileType::Directory) => {
-            rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
-            Ok(false)
-        }
-        Some(_) => {
-            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
-            Ok(false)
+/// Writes a sparse file's segments at their offsets (the holes stay holes) and sets its size.
+fn write_sparse(
+    from: &mut impl Read,
+    file: &File,
+    sparse: &super::tar::Sparse,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if buf.len() < WRITE_CHUNK {
+        buf.resize(WRITE_CHUNK, 0);
+    }
+    for (off, len) in &sparse.map {
+        let mut done = 0u64;
+        while done < *len {
+            let want = (*len - done).min(buf.len() as u64) as usize;
+            from.read_exact(&mut buf[..want])?;
+            file.write_all_at(&buf[..want], off + done)?;
+            done += want as u64;
         }
     }
-}
-
-/// Sets the owner of `name` in `dir` without following it (a symlink keeps its target's owner).
-fn chown_at(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> Result<(), Errno> {
-    rustix::fs::chownat(
-        dir,
-        name,
-        Some(Uid::from_raw(uid)),
-        Some(Gid::from_raw(gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-}
-
-fn times(mtime: u64) -> Timestamps {
-    let t = Timespec {
-        tv_sec: mtime.min(i64::MAX as u64) as i64,
-        tv_nsec: 0,
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
-}
-
-/// Xattrs and mtime on an open file created with its final owner and mode.
-fn finish_plain_fd(
-    fd: BorrowedFd<'_>,
-    xattrs: &[(String, Vec<u8>)],
-    mtime: u64,
-) -> Result<(), Errno> {
-    for (k, v) in xattrs {
-        rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())?;
-    }
-    rustix::fs::futimens(fd, &times(mtime))
+    file.set_len(sparse.real_size)
 }
 
 /// Who new files belong to, and the umask they are created under.
@@ -335,55 +417,33 @@ fn creds() -> Option<&'static Creds> {
         .as_ref()
 }
 
-/// Ownership, mode (after chown, which clears setuid/setgid), xattrs and mtime on an open
-/// file or directory.
-pub(super) fn finish_fd(
-    fd: BorrowedFd<'_>,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    xattrs: &[(String, Vec<u8>)],
-    mtime: u64,
-) -> Result<(), Errno> {
-    rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))?;
-    for (k, v) in xattrs {
-        rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())?;
-    }
-    rustix::fs::futimens(fd, &times(mtime))
-}
-
-/// The xattrs of an entry from its PAX `SCHILY.xattr.*` records.
-fn xattrs_of<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
+/// The xattrs of an entry, checked: overlayfs's own are dropped (with a warning), the rest
+/// bounded in size.
+fn xattrs_of(
+    h: &Header,
     limits: &Limits,
     name: &str,
     dropped: &mut u64,
-) -> Result<Vec<(String, Vec<u8>)>, ExtractError> {
+) -> Result<Xattrs, ExtractError> {
     let mut out = Vec::new();
     let mut total = 0usize;
-    let Some(exts) = entry.pax_extensions().map_err(ExtractError::Tar)? else {
-        return Ok(out);
-    };
-    for ext in exts {
-        let ext = ext.map_err(ExtractError::Tar)?;
-        let Some(key) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
-            continue;
-        };
-        let key = String::from_utf8_lossy(key).into_owned();
-        if key.starts_with("trusted.overlay.") {
+    for (k, v) in &h.xattrs {
+        if k.starts_with(OVERLAY_PREFIX) {
             *dropped += 1;
-            tracing::warn!("layer entry {name:?}: the xattr {key} is not applied (overlay's own)");
+            tracing::warn!(
+                "layer entry {name:?}: the xattr {} is not applied (overlay's own)",
+                String::from_utf8_lossy(k)
+            );
             continue;
         }
-        total += key.len() + ext.value_bytes().len();
+        total += k.len() + v.len();
         if total > limits.max_xattrs {
             return Err(ExtractError::Refused {
                 name: name.to_string(),
                 why: format!("more than {} bytes of xattrs", limits.max_xattrs),
             });
         }
-        out.push((key, ext.value_bytes().to_vec()));
+        out.push((k.clone(), v.clone()));
     }
     Ok(out)
 }
@@ -396,55 +456,77 @@ pub fn extract<R: Read>(
     lowers: Lowers,
     limits: &Limits,
 ) -> Result<(Extracted, R), ExtractError> {
+    let io_at = |p: &Path| {
+        let name = p.display().to_string();
+        move |e: io::Error| ExtractError::Io { name, source: e }
+    };
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| ExtractError::Io {
-        name: root.display().to_string(),
-        source: e.into(),
-    })?;
-    extract_at(
-        tar,
-        Root {
-            fd: root_fd,
-            lowers,
-            implied: Default::default(),
-            copied: Default::default(),
-            last_dir: Default::default(),
-            buf: Default::default(),
-        },
-        limits,
-    )
-}
-
-fn extract_at<R: Read>(
-    tar: R,
-    root: Root,
-    limits: &Limits,
-) -> Result<(Extracted, R), ExtractError> {
-    let mut archive = tar::Archive::new(tar);
+    .map_err(|e| io_at(root)(e.into()))?;
+    let lowers = match lowers {
+        Lowers::Unknown => None,
+        Lowers::Known(l) => Some(lower::open_roots(&l).map_err(io_at(root))?),
+    };
+    let root = Root {
+        fd: root_fd,
+        lowers,
+        assumed: Default::default(),
+        root_hides: Cell::new(false),
+        copied: Default::default(),
+        copied_bytes: Default::default(),
+        last_dir: Default::default(),
+        buf: Default::default(),
+    };
+    // The root takes the lower layers' root attributes unless the layer lists it.
+    if let Some(l) = &root.lowers {
+        settle::root_attrs(root.fd.as_fd(), l).map_err(|e| io_at(Path::new("."))(e.into()))?;
+    }
+    let mut archive = Archive::new(tar);
     let mut done = Extracted::default();
-    for entry in archive.entries().map_err(ExtractError::Tar)? {
-        let mut entry = entry.map_err(ExtractError::Tar)?;
+    while let Some(h) = archive.next_entry().map_err(ExtractError::Tar)? {
         done.entries += 1;
         if done.entries > limits.max_entries {
             return Err(ExtractError::TooManyEntries(limits.max_entries));
         }
-        let raw: Vec<u8> = entry.path_bytes().into_owned();
-        let name = shown(&raw);
-        if raw.len() > limits.max_path {
+        let name = shown(&h.path);
+        if h.path.len() > limits.max_path {
             return Err(ExtractError::Refused {
                 name,
                 why: format!("a name longer than {} bytes", limits.max_path),
             });
         }
-        let xattrs = xattrs_of(&mut entry, limits, &name, &mut done.dropped_overlay_xattrs)?;
-        apply(&root, &mut entry, &raw, &name, &xattrs, limits)?;
+        let xattrs = xattrs_of(&h, limits, &name, &mut done.dropped_overlay_xattrs)?;
+        apply(&root, &mut archive, &h, &name, &xattrs, limits)?;
+        if root.copied_bytes.get() + archive.position() > limits.max_size {
+            return Err(ExtractError::Refused {
+                name,
+                why: format!(
+                    "the layer and the files it copies from the layers below exceed {} bytes \
+                     (--max-layer-size)",
+                    limits.max_size
+                ),
+            });
+        }
+        if root.assumed.borrow().too_big() {
+            return Err(ExtractError::NeedsLowers(
+                "too many directories and whiteouts to check later".into(),
+            ));
+        }
     }
-    done.implied_dirs = root.implied.take();
     done.copied_links = root.copied.get();
+    if let Some(l) = &root.lowers {
+        if root.root_hides.get() {
+            settle::hide_lower_root(root.fd.as_fd(), l)
+                .map_err(|e| io_at(Path::new("."))(e.into()))?;
+        }
+    } else {
+        let mut a = root.assumed.take();
+        a.root_opaque = root.root_hides.get();
+        done.assumed = Some(a);
+    }
     Ok((done, archive.into_inner()))
 }
 
@@ -455,108 +537,110 @@ fn io_err(name: &str) -> impl Fn(Errno) -> ExtractError + '_ {
     }
 }
 
+fn refused(name: &str, why: impl Into<String>) -> ExtractError {
+    ExtractError::Refused {
+        name: name.to_string(),
+        why: why.into(),
+    }
+}
+
 fn apply<R: Read>(
     root: &Root,
-    entry: &mut tar::Entry<'_, R>,
-    raw: &[u8],
+    archive: &mut Archive<R>,
+    h: &Header,
     name: &str,
-    xattrs: &[(String, Vec<u8>)],
+    xattrs: &[(Vec<u8>, Vec<u8>)],
     limits: &Limits,
 ) -> Result<(), ExtractError> {
-    let header = entry.header().clone();
-    let kind = header.entry_type();
-    let mode = header.mode().map_err(ExtractError::Tar)?;
-    let uid = header.uid().map_err(ExtractError::Tar)? as u32;
-    let gid = header.gid().map_err(ExtractError::Tar)? as u32;
-    let mtime = header.mtime().map_err(ExtractError::Tar)?;
-    let parts = components(raw);
+    let (uid, gid) = (h.uid as u32, h.gid as u32);
+    let parts = components(&h.path);
     let err = io_err(name);
+    let walk_err = |e: Errno| match e {
+        Errno::NOTDIR | Errno::LOOP | Errno::NOENT => refused(
+            name,
+            format!("its directory cannot be made inside the layer ({e})"),
+        ),
+        e => err(e),
+    };
 
     // The root directory itself ("./"): only its attributes.
     let Some((leaf, parent)) = parts.split_last() else {
-        if kind.is_dir() {
-            return finish_fd(root.fd.as_fd(), uid, gid, mode, xattrs, mtime).map_err(&err);
-        }
-        return Err(ExtractError::Refused {
-            name: name.to_string(),
-            why: "names the layer root but is not a directory".into(),
-        });
-    };
-    let dir = if matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
-        root.file_parent(parent)
-    } else {
-        root.forget_dir();
-        root.parent(parent).map(|d| (Rc::new(d), false))
-    };
-    let (dir, parent_setgid) = dir.map_err(|e| ExtractError::Refused {
-        name: name.to_string(),
-        why: format!("its directory cannot be opened inside the layer ({e})"),
-    })?;
-    let leaf_name = OsStr::from_bytes(leaf);
-
-    // Whiteouts.
-    if let Some(target) = leaf.strip_prefix(WHITEOUT.as_bytes()) {
-        if *leaf == OPAQUE.as_bytes() {
-            return rustix::fs::fsetxattr(&dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
+        if h.kind == Kind::Dir {
+            root.assumed.borrow_mut().root_listed = true;
+            attrs::clear_xattrs(root.fd.as_fd()).map_err(&err)?;
+            return attrs::finish_fd(root.fd.as_fd(), uid, gid, h.mode, xattrs, h.mtime)
                 .map_err(&err);
         }
-        if target.starts_with(WHITEOUT.as_bytes()) {
+        return Err(refused(name, "names the layer root but is not a directory"));
+    };
+
+    // Whiteouts.
+    if let Some(target) = leaf.strip_prefix(WHITEOUT) {
+        root.forget_dir();
+        if *leaf == OPAQUE {
+            return opaque_marker(root, parent, name);
+        }
+        if target.starts_with(WHITEOUT) {
             tracing::debug!("layer entry {name:?}: special whiteout ignored");
             return Ok(());
         }
         if target.is_empty() || target == b"." || target == b".." {
-            return Err(ExtractError::Refused {
-                name: name.to_string(),
-                why: "a whiteout of no file".into(),
-            });
+            return Err(refused(name, "a whiteout of no file"));
         }
-        let target = OsStr::from_bytes(target);
-        clear(dir.as_fd(), target, false).map_err(&err)?;
-        rustix::fs::mknodat(
-            &dir,
-            target,
-            FileType::CharacterDevice,
-            Mode::from_raw_mode(0o000),
-            rustix::fs::makedev(0, 0),
-        )
-        .map_err(&err)?;
-        return chown_at(dir.as_fd(), target, uid, gid).map_err(&err);
+        return whiteout(root, parent, target, name, (uid, gid));
     }
 
-    match kind {
-        tar::EntryType::Directory => {
-            // Listed after all: its attributes are the layer's own, not a lower layer's.
-            let listed = String::from_utf8_lossy(&parts.join(&b'/')).into_owned();
-            root.implied.borrow_mut().retain(|d| *d != listed);
-            let exists = clear(dir.as_fd(), leaf_name, true).map_err(&err)?;
-            if !exists {
+    if !matches!(h.kind, Kind::File) {
+        root.forget_dir();
+    }
+    let leaf_name = OsStr::from_bytes(leaf);
+    match h.kind {
+        Kind::Dir => {
+            let (dir, canon) = root.entry_parent(parent).map_err(walk_err)?;
+            let canon = canon.map(|c| child_path(&c, leaf));
+            let mut fresh_opaque = false;
+            match stat_at(dir.as_fd(), leaf).map_err(&err)? {
+                Some(st) if kind(&st) == FileType::Directory => {
+                    // Listed after all: its attributes are the layer's own.
+                    if let Some(c) = &canon {
+                        root.assumed.borrow_mut().listed(c);
+                    }
+                }
+                Some(_) => {
+                    // This layer put something else here (a whiteout, a file): whatever the
+                    // lower layers had at this name is gone, so the directory is opaque.
+                    rustix::fs::unlinkat(&dir, leaf_name, rustix::fs::AtFlags::empty())
+                        .map_err(&err)?;
+                    fresh_opaque = true;
+                }
+                None => {}
+            }
+            if !matches!(stat_at(dir.as_fd(), leaf), Ok(Some(_))) {
                 rustix::fs::mkdirat(&dir, leaf_name, Mode::from_raw_mode(0o700)).map_err(&err)?;
             }
-            let fd = rustix::fs::openat(
-                &dir,
-                leaf_name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(&err)?;
-            finish_fd(fd.as_fd(), uid, gid, mode, xattrs, mtime).map_err(&err)
+            let fd = merged::open_dir_at(dir.as_fd(), leaf).map_err(&err)?;
+            attrs::clear_xattrs(fd.as_fd()).map_err(&err)?;
+            attrs::finish_fd(fd.as_fd(), uid, gid, h.mode, xattrs, h.mtime).map_err(&err)?;
+            if fresh_opaque {
+                set_opaque(fd.as_fd()).map_err(&err)?;
+            }
+            Ok(())
         }
-        tar::EntryType::Regular | tar::EntryType::Continuous => {
+        Kind::File => {
+            let (dir, parent_setgid) = root.entry_dir(parent).map_err(walk_err)?;
             // A file that is ours (our uid and gid, no setgid parent) with plain permissions
-            // the umask leaves alone is created with its final mode: no chown, no chmod (two
-            // journaled inode updates per file). Anything else is created private and given
-            // its owner, then its mode (chown clears setuid/setgid).
+            // the umask leaves alone is created with its final mode: no chown, no chmod.
             let plain = creds().is_some_and(|c| {
                 uid == c.uid
                     && gid == c.gid
                     && !parent_setgid
-                    && mode & 0o7000 == 0
-                    && mode & 0o777 & c.umask == 0
+                    && h.mode & 0o7000 == 0
+                    && h.mode & 0o777 & c.umask == 0
             });
-            let create_mode = if plain { mode & 0o777 } else { 0o600 };
+            let create_mode = if plain { h.mode & 0o777 } else { 0o600 };
             let create = || {
                 rustix::fs::openat(
-                    &dir,
+                    &*dir,
                     leaf_name,
                     OFlags::WRONLY
                         | OFlags::CREATE
@@ -570,7 +654,13 @@ fn apply<R: Read>(
             let fd = match create() {
                 Err(Errno::EXIST) => {
                     root.forget_dir();
-                    clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
+                    let canon = if root.assumed.borrow().is_empty() {
+                        None
+                    } else {
+                        Some(canonical(root, parent, leaf))
+                    };
+                    root.clear(dir.as_fd(), leaf, canon.as_deref())
+                        .map_err(&err)?;
                     create()
                 }
                 other => other,
@@ -578,130 +668,298 @@ fn apply<R: Read>(
             .map_err(&err)?;
             let file = File::from(fd);
             let mut buf = root.buf.borrow_mut();
-            write_contents(entry, &file, &mut buf).map_err(|source| ExtractError::Io {
+            let mut data = archive.data();
+            let written = match &h.sparse {
+                None => write_contents(&mut data, &file, &mut buf),
+                Some(s) => write_sparse(&mut data, &file, s, &mut buf),
+            };
+            written.map_err(|source| ExtractError::Io {
                 name: name.to_string(),
                 source,
             })?;
             if plain {
-                finish_plain_fd(file.as_fd(), xattrs, mtime).map_err(&err)
+                attrs::set_xattrs(file.as_fd(), xattrs).map_err(&err)?;
+                rustix::fs::futimens(&file, &attrs::times(h.mtime)).map_err(&err)
             } else {
-                finish_fd(file.as_fd(), uid, gid, mode, xattrs, mtime).map_err(&err)
+                attrs::finish_fd(file.as_fd(), uid, gid, h.mode, xattrs, h.mtime).map_err(&err)
             }
         }
-        tar::EntryType::Symlink => {
-            let target: Cow<'_, [u8]> =
-                entry
-                    .link_name_bytes()
-                    .ok_or_else(|| ExtractError::Refused {
-                        name: name.to_string(),
-                        why: "a symlink without a target".into(),
-                    })?;
-            if target.len() > limits.max_path {
-                return Err(ExtractError::Refused {
-                    name: name.to_string(),
-                    why: format!("a link target longer than {} bytes", limits.max_path),
-                });
+        Kind::Symlink => {
+            if h.link.is_empty() {
+                return Err(refused(name, "a symlink without a target"));
             }
-            clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
-            // The target is stored verbatim: it is only ever followed inside the root.
-            rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, leaf_name).map_err(&err)?;
-            chown_at(dir.as_fd(), leaf_name, uid, gid).map_err(&err)?;
-            rustix::fs::utimensat(&dir, leaf_name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(&err)
-        }
-        tar::EntryType::Link => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| ExtractError::Refused {
-                    name: name.to_string(),
-                    why: "a hardlink without a target".into(),
-                })?
-                .into_owned();
-            let tparts = components(&target);
-            let Some((tleaf, tparent)) = tparts.split_last() else {
-                return Err(ExtractError::Refused {
-                    name: name.to_string(),
-                    why: "a hardlink to the layer root".into(),
-                });
-            };
-            let tleaf_name = OsStr::from_bytes(tleaf);
-            let in_layer = root
-                .open_dir(tparent)
-                .ok()
-                .filter(|d| kind_at(d.as_fd(), tleaf_name).is_some());
-            let Some(tdir) = in_layer else {
-                // Not in this layer: a file of a lower layer gets copied (overlayfs cannot
-                // link across layers), read only from inside that layer.
-                let lowers = match &root.lowers {
-                    Lowers::Known(l) => l,
-                    Lowers::Unknown => return Err(ExtractError::NeedsLowers(name.to_string())),
-                };
-                let found = in_lowers(lowers, &tparts)
-                    .filter(|(_, st)| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
-                let Some((src, st)) = found else {
-                    return Err(ExtractError::Refused {
-                        name: name.to_string(),
-                        why: format!(
-                            "a hardlink to {:?}, which is not a file of this layer or of the \
-                             layers below it",
-                            shown(&target)
-                        ),
-                    });
-                };
-                clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
-                copy_lower_file(src.as_fd(), &st, dir.as_fd(), leaf_name).map_err(|source| {
-                    ExtractError::Io {
-                        name: name.to_string(),
-                        source,
-                    }
-                })?;
-                root.copied.set(root.copied.get() + 1);
-                return Ok(());
-            };
-            let tleaf = tleaf_name;
-            if kind_at(tdir.as_fd(), tleaf) == Some(FileType::Directory) {
-                return Err(ExtractError::Refused {
-                    name: name.to_string(),
-                    why: format!("a hardlink to the directory {:?}", shown(&target)),
-                });
+            if h.link.len() > limits.max_path {
+                return Err(refused(
+                    name,
+                    format!("a link target longer than {} bytes", limits.max_path),
+                ));
             }
-            clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
-            // linkat without AT_SYMLINK_FOLLOW links the entry itself, never what it points to.
-            rustix::fs::linkat(&tdir, tleaf, &dir, leaf_name, AtFlags::empty()).map_err(&err)
+            let dir = replace_at(root, parent, leaf).map_err(walk_err)?;
+            // The target is stored verbatim: it is only ever followed inside the layers.
+            rustix::fs::symlinkat(OsStr::from_bytes(&h.link), &dir, leaf_name).map_err(&err)?;
+            attrs::chown_at(dir.as_fd(), leaf_name, uid, gid).map_err(&err)?;
+            attrs::set_xattrs_at(dir.as_fd(), leaf_name, xattrs, name).map_err(&err)?;
+            attrs::mtime_at(dir.as_fd(), leaf_name, h.mtime).map_err(&err)
         }
-        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-            let (ft, dev) = match kind {
-                tar::EntryType::Char | tar::EntryType::Block => {
-                    let major = header.device_major().ok().flatten().unwrap_or(0);
-                    let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                    let ft = if kind == tar::EntryType::Char {
-                        FileType::CharacterDevice
-                    } else {
-                        FileType::BlockDevice
-                    };
-                    (ft, rustix::fs::makedev(major, minor))
-                }
+        Kind::HardLink => hardlink(root, parent, leaf, h, name, limits, archive.position()),
+        Kind::Char | Kind::Block | Kind::Fifo => {
+            let (ft, dev) = match h.kind {
+                Kind::Char => (
+                    FileType::CharacterDevice,
+                    rustix::fs::makedev(h.dev_major, h.dev_minor),
+                ),
+                Kind::Block => (
+                    FileType::BlockDevice,
+                    rustix::fs::makedev(h.dev_major, h.dev_minor),
+                ),
                 _ => (FileType::Fifo, 0),
             };
-            clear(dir.as_fd(), leaf_name, false).map_err(&err)?;
+            let dir = replace_at(root, parent, leaf).map_err(walk_err)?;
             rustix::fs::mknodat(&dir, leaf_name, ft, Mode::from_raw_mode(0o600), dev)
                 .map_err(&err)?;
-            chown_at(dir.as_fd(), leaf_name, uid, gid).map_err(&err)?;
+            attrs::chown_at(dir.as_fd(), leaf_name, uid, gid).map_err(&err)?;
             rustix::fs::chmodat(
                 &dir,
                 leaf_name,
-                Mode::from_raw_mode(mode & 0o7777),
-                AtFlags::empty(),
+                Mode::from_raw_mode(h.mode & 0o7777),
+                rustix::fs::AtFlags::empty(),
             )
             .map_err(&err)?;
-            rustix::fs::utimensat(&dir, leaf_name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(&err)
+            attrs::set_xattrs_at(dir.as_fd(), leaf_name, xattrs, name).map_err(&err)?;
+            attrs::mtime_at(dir.as_fd(), leaf_name, h.mtime).map_err(&err)
         }
-        // PAX and GNU headers are consumed by the parser; anything else is not a file.
-        other => {
-            tracing::debug!("layer entry {name:?}: type {other:?} ignored");
+        Kind::Other(t) => Err(refused(
+            name,
+            format!(
+                "an entry of type {:?}, which no container runtime unpacks; rebuild the layer \
+                 without it",
+                t as char
+            ),
+        )),
+    }
+}
+
+/// The canonical path of `leaf` in the directory `parent` resolves to.
+fn canonical(root: &Root, parent: &[&[u8]], leaf: &[u8]) -> Vec<u8> {
+    let p = root
+        .walk_lookup(parent)
+        .ok()
+        .flatten()
+        .map(|c| c.path())
+        .unwrap_or_default();
+    child_path(&p, leaf)
+}
+
+/// `dir/name`, or `name` in the root.
+fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// The top layer's directory for a new non-directory `leaf`, with room made for it.
+fn replace_at(root: &Root, parent: &[&[u8]], leaf: &[u8]) -> Result<OwnedFd, Errno> {
+    let (dir, canon) = root.entry_parent(parent)?;
+    let canon = canon.map(|c| child_path(&c, leaf));
+    root.clear(dir.as_fd(), leaf, canon.as_deref())?;
+    Ok(dir)
+}
+
+/// `.wh..wh..opq` in `parent`: the lower layers' contents of that directory are gone. Nothing
+/// to do if the merged view has no such directory (umoci makes none).
+fn opaque_marker(root: &Root, parent: &[&[u8]], name: &str) -> Result<(), ExtractError> {
+    let err = io_err(name);
+    if parent.is_empty() {
+        // overlayfs ignores an opaque layer root: the lower layers' names are hidden one by
+        // one once they are known.
+        if root.lowers.is_none() && root.assumed.borrow().implied_under(b"") {
+            return Err(ExtractError::NeedsLowers(
+                "the layer root is made opaque after directories were implied".into(),
+            ));
+        }
+        if root.lowers.is_some() {
+            settle::remove_whiteouts(root.fd.as_fd()).map_err(&err)?;
+        }
+        root.root_hides.set(true);
+        return Ok(());
+    }
+    let cur = if root.lowers.is_some() {
+        match root.walk_lookup(parent) {
+            Ok(Some(_)) => root.walk_create(parent, true),
+            Ok(None) | Err(Errno::NOTDIR | Errno::NOENT) => return Ok(()),
+            Err(e) => Err(e),
+        }
+    } else {
+        root.walk_create(parent, true)
+    };
+    let cur = cur.map_err(|e| refused(name, format!("its directory cannot be made ({e})")))?;
+    let dir = cur.top.as_ref().expect("created");
+    root.make_opaque(dir.as_fd(), &cur.path())
+}
+
+/// `.wh.NAME` in `parent`: NAME of the lower layers is gone. What this layer made stays (OCI:
+/// whiteouts apply to the layers below); a directory of this layer becomes opaque.
+fn whiteout(
+    root: &Root,
+    parent: &[&[u8]],
+    target: &[u8],
+    name: &str,
+    (uid, gid): (u32, u32),
+) -> Result<(), ExtractError> {
+    let err = io_err(name);
+    let cant = |e: Errno| refused(name, format!("its directory cannot be made ({e})"));
+    let known = root.lowers.is_some();
+    let cur = if known {
+        match root.walk_lookup(parent) {
+            Ok(Some(c)) => c,
+            Ok(None) | Err(Errno::NOTDIR | Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(cant(e)),
+        }
+    } else {
+        root.walk_create(parent, true).map_err(cant)?
+    };
+    let found = cur.find(target).map_err(&err)?;
+    let cur = match found {
+        Found::Top(st) if kind(&st) == FileType::Directory => {
+            let top = cur.top.as_ref().expect("found in the top layer");
+            let d = merged::open_dir_at(top.as_fd(), target).map_err(&err)?;
+            return root.make_opaque(d.as_fd(), &child_path(&cur.path(), target));
+        }
+        Found::Top(_) => return Ok(()),
+        Found::Lower(..) => root.walk_create(parent, true).map_err(cant)?,
+        Found::Absent if known || cur.hides => return Ok(()),
+        Found::Absent => cur,
+    };
+    let top = cur.top.as_ref().expect("created");
+    let t = OsStr::from_bytes(target);
+    rustix::fs::mknodat(
+        top,
+        t,
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o000),
+        rustix::fs::makedev(0, 0),
+    )
+    .map_err(&err)?;
+    attrs::chown_at(top.as_fd(), t, uid, gid).map_err(&err)?;
+    if !known {
+        root.assumed
+            .borrow_mut()
+            .whiteout(child_path(&cur.path(), target));
+    }
+    Ok(())
+}
+
+/// A hardlink: to an entry of this layer, a link; to one only a lower layer has, a copy
+/// (overlayfs cannot link across layers), counted against the layer's size.
+fn hardlink(
+    root: &Root,
+    parent: &[&[u8]],
+    leaf: &[u8],
+    h: &Header,
+    name: &str,
+    limits: &Limits,
+    position: u64,
+) -> Result<(), ExtractError> {
+    let err = io_err(name);
+    let tparts = components(&h.link);
+    let Some((tleaf, tparent)) = tparts.split_last() else {
+        return Err(refused(name, "a hardlink to the layer root or to nothing"));
+    };
+    let nowhere = || {
+        refused(
+            name,
+            format!(
+                "a hardlink to {:?}, which is not a file of this layer or of the layers \
+                 below it",
+                shown(&h.link)
+            ),
+        )
+    };
+    let cur = match root.walk_lookup(tparent) {
+        Ok(Some(c)) => c,
+        Ok(None) | Err(Errno::NOTDIR | Errno::NOENT | Errno::LOOP) if root.lowers.is_some() => {
+            return Err(nowhere());
+        }
+        Ok(None) | Err(Errno::NOTDIR | Errno::NOENT | Errno::LOOP) => {
+            return Err(ExtractError::NeedsLowers(format!(
+                "{name:?} links to a lower layer"
+            )));
+        }
+        Err(e) => return Err(err(e)),
+    };
+    match cur.find(tleaf).map_err(&err)? {
+        Found::Top(st) if is_whiteout(&st) => Err(refused(
+            name,
+            format!(
+                "a hardlink to {:?}, which this layer deleted",
+                shown(&h.link)
+            ),
+        )),
+        Found::Top(st) if kind(&st) == FileType::Directory => Err(refused(
+            name,
+            format!("a hardlink to the directory {:?}", shown(&h.link)),
+        )),
+        Found::Top(_) => {
+            let tdir =
+                rustix::io::dup(cur.top.as_ref().expect("found in the top layer")).map_err(&err)?;
+            let dir = replace_at(root, parent, leaf).map_err(&err)?;
+            // linkat without AT_SYMLINK_FOLLOW links the entry itself, never what it points to.
+            rustix::fs::linkat(
+                &tdir,
+                OsStr::from_bytes(tleaf),
+                &dir,
+                OsStr::from_bytes(leaf),
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(&err)
+        }
+        Found::Lower(..) if root.lowers.is_none() => unreachable!("no lower layers are known"),
+        Found::Lower(i, st) => {
+            if kind(&st) == FileType::Directory {
+                return Err(refused(
+                    name,
+                    format!("a hardlink to the directory {:?}", shown(&h.link)),
+                ));
+            }
+            let size = if kind(&st) == FileType::RegularFile {
+                st.st_size as u64
+            } else {
+                0
+            };
+            if root.copied_bytes.get() + size > limits.max_size.saturating_sub(position) {
+                return Err(refused(
+                    name,
+                    format!(
+                        "its copy of {:?} of a lower layer takes the layer past its size limit \
+                         ({} bytes; --max-layer-size)",
+                        shown(&h.link),
+                        limits.max_size
+                    ),
+                ));
+            }
+            let dir = replace_at(root, parent, leaf).map_err(&err)?;
+            let n = lower::copy_lower(
+                cur.lowers[i].as_fd(),
+                tleaf,
+                &st,
+                dir.as_fd(),
+                OsStr::from_bytes(leaf),
+            )
+            .map_err(|source| ExtractError::Io {
+                name: name.to_string(),
+                source,
+            })?;
+            root.copied_bytes.set(root.copied_bytes.get() + n);
+            root.copied.set(root.copied.get() + 1);
             Ok(())
         }
+        Found::Absent if root.lowers.is_none() => Err(ExtractError::NeedsLowers(format!(
+            "{name:?} links to a lower layer"
+        ))),
+        Found::Absent => Err(nowhere()),
     }
 }
 

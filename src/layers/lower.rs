@@ -1,166 +1,165 @@
-//! The layers below the one being extracted: looking a path up in them (beneath each layer,
-//! following no link) and copying a file out of one (a hardlink overlayfs cannot make).
+//! The layers below the one being extracted: copying an entry out of one (a hardlink overlayfs
+//! cannot make across layers) and reading a file as the merged layers show it.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Mode, OFlags, Stat, XattrFlags};
+use rustix::io::Errno;
 
-use super::extract::finish_fd;
+use super::attrs::{self, OVERLAY_PREFIX, Xattrs};
+use super::merged::{self, Cursor, Found, Make};
 
-/// What `rel` is in the lower layers, top first: the first layer that has the name decides
-/// (a whiteout there means it is gone). Each lookup stays beneath that layer and follows no
-/// symlink (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a link in a lower layer never leads a
-/// lookup out of it.
-pub(super) fn in_lowers(lowers: &[PathBuf], rel: &[&[u8]]) -> Option<(OwnedFd, rustix::fs::Stat)> {
-    let rel: PathBuf = rel.iter().map(|c| OsStr::from_bytes(c)).collect();
-    for lower in lowers {
-        let Ok(dir) = rustix::fs::open(
-            lower,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue;
-        };
-        let Ok(fd) = rustix::fs::openat2(
-            &dir,
-            rel.as_path(),
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        ) else {
-            continue;
-        };
-        let Ok(st) = rustix::fs::fstat(&fd) else {
-            continue;
-        };
-        if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0 {
-            return None; // whited out
-        }
-        return Some((fd, st));
-    }
-    None
-}
-
-/// A copy of a lower layer's regular file (`src`, an `O_PATH` handle found by [`in_lowers`])
-/// at `name` in `dir`: content, owner, mode, `user.*` xattrs and mtime (a separate inode).
-pub(super) fn copy_lower_file(
-    src: BorrowedFd<'_>,
-    st: &rustix::fs::Stat,
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-) -> io::Result<()> {
-    // Reopened for reading through the handle itself (its /proc/self/fd entry): nothing is
-    // resolved again by name.
-    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&src));
-    let mut from = File::from(rustix::fs::open(
-        proc.as_str(),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?);
-    let mut to = File::from(rustix::fs::openat(
-        dir,
-        name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?);
-    io::copy(&mut from, &mut to)?;
-    let mut xattrs = Vec::new();
+/// The xattrs of `name` in `dir` (not opened, not followed), overlayfs's own left out.
+fn xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Xattrs, Errno> {
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name);
+    let path = OsStr::from_bytes(&path);
     let mut names = vec![0u8; 64 << 10];
-    if let Ok(n) = rustix::fs::flistxattr(&from, &mut names) {
-        for k in names[..n]
-            .split(|b| *b == 0)
-            .filter(|k| k.starts_with(b"user."))
-        {
-            let mut v = vec![0u8; 64 << 10];
-            if let Ok(len) = rustix::fs::fgetxattr(&from, OsStr::from_bytes(k), &mut v) {
-                xattrs.push((String::from_utf8_lossy(k).into_owned(), v[..len].to_vec()));
-            }
+    let n = match rustix::fs::llistxattr(path, &mut names) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for k in names[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
+        if k.starts_with(OVERLAY_PREFIX) {
+            continue;
+        }
+        let mut v = vec![0u8; 64 << 10];
+        match rustix::fs::lgetxattr(path, OsStr::from_bytes(k), &mut v) {
+            Ok(len) => out.push((k.to_vec(), v[..len].to_vec())),
+            Err(Errno::NODATA) => {}
+            Err(e) => return Err(e),
         }
     }
-    finish_fd(
-        to.as_fd(),
-        st.st_uid,
-        st.st_gid,
-        st.st_mode,
-        &xattrs,
-        st.st_mtime.max(0) as u64,
-    )?;
-    Ok(())
+    Ok(out)
 }
 
-/// The content of the regular file `rel` as the merged layers show it (top layer first), read
-/// beneath the layer that has it without following any link; `None` if no layer has it (or
-/// it is not a regular file), or it is larger than `max`.
+/// A copy of the lower layer's entry `name` in `from` (a file, symlink, FIFO or device; `st`
+/// its stat) at `to_name` in `to`: content, owner, mode, every xattr (capabilities included)
+/// and mtime, as a separate inode. Returns the bytes of content copied.
+pub(super) fn copy_lower(
+    from: BorrowedFd<'_>,
+    name: &[u8],
+    st: &Stat,
+    to: BorrowedFd<'_>,
+    to_name: &OsStr,
+) -> io::Result<u64> {
+    let mtime = (st.st_mtime, st.st_mtime_nsec as u32);
+    let shown = String::from_utf8_lossy(name).into_owned();
+    match merged::kind(st) {
+        FileType::RegularFile => {
+            let mut src = File::from(rustix::fs::openat(
+                from,
+                OsStr::from_bytes(name),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?);
+            let mut dst = File::from(rustix::fs::openat(
+                to,
+                to_name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?);
+            let n = io::copy(&mut src, &mut dst)?;
+            attrs::copy_attrs(src.as_fd(), dst.as_fd())?;
+            Ok(n)
+        }
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(from, OsStr::from_bytes(name), Vec::new())?;
+            rustix::fs::symlinkat(target.as_bytes(), to, to_name)?;
+            attrs::chown_at(to, to_name, st.st_uid, st.st_gid)?;
+            attrs::set_xattrs_at(to, to_name, &xattrs_at(from, name)?, &shown)?;
+            attrs::mtime_at(to, to_name, mtime)?;
+            Ok(0)
+        }
+        ft @ (FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice) => {
+            rustix::fs::mknodat(to, to_name, ft, Mode::from_raw_mode(0o600), st.st_rdev)?;
+            attrs::chown_at(to, to_name, st.st_uid, st.st_gid)?;
+            rustix::fs::chmodat(
+                to,
+                to_name,
+                Mode::from_raw_mode(st.st_mode & 0o7777),
+                rustix::fs::AtFlags::empty(),
+            )?;
+            attrs::set_xattrs_at(to, to_name, &xattrs_at(from, name)?, &shown)?;
+            attrs::mtime_at(to, to_name, mtime)?;
+            Ok(0)
+        }
+        other => Err(io::Error::other(format!("cannot copy a {other:?}"))),
+    }
+}
+
+/// Walks the merged lower layers only: nothing is ever created.
+pub(super) struct Lookup;
+
+impl Make for Lookup {
+    fn missing(&mut self, _: &Cursor, _: &[u8], _: bool) -> Result<Option<OwnedFd>, Errno> {
+        Ok(None)
+    }
+    fn copy_up(
+        &mut self,
+        _: &Cursor,
+        _: &[u8],
+        _: BorrowedFd<'_>,
+    ) -> Result<Option<OwnedFd>, Errno> {
+        Ok(None)
+    }
+}
+
+/// Opens the roots of the layers `lowers` (their `fs/` directories, top first).
+pub(super) fn open_roots(lowers: &[PathBuf]) -> io::Result<Vec<OwnedFd>> {
+    lowers
+        .iter()
+        .map(|l| {
+            rustix::fs::open(
+                l,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", l.display())))
+        })
+        .collect()
+}
+
+/// The content of the regular file `rel` as the merged layers show it (top layer first),
+/// symlinks followed as inside the container (never out of the layers); `None` if it is
+/// missing, not a regular file, or larger than `max`.
 pub fn read_merged(lowers: &[PathBuf], rel: &str, max: u64) -> Option<Vec<u8>> {
     use std::io::Read;
+    let roots = open_roots(lowers).ok()?;
     let parts: Vec<&[u8]> = rel
         .split('/')
         .filter(|c| !c.is_empty())
         .map(str::as_bytes)
         .collect();
-    let (fd, st) = in_lowers(lowers, &parts)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_size as u64 > max {
+    let (leaf, parent) = parts.split_last()?;
+    let root = || Cursor::root(None, &roots, false);
+    let dir = merged::walk(&root, parent, &mut Lookup).ok()??;
+    let Found::Lower(i, st) = dir.find(leaf).ok()? else {
+        return None;
+    };
+    if merged::kind(&st) != FileType::RegularFile || st.st_size as u64 > max {
         return None;
     }
-    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-    let mut f = File::from(
-        rustix::fs::open(
-            proc.as_str(),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?,
-    );
+    let f = rustix::fs::openat(
+        &dir.lowers[i],
+        OsStr::from_bytes(leaf),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
     let mut out = Vec::new();
-    f.by_ref().take(max).read_to_end(&mut out).ok()?;
+    File::from(f).take(max).read_to_end(&mut out).ok()?;
     Some(out)
 }
 
-/// Gives the directories `dirs` of the layer `fs` (relative paths it did not list) the mode
-/// and owner of the same directories in the layers below (`lowers`, top first); a directory
-/// no lower layer has keeps 0755 root:root. Each is opened beneath `fs`, following no link.
-pub fn fix_implied_dirs(
-    fs: &std::path::Path,
-    lowers: &[PathBuf],
-    dirs: &[String],
-) -> io::Result<()> {
-    let root = rustix::fs::open(
-        fs,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    for rel in dirs {
-        let parts: Vec<&[u8]> = rel
-            .split('/')
-            .filter(|c| !c.is_empty())
-            .map(str::as_bytes)
-            .collect();
-        let Some((_, st)) = in_lowers(lowers, &parts) else {
-            continue;
-        };
-        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-            continue;
-        }
-        let Ok(dir) = rustix::fs::openat2(
-            &root,
-            rel.as_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        ) else {
-            continue;
-        };
-        rustix::fs::fchown(
-            &dir,
-            Some(rustix::fs::Uid::from_raw(st.st_uid)),
-            Some(rustix::fs::Gid::from_raw(st.st_gid)),
-        )?;
-        rustix::fs::fchmod(&dir, Mode::from_raw_mode(st.st_mode & 0o7777))?;
-    }
-    Ok(())
+/// Sets the opaque xattr on an open directory of the top layer.
+pub(super) fn set_opaque(dir: BorrowedFd<'_>) -> Result<(), Errno> {
+    rustix::fs::fsetxattr(dir, merged::OPAQUE_XATTR, b"y", XattrFlags::empty())
 }

@@ -2,15 +2,19 @@
 //! `decompress` turns the blob into its tar stream and hashes it (the diff_id); `extract`
 //! writes the entries safely into the layer's `fs/`.
 
+pub mod attrs;
 pub mod decompress;
 pub mod extract;
 pub mod lower;
+mod merged;
 mod pipeline;
+pub mod settle;
 pub mod store;
 pub mod stream;
+pub mod tar;
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
@@ -24,7 +28,20 @@ pub struct LayerPlan {
     pub chain_id: Digest,
     pub parent: Option<Digest>,
     pub diff_id: Digest,
+    /// The chain IDs of the layers below, top first.
+    pub below: Vec<Digest>,
 }
+
+/// A layer that streamed in before the layers below it were committed, waiting for them to
+/// be settled ([`settle::settle`]) and committed.
+pub struct Staged {
+    staging: Staging,
+    desc: Descriptor,
+    unpacked: Unpacked,
+}
+
+/// Layers streamed in and waiting for the layers below them, by chain ID.
+pub type StagedLayers = std::sync::Mutex<std::collections::HashMap<Digest, Staged>>;
 
 /// Where a layer blob is unpacked: the layer store, its plan, the size limit.
 pub struct LayerTarget<'a> {
@@ -35,23 +52,41 @@ pub struct LayerTarget<'a> {
     pub lowers: Lowers,
     /// Chain IDs committed in this run (for the report).
     pub committed: &'a std::sync::Mutex<std::collections::HashSet<Digest>>,
+    /// Where a streamed layer waits for the layers below it.
+    pub staged: &'a StagedLayers,
 }
 
 impl LayerTarget<'_> {
+    /// The `fs/` directories of the layers below, top first, if they are all committed.
+    fn lower_dirs(&self) -> Option<Vec<PathBuf>> {
+        self.plan
+            .below
+            .iter()
+            .map(|c| {
+                self.layers
+                    .get(c)
+                    .map(|_| self.layers.layer_dir(c).join("fs"))
+            })
+            .collect()
+    }
+
     /// Commits what was unpacked into `staging` from the verified blob `desc`, if its diff_id
-    /// is the one the image config names. A stream cut short by a restarted download is not
-    /// an error: the caller unpacks from the stored blob instead.
+    /// is the one the image config names. A layer streamed in before the layers below it
+    /// were committed waits for them ([`LayerTarget::settle_staged`]). A stream cut short by
+    /// a restarted download, or a layer that needs its lower layers to be extracted right, is
+    /// not an error: the caller unpacks it from the stored blob instead.
     pub fn commit(
         &self,
         desc: &Descriptor,
-        staging: Staging<'_>,
+        staging: Staging,
         result: Result<Unpacked, UnpackError>,
     ) -> Result<(), UnpackError> {
         let u = match result {
-            // Redone from the stored blob once the lower layers are there: a download that
-            // started over, a hardlink to a lower layer's file.
             Err(e) if stream::StreamUnpack::was_restarted(&e) => return Ok(()),
-            Err(UnpackError::Extract(ExtractError::NeedsLowers(_))) => return Ok(()),
+            Err(UnpackError::Extract(ExtractError::NeedsLowers(why))) => {
+                tracing::debug!(chain_id = %self.plan.chain_id, "{why}");
+                return Ok(());
+            }
             r => r?,
         };
         if u.diff_id != self.plan.diff_id {
@@ -60,6 +95,45 @@ impl LayerTarget<'_> {
                 actual: u.diff_id,
             });
         }
+        if u.extracted.assumed.is_some() && self.lower_dirs().is_none() {
+            self.staged.lock().expect("poisoned").insert(
+                self.plan.chain_id.clone(),
+                Staged {
+                    staging,
+                    desc: desc.clone(),
+                    unpacked: u,
+                },
+            );
+            return Ok(());
+        }
+        self.settle_and_commit(desc, staging, u).map(|_| ())
+    }
+
+    /// Settles the layer waiting in `staged` now that the layers below it are committed, and
+    /// commits it. `false`: it was not committed (it must be unpacked from its blob).
+    pub fn settle_staged(&self, staged: Staged) -> Result<bool, UnpackError> {
+        self.settle_and_commit(&staged.desc, staged.staging, staged.unpacked)
+    }
+
+    fn settle_and_commit(
+        &self,
+        desc: &Descriptor,
+        staging: Staging,
+        u: Unpacked,
+    ) -> Result<bool, UnpackError> {
+        if let Some(assumed) = &u.extracted.assumed {
+            let lowers = self.lower_dirs().ok_or_else(|| {
+                UnpackError::Decompress(std::io::Error::other(
+                    "the layers below are not in the layer store",
+                ))
+            })?;
+            if let Some(why) =
+                settle::settle(&staging.fs, &lowers, assumed).map_err(UnpackError::Decompress)?
+            {
+                tracing::debug!(chain_id = %self.plan.chain_id, "unpacked again: {why}");
+                return Ok(false);
+            }
+        }
         let json = LayerJson {
             digest: desc.digest.clone(),
             diff_id: u.diff_id,
@@ -67,14 +141,6 @@ impl LayerTarget<'_> {
             parent: self.plan.parent.clone(),
             size: u.size,
             media_type: desc.media_type.clone(),
-            // Directories the layer did not list take a lower layer's attributes: recorded,
-            // and given them once the layers below are committed (the bottom layer has none
-            // below, so its defaults stand).
-            implied_dirs: if matches!(self.lowers, Lowers::Unknown) && self.plan.parent.is_some() {
-                u.extracted.implied_dirs
-            } else {
-                Vec::new()
-            },
             unflushed_boot: None,
         };
         self.layers
@@ -91,7 +157,7 @@ impl LayerTarget<'_> {
             .lock()
             .expect("poisoned")
             .insert(self.plan.chain_id.clone());
-        Ok(())
+        Ok(true)
     }
 
     /// Unpacks the layer from its stored blob (already downloaded and verified).
@@ -149,8 +215,12 @@ pub fn unpack<R: Read + Send>(
     expected: Option<&Digest>,
 ) -> Result<Unpacked, UnpackError> {
     let compression = Compression::of_media_type(media_type)?;
+    let limits = Limits {
+        max_size: max_size.min(limits.max_size),
+        ..*limits
+    };
     let (extracted, digest) = pipeline::decompress_ahead(blob, compression, max_size, |stream| {
-        extract::extract(stream, fs, lowers, limits).map(|(extracted, _)| extracted)
+        extract::extract(stream, fs, lowers, &limits).map(|(extracted, _)| extracted)
     })?;
     let (diff_id, size) = digest.map_err(UnpackError::Decompress)?;
     if let Some(want) = expected

@@ -32,10 +32,6 @@ pub struct LayerJson {
     pub size: u64,
     #[serde(rename = "mediaType")]
     pub media_type: String,
-    /// Directories the layer did not list, unpacked before the layers below were there: their
-    /// mode and owner still have to come from those layers ([`super::lower::fix_implied_dirs`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "impliedDirs")]
-    pub implied_dirs: Vec<String>,
     /// The boot (`/proc/sys/kernel/random/boot_id`) in which the layer was committed without
     /// a flush; set by [`LayerStore::commit`].
     #[serde(
@@ -73,6 +69,8 @@ fn boot_id() -> Option<&'static str> {
 }
 
 /// The `layer.json` of the layer directory `name` under `sha256/`, if it is there and parses.
+/// A layer committed by an earlier version with `impliedDirs` still to fix (directories whose
+/// attributes were to come from the layers below) counts as missing: it is unpacked again.
 fn read_layer_json(sha256: &OwnedFd, name: &str, shown: &Path) -> Option<LayerJson> {
     let dir = fsutil::open_subdir(sha256.as_fd(), name, false, shown).ok()?;
     let bytes = fsutil::read_file(
@@ -82,7 +80,13 @@ fn read_layer_json(sha256: &OwnedFd, name: &str, shown: &Path) -> Option<LayerJs
         Path::new(LAYER_JSON),
     )
     .ok()??;
-    serde_json::from_slice(&bytes).ok()
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    if v.get("impliedDirs")
+        .is_some_and(|d| d.as_array().is_none_or(|a| !a.is_empty()))
+    {
+        return None;
+    }
+    serde_json::from_value(v).ok()
 }
 
 /// An open, locked layer store.
@@ -101,16 +105,17 @@ pub struct LayerStore {
 /// A layer being unpacked: its `fs/` to extract into. Dropped without [`LayerStore::commit`],
 /// the staging directory is removed.
 #[derive(Debug)]
-pub struct Staging<'a> {
-    store: &'a LayerStore,
+pub struct Staging {
+    /// `ingest/<name>`.
+    dir: PathBuf,
     name: Option<String>,
     pub fs: PathBuf,
 }
 
-impl Drop for Staging<'_> {
+impl Drop for Staging {
     fn drop(&mut self) {
-        if let Some(name) = self.name.take() {
-            let _ = std::fs::remove_dir_all(self.store.root.join("ingest").join(name));
+        if self.name.take().is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -272,8 +277,7 @@ impl LayerStore {
         (json.chain_id == *chain_id).then_some(json)
     }
 
-    /// Rewrites the `layer.json` of a committed layer (after its implied directories were
-    /// given their lower layers' attributes).
+    /// Rewrites the `layer.json` of a committed layer.
     pub fn update(&self, json: &LayerJson) -> io::Result<()> {
         let dir = fsutil::open_subdir(
             self.sha256.as_fd(),
@@ -287,7 +291,7 @@ impl LayerStore {
     }
 
     /// A new staging directory with an empty `fs/`.
-    pub fn stage(&self) -> io::Result<Staging<'_>> {
+    pub fn stage(&self) -> io::Result<Staging> {
         let name = format!("{}-{}", std::process::id(), fsutil::random_hex());
         rustix::fs::mkdirat(
             &self.ingest,
@@ -299,15 +303,16 @@ impl LayerStore {
         let fs = dir.join("fs");
         std::fs::create_dir(&fs)?;
         Ok(Staging {
-            store: self,
+            dir,
             name: Some(name),
             fs,
         })
     }
 
     /// Writes `layer.json` into the staging directory and renames it into place. If another
-    /// run or image committed the same chain ID meanwhile, that one is kept.
-    pub fn commit(&self, mut staging: Staging<'_>, json: &LayerJson) -> io::Result<()> {
+    /// run or image committed the same chain ID meanwhile, that one is kept; a broken layer
+    /// directory of that name (no valid `layer.json`) is replaced.
+    pub fn commit(&self, mut staging: Staging, json: &LayerJson) -> io::Result<()> {
         let Some(name) = staging.name.clone() else {
             return Ok(());
         };
@@ -333,21 +338,38 @@ impl LayerStore {
         let mut bytes = serde_json::to_vec_pretty(&json)?;
         bytes.push(b'\n');
         fsutil::replace(dir.as_fd(), LAYER_JSON, &bytes, 0o644)?;
-        match fsutil::rename(
-            self.ingest.as_fd(),
-            &name,
-            self.sha256.as_fd(),
-            json.chain_id.hex(),
-        ) {
-            Ok(()) => {
-                staging.name = None;
-                fsutil::sync_dir(self.sha256.as_fd())
+        let mut replaced = false;
+        loop {
+            match fsutil::rename(
+                self.ingest.as_fd(),
+                &name,
+                self.sha256.as_fd(),
+                json.chain_id.hex(),
+            ) {
+                Ok(()) => {
+                    staging.name = None;
+                    return fsutil::sync_dir(self.sha256.as_fd());
+                }
+                // Already there (ENOTEMPTY/EEXIST): a good one stays and the staging copy is
+                // dropped; a broken one is moved aside (removed with the staging leftovers).
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) =>
+                {
+                    if replaced || self.get(&json.chain_id).is_some() {
+                        return Ok(());
+                    }
+                    let aside = format!("broken-{}-{}", json.chain_id.hex(), fsutil::random_hex());
+                    fsutil::rename(
+                        self.sha256.as_fd(),
+                        json.chain_id.hex(),
+                        self.ingest.as_fd(),
+                        &aside,
+                    )?;
+                    let _ = std::fs::remove_dir_all(self.root.join("ingest").join(&aside));
+                    replaced = true;
+                }
+                Err(e) => Err(e)?,
             }
-            // Already there (ENOTEMPTY/EEXIST): the staging copy is dropped.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
-                Ok(())
-            }
-            Err(e) => Err(e),
         }
     }
 
@@ -448,7 +470,6 @@ mod tests {
             parent: None,
             size: 3,
             media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-            implied_dirs: Vec::new(),
             unflushed_boot: None,
         }
     }

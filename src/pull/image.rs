@@ -318,6 +318,7 @@ async fn fetch_shared(
             max_size: shared.max_layer_size,
             lowers: Lowers::Unknown,
             committed: &shared.committed,
+            staged: &shared.staged,
         }),
         _ => None,
     };
@@ -378,6 +379,7 @@ async fn plan_layers(
             chain_id: chain.clone(),
             parent: i.checked_sub(1).map(|p| chains[p].clone()),
             diff_id,
+            below: chains[..i].iter().rev().cloned().collect(),
         })
         .collect())
 }
@@ -402,26 +404,7 @@ async fn unpack_image(shared: &Shared, manifest: &Digest) -> Result<Option<Unpac
             .rev()
             .map(|p| layer_store.layer_dir(&p.chain_id).join("fs"))
             .collect();
-        if let Some(json) = layer_store.get(&plan.chain_id) {
-            if !json.implied_dirs.is_empty() {
-                // Streamed in before its lowers were there: the directories it did not list
-                // take their lower layers' attributes now.
-                let layers = layer_store.clone();
-                tokio::task::spawn_blocking(move || {
-                    let fs = layers.layer_dir(&json.chain_id).join("fs");
-                    crate::layers::lower::fix_implied_dirs(&fs, &lowers, &json.implied_dirs)?;
-                    layers.update(&crate::layers::store::LayerJson {
-                        implied_dirs: Vec::new(),
-                        ..json
-                    })
-                })
-                .await
-                .map_err(|e| PullError::new(format!("a layer task failed: {e}")))?
-                .map_err(|e| PullError {
-                    message: format!("layer {}: {e}", plan.chain_id),
-                    hint: Some("check free space and permissions of the layer store".into()),
-                })?;
-            }
+        if layer_store.get(&plan.chain_id).is_some() {
             continue;
         }
         let cell = {
@@ -438,20 +421,33 @@ async fn unpack_image(shared: &Shared, manifest: &Digest) -> Result<Option<Unpac
             let max_size = shared.max_layer_size;
             let committed = shared.committed.clone();
             let shown = desc.digest.clone();
+            // Streamed in before the layers below it were committed: settled now.
+            let staged = shared
+                .staged
+                .lock()
+                .expect("poisoned")
+                .remove(&plan.chain_id);
             tokio::task::spawn_blocking(move || {
                 if layers.get(&plan.chain_id).is_some() {
                     return Ok(());
                 }
-                let blob = store
-                    .open_blob(&desc.digest)
-                    .map_err(UnpackError::Decompress)?;
+                let no_staged = Default::default();
                 let target = LayerTarget {
                     layers: &layers,
                     plan,
                     max_size,
                     lowers: Lowers::Known(lowers),
                     committed: &committed,
+                    staged: &no_staged,
                 };
+                if let Some(s) = staged
+                    && target.settle_staged(s)?
+                {
+                    return Ok(());
+                }
+                let blob = store
+                    .open_blob(&desc.digest)
+                    .map_err(UnpackError::Decompress)?;
                 target.unpack_blob(&desc, std::io::BufReader::with_capacity(1 << 20, blob))
             })
             .await

@@ -139,6 +139,8 @@ struct Shared {
     unpacking: std::sync::Mutex<HashMap<Digest, Arc<OnceCell<()>>>>,
     /// Chain IDs committed in this run.
     committed: Arc<std::sync::Mutex<std::collections::HashSet<Digest>>>,
+    /// Layers streamed in before the layers below them were committed.
+    staged: crate::layers::StagedLayers,
 }
 
 /// Pulls every image of `cfg`; one failure does not stop the others.
@@ -197,6 +199,7 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
         max_layer_size: opts.unpack.as_ref().map_or(u64::MAX, |u| u.max_layer_size),
         unpacking: std::sync::Mutex::new(HashMap::new()),
         committed: Arc::new(std::sync::Mutex::new(std::collections::HashSet::new())),
+        staged: Default::default(),
     });
     // All images on this task: their time goes to the network (connection tasks) and to the
     // blob writer threads, so no spawning is needed to overlap them.
