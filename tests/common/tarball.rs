@@ -12,6 +12,12 @@ pub struct Entry {
     pub gid: u32,
     pub dev: (u32, u32),
     pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Other PAX records (`mtime`, ...), in the PAX header before the entry.
+    pub pax: Vec<(String, Vec<u8>)>,
+    /// Header bytes to overwrite (offset, bytes), the checksum fixed after.
+    pub patches: Vec<(usize, Vec<u8>)>,
+    /// Written verbatim instead of a header and data.
+    pub raw: Option<Vec<u8>>,
 }
 
 fn base(name: &str, kind: u8, mode: u32) -> Entry {
@@ -25,6 +31,9 @@ fn base(name: &str, kind: u8, mode: u32) -> Entry {
         gid: 0,
         dev: (0, 0),
         xattrs: Vec::new(),
+        pax: Vec::new(),
+        patches: Vec::new(),
+        raw: None,
     }
 }
 
@@ -86,6 +95,37 @@ impl Entry {
         self.xattrs.push((k.into(), v.to_vec()));
         self
     }
+    pub fn pax(mut self, k: &str, v: &[u8]) -> Entry {
+        self.pax.push((k.into(), v.to_vec()));
+        self
+    }
+    /// Overwrites header bytes at `at` (the checksum is fixed after).
+    pub fn patch(mut self, at: usize, bytes: &[u8]) -> Entry {
+        self.patches.push((at, bytes.to_vec()));
+        self
+    }
+}
+
+/// Bytes written into the stream as they are (crafted headers).
+pub fn raw(bytes: Vec<u8>) -> Entry {
+    Entry {
+        raw: Some(bytes),
+        ..base("", 0, 0)
+    }
+}
+
+/// A GNU long name (`L`) or long link (`K`) meta header for the next entry.
+pub fn gnu_long(kind: u8, value: &str) -> Entry {
+    let mut data = value.as_bytes().to_vec();
+    data.push(0);
+    let e = Entry {
+        data: data.clone(),
+        ..base("././@LongLink", kind, 0o644)
+    };
+    let mut out = header(b"././@LongLink", kind, data.len(), &e, b"").to_vec();
+    out.extend_from_slice(&data);
+    pad(&mut out);
+    raw(out)
 }
 
 fn header(name: &[u8], kind: u8, size: usize, e: &Entry, link: &[u8]) -> [u8; 512] {
@@ -108,17 +148,22 @@ fn header(name: &[u8], kind: u8, size: usize, e: &Entry, link: &[u8]) -> [u8; 51
     h[263..265].copy_from_slice(b"00");
     octal(&mut h, 329, 8, e.dev.0 as u64);
     octal(&mut h, 337, 8, e.dev.1 as u64);
+    checksum(&mut h);
+    h
+}
+
+fn checksum(h: &mut [u8; 512]) {
     h[148..156].copy_from_slice(b"        ");
     let sum: u32 = h.iter().map(|b| *b as u32).sum();
     h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
 }
 
 fn pad(out: &mut Vec<u8>) {
     out.resize(out.len().div_ceil(512) * 512, 0);
 }
 
-fn record(k: &str, v: &[u8]) -> Vec<u8> {
+/// One PAX record, `"<len> <key>=<value>\n"`.
+pub fn record(k: &str, v: &[u8]) -> Vec<u8> {
     let body = k.len() + v.len() + 3;
     let mut len = body + 1;
     while format!("{len}").len() + body != len {
@@ -134,6 +179,10 @@ fn record(k: &str, v: &[u8]) -> Vec<u8> {
 pub fn tar(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
+        if let Some(r) = &e.raw {
+            out.extend_from_slice(r);
+            continue;
+        }
         let mut pax = Vec::new();
         if e.name.len() > 100 {
             pax.extend(record("path", e.name.as_bytes()));
@@ -144,18 +193,26 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
         for (k, v) in &e.xattrs {
             pax.extend(record(&format!("SCHILY.xattr.{k}"), v));
         }
+        for (k, v) in &e.pax {
+            pax.extend(record(k, v));
+        }
         if !pax.is_empty() {
             out.extend_from_slice(&header(b"PaxHeader", b'x', pax.len(), e, b""));
             out.extend_from_slice(&pax);
             pad(&mut out);
         }
-        out.extend_from_slice(&header(
+        let mut h = header(
             e.name.as_bytes(),
             e.kind,
             e.data.len(),
             e,
             e.link.as_bytes(),
-        ));
+        );
+        for (at, bytes) in &e.patches {
+            h[*at..*at + bytes.len()].copy_from_slice(bytes);
+        }
+        checksum(&mut h);
+        out.extend_from_slice(&h);
         out.extend_from_slice(&e.data);
         pad(&mut out);
     }
