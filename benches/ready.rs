@@ -17,6 +17,10 @@
 //!
 //!   cargo bench --bench ready                         # every case
 //!   KCI_BENCH_CASES=real,boot KCI_BENCH_RUNS=7 cargo bench --bench ready
+//!   KCI_BENCH_BASELINE=/path/to/older/kci-pull-agent KCI_BENCH_CASES=real cargo bench --bench ready
+//!
+//! With `KCI_BENCH_BASELINE`, the `real` cases also run that build of the agent in the same
+//! alternating rounds: a change is measured against its baseline in one run.
 //!
 //! Cases: `real` (5 gzip layers), `real-zstd` (the same files, zstd), `throttled` (`real`
 //! through a ~40 MB/s link), `large` (one ~1.8 GB layer), `boot` (a second `boot` of a pod
@@ -457,10 +461,16 @@ struct Row {
     registry_ms: f64,
 }
 
-fn agent(registry: &str, reference: &str, dir: &Path, extra: &[&'static str]) -> Command {
+fn agent(
+    bin: &str,
+    registry: &str,
+    reference: &str,
+    dir: &Path,
+    extra: &[&'static str],
+) -> Command {
     let root = dir.join("root");
     instance_root(&root);
-    let mut c = Command::new(common::bin());
+    let mut c = Command::new(bin);
     c.args(["pull", "-q", "--root"])
         .arg(&root)
         .arg("--store")
@@ -478,13 +488,24 @@ fn agent_tool(
     reference: &str,
     extra: &'static [&'static str],
 ) -> Tool {
+    agent_tool_of(common::bin(), name, registry, reference, extra)
+}
+
+/// The agent built elsewhere (`KCI_BENCH_BASELINE`), to measure a change in the same rounds.
+fn agent_tool_of(
+    bin: String,
+    name: &'static str,
+    registry: &str,
+    reference: &str,
+    extra: &'static [&'static str],
+) -> Tool {
     let (registry, reference) = (registry.to_string(), reference.to_string());
     Tool {
         name,
         make: Box::new(move |dir: &Path| {
             let layers = dir.join("layers/sha256");
             Job {
-                cmd: agent(&registry, &reference, dir, extra),
+                cmd: agent(&bin, &registry, &reference, dir, extra),
                 daemon: None,
                 count: Box::new(move || count_layer_dirs(&layers)),
             }
@@ -572,6 +593,7 @@ const CONTAINERD: &str = "containerd (ctr pull)";
 const SKOPEO_UMOCI: &str = "skopeo copy + umoci raw unpack";
 const AGENT: &str = "kci-pull-agent";
 const AGENT_NO_UNPACK: &str = "kci-pull-agent --no-unpack";
+const AGENT_BASELINE: &str = "kci-pull-agent, baseline build (KCI_BENCH_BASELINE)";
 const AGENT_COMMIT_SYNC: &str = "kci-pull-agent --layer-sync commit";
 const NO_UNPACK: &[&str] = &["--no-unpack"];
 const COMMIT_SYNC: &[&str] = &["--layer-sync", "commit"];
@@ -750,6 +772,12 @@ fn main() {
                 tar_tool(&img, comp, false),
                 tar_tool(&img, comp, true),
             ];
+            if let Ok(bin) = std::env::var("KCI_BENCH_BASELINE") {
+                tools.insert(
+                    2,
+                    agent_tool_of(bin, AGENT_BASELINE, &reg.addr(), &reference, &[]),
+                );
+            }
             // umoci (0.4 in Debian 12) refuses zstd layers ("blob is not correct mediatype").
             if comp == Comp::Gzip {
                 tools.insert(1, skopeo_umoci_tool(&reference));
@@ -774,7 +802,13 @@ fn main() {
             let mut flush = Vec::new();
             for _ in 0..3 {
                 let dir = fs.dir(&format!("{case}-flush"));
-                run(&mut agent(&reg.addr(), &reference, &dir, &[]));
+                run(&mut agent(
+                    &common::bin(),
+                    &reg.addr(),
+                    &reference,
+                    &dir,
+                    &[],
+                ));
                 let mut c = Command::new(common::bin());
                 c.args(["flush-layers", "-q", "--root"])
                     .arg(dir.join("root"))

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -59,6 +60,8 @@ fn busybox_image() -> common::images::Image {
     let busybox =
         fs::read("/bin/busybox").expect("busybox-static is missing: run scripts/setup.sh");
     let mut entries = vec![
+        // The image's root, as the container's `/` must show it (not the upper directory's).
+        dir("./").mode(0o751).owner(0, 1001),
         dir("bin"),
         file("bin/busybox", &busybox).mode(0o755),
         dir("etc"),
@@ -163,6 +166,12 @@ fn boot_prepares_bundles_that_runc_runs() {
     let mounts: serde_json::Value =
         serde_json::from_slice(&fs::read(bundle("c1").join("mounts.json")).unwrap()).unwrap();
     assert_eq!(mounts[0]["type"], "overlay");
+    let slash = fs::metadata(bundle("c1").join("rootfs")).unwrap();
+    assert_eq!(
+        (slash.mode() & 0o7777, slash.uid(), slash.gid()),
+        (0o751, 0, 1001),
+        "the container's / has the image's root attributes"
+    );
 
     let mut runc = Runc {
         state: root.file("runc-state"),

@@ -140,8 +140,15 @@ fn prepare_one(
     // The container's own directories and the bundle.
     let own = paths.containers.join(&c.name);
     let (upper, work) = (own.join("upper"), own.join("work"));
+    let fresh = !upper.exists();
     for d in [&upper, &work, &bundle.join("rootfs")] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    // overlayfs shows the upper directory's own attributes as the container's `/`: a new one
+    // takes the image's root (its top layer's). A rerun leaves what the container made of it.
+    if fresh && let Some(top) = lower.first() {
+        root_like(top, &upper)
+            .map_err(|e| format!("cannot give {} its image's root: {e}", upper.display()))?;
     }
     let overlay = mount::Overlay { lower, upper, work };
     let write = |name: &str, value: serde_json::Value| {
@@ -165,6 +172,14 @@ fn prepare_one(
 
 /// Mounts `overlay` on the bundle's `rootfs/` unless the same overlay is mounted there
 /// already (recorded in `.mounted`); a different one is unmounted first.
+/// Gives the directory `to` the mode and owner of the directory `from`.
+fn root_like(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::symlink_metadata(from)?;
+    std::os::unix::fs::lchown(to, Some(m.uid()), Some(m.gid()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+}
+
 fn ensure_mounted(bundle: &Path, overlay: &mount::Overlay) -> Result<(), String> {
     let rootfs = bundle.join("rootfs");
     let marker = bundle.join(".mounted");
