@@ -621,9 +621,27 @@ fn compare(
     let mut rss = vec![0u64; tools.len()];
     let mut files = vec![0u64; tools.len()];
     let mut reg_cpu: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    // The agent and its baseline build trade places every other round: a tool runs slower
+    // right after another one's tree was deleted, and which tool comes first would otherwise
+    // be a fixed part of their difference (an A/A run showed 9% with the same binary twice).
+    let pair = (
+        tools.iter().position(|t| t.name == AGENT),
+        tools.iter().position(|t| t.name == AGENT_BASELINE),
+    );
     for round in 0..=runs {
-        for k in 0..tools.len() {
-            let i = (k + round) % tools.len();
+        let mut order: Vec<usize> = (0..tools.len())
+            .map(|k| (k + round) % tools.len())
+            .collect();
+        if let (Some(a), Some(b)) = pair
+            && round % 2 == 1
+        {
+            let (pa, pb) = (
+                order.iter().position(|i| *i == a).unwrap(),
+                order.iter().position(|i| *i == b).unwrap(),
+            );
+            order.swap(pa, pb);
+        }
+        for i in order {
             let tool = &tools[i];
             let dir = fs.dir(&format!("{case}-{i}"));
             let mut job = (tool.make)(&dir);

@@ -875,3 +875,40 @@ fn a_gibibyte_meta_header_is_refused_with_bounded_memory() {
         assert!(stderr.contains("1048576"), "{repo}: {stderr}");
     }
 }
+
+/// Issue 20, item 5: 64 hardlinks to a 16 MiB file of the layer below would be 64 copies
+/// (1 GiB on disk): they count against `--max-layer-size` with the layer's own bytes.
+#[test]
+fn copies_of_a_lower_file_count_against_the_max_layer_size() {
+    let big = common::images::random_bytes(5, 16 << 20);
+    let lower = tar(&[file("big", &big)]);
+    let links: Vec<Entry> = (0..64).map(|i| hardlink(&format!("l{i}"), "big")).collect();
+    let img = image_with(
+        vec![layer_of(&lower, TAR), layer_of(&tar(&links), TAR)],
+        "amd64",
+        false,
+    );
+    let e = FaultEnv::start(img, &["hostile/links"]);
+    let reg = e.registry.addr();
+    let work = tempfile::tempdir().unwrap();
+    let layers = work.path().join("layers");
+    let p = pull_report(
+        &e.root,
+        &work.path().join("store"),
+        &[
+            "--http-registry",
+            &reg,
+            "--layers",
+            layers.to_str().unwrap(),
+            "--max-layer-size",
+            "20971520",
+            &format!("{reg}/hostile/links:v1"),
+        ],
+    );
+    assert_ne!(p.code, 0, "{}", p.stderr);
+    let err = p.report["images"][0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("--max-layer-size"), "{err}");
+    let used = bash(&format!("du -sb {} | cut -f1", layers.display()));
+    let used: u64 = used.trim().parse().unwrap();
+    assert!(used < 64 << 20, "{used} bytes left in the layer store");
+}

@@ -241,19 +241,40 @@ pub fn remove_stale_temps(dir: BorrowedFd<'_>) {
 /// Replaces `name` in `dir` crash-safely: an exclusive temporary file, fsync, rename, fsync of
 /// the directory. A link at `name` is replaced, never followed.
 pub fn replace(dir: BorrowedFd<'_>, name: &str, content: &[u8], mode: u32) -> io::Result<()> {
+    replace_with(dir, name, content, mode, true)
+}
+
+/// [`replace`] without any flush: for a file whose durability something else provides (a
+/// layer committed under an `unflushed` marker).
+pub fn replace_unsynced(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    content: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    replace_with(dir, name, content, mode, false)
+}
+
+fn replace_with(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    content: &[u8],
+    mode: u32,
+    sync: bool,
+) -> io::Result<()> {
     use std::io::Write;
     let (mut f, tmp) = create_temp(dir, name, mode)?;
     let written = (|| {
         f.write_all(content)?;
         rustix::fs::fchmod(f.as_fd(), Mode::from_raw_mode(mode)).map_err(errno)?;
-        f.sync_all()
+        if sync { f.sync_all() } else { Ok(()) }
     })();
     drop(f);
     if let Err(e) = written.and_then(|()| rename(dir, &tmp, dir, name)) {
         let _ = remove(dir, &tmp);
         return Err(e);
     }
-    sync_dir(dir)
+    if sync { sync_dir(dir) } else { Ok(()) }
 }
 
 #[cfg(test)]

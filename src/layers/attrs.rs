@@ -52,10 +52,17 @@ pub fn finish_fd(
 
 /// The xattrs of an open file or directory (overlayfs's own left out).
 pub fn get_xattrs(fd: BorrowedFd<'_>) -> Result<Xattrs, Errno> {
-    let mut names = vec![0u8; 64 << 10];
-    let n = match rustix::fs::flistxattr(fd, &mut names) {
-        Ok(n) => n,
+    // Most files have none or a few: a small buffer first, the largest list only if needed.
+    let mut small = [0u8; 512];
+    let mut large = Vec::new();
+    let (names, n): (&[u8], usize) = match rustix::fs::flistxattr(fd, &mut small[..]) {
+        Ok(n) => (&small, n),
         Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(Errno::RANGE) => {
+            large.resize(64 << 10, 0);
+            let n = rustix::fs::flistxattr(fd, &mut large[..])?;
+            (&large, n)
+        }
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();

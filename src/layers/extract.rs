@@ -246,8 +246,9 @@ impl Root {
         {
             return Ok((fd.clone(), *setgid));
         }
-        // The record of a streamed layer holds canonical paths: then the walk is needed.
-        let fast = if self.assumed.borrow().is_empty() {
+        // Directories made only for whiteouts must learn that an entry went through them:
+        // then the walk is needed.
+        let fast = if !self.assumed.borrow().needs_walk() {
             self.open_in_top(&joined)
         } else {
             Err(Errno::NOENT)
@@ -266,9 +267,10 @@ impl Root {
     }
 
     /// The top layer's directory for an entry in `parent` (fast when the kernel finds it in
-    /// the top layer alone), and its canonical path when the streamed layer's record needs it.
+    /// the top layer alone: then the merged view says the same), and its canonical path if
+    /// it was walked.
     fn entry_parent(&self, parent: &[&[u8]]) -> Result<(OwnedFd, Option<Vec<u8>>), Errno> {
-        if self.assumed.borrow().is_empty() {
+        if !self.assumed.borrow().needs_walk() {
             match self.open_in_top(&parent.join(&b'/')) {
                 Ok(fd) => return Ok((fd, None)),
                 Err(Errno::NOENT | Errno::NOTDIR) => {}
@@ -299,14 +301,21 @@ impl Root {
 
     /// Makes room for a non-directory entry at `name` in `dir` (the top layer's): whatever
     /// this layer has there goes, a directory with everything in it.
-    fn clear(&self, dir: BorrowedFd<'_>, name: &[u8], canon: Option<&[u8]>) -> Result<(), Errno> {
+    /// `canon` gives its canonical path (asked for only if the record has paths to drop).
+    fn clear(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        canon: &dyn Fn() -> Vec<u8>,
+    ) -> Result<(), Errno> {
         match stat_at(dir, name)? {
             None => Ok(()),
             Some(st) if kind(&st) == FileType::Directory => {
                 self.forget_dir();
                 settle::remove_tree(dir, name)?;
-                if let Some(c) = canon {
-                    self.assumed.borrow_mut().removed(c);
+                if !self.assumed.borrow().is_empty() {
+                    let c = canon();
+                    self.assumed.borrow_mut().removed(&c);
                 }
                 Ok(())
             }
@@ -599,12 +608,14 @@ fn apply<R: Read>(
             let (dir, canon) = root.entry_parent(parent).map_err(walk_err)?;
             let canon = canon.map(|c| child_path(&c, leaf));
             let mut fresh_opaque = false;
-            match stat_at(dir.as_fd(), leaf).map_err(&err)? {
+            let existed = match stat_at(dir.as_fd(), leaf).map_err(&err)? {
                 Some(st) if kind(&st) == FileType::Directory => {
                     // Listed after all: its attributes are the layer's own.
-                    if let Some(c) = &canon {
-                        root.assumed.borrow_mut().listed(c);
+                    if !root.assumed.borrow().is_empty() {
+                        let c = canon.unwrap_or_else(|| canonical(root, parent, leaf));
+                        root.assumed.borrow_mut().listed(&c);
                     }
+                    true
                 }
                 Some(_) => {
                     // This layer put something else here (a whiteout, a file): whatever the
@@ -612,14 +623,18 @@ fn apply<R: Read>(
                     rustix::fs::unlinkat(&dir, leaf_name, rustix::fs::AtFlags::empty())
                         .map_err(&err)?;
                     fresh_opaque = true;
+                    false
                 }
-                None => {}
-            }
-            if !matches!(stat_at(dir.as_fd(), leaf), Ok(Some(_))) {
+                None => false,
+            };
+            if !existed {
                 rustix::fs::mkdirat(&dir, leaf_name, Mode::from_raw_mode(0o700)).map_err(&err)?;
             }
             let fd = merged::open_dir_at(dir.as_fd(), leaf).map_err(&err)?;
-            attrs::clear_xattrs(fd.as_fd()).map_err(&err)?;
+            if existed {
+                // Its xattrs are the entry's own, not those it was copied up with.
+                attrs::clear_xattrs(fd.as_fd()).map_err(&err)?;
+            }
             attrs::finish_fd(fd.as_fd(), uid, gid, h.mode, xattrs, h.mtime).map_err(&err)?;
             if fresh_opaque {
                 set_opaque(fd.as_fd()).map_err(&err)?;
@@ -654,12 +669,7 @@ fn apply<R: Read>(
             let fd = match create() {
                 Err(Errno::EXIST) => {
                     root.forget_dir();
-                    let canon = if root.assumed.borrow().is_empty() {
-                        None
-                    } else {
-                        Some(canonical(root, parent, leaf))
-                    };
-                    root.clear(dir.as_fd(), leaf, canon.as_deref())
+                    root.clear(dir.as_fd(), leaf, &|| canonical(root, parent, leaf))
                         .map_err(&err)?;
                     create()
                 }
@@ -764,7 +774,11 @@ fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
 fn replace_at(root: &Root, parent: &[&[u8]], leaf: &[u8]) -> Result<OwnedFd, Errno> {
     let (dir, canon) = root.entry_parent(parent)?;
     let canon = canon.map(|c| child_path(&c, leaf));
-    root.clear(dir.as_fd(), leaf, canon.as_deref())?;
+    root.clear(dir.as_fd(), leaf, &|| {
+        canon
+            .clone()
+            .unwrap_or_else(|| canonical(root, parent, leaf))
+    })?;
     Ok(dir)
 }
 
@@ -793,7 +807,12 @@ fn opaque_marker(root: &Root, parent: &[&[u8]], name: &str) -> Result<(), Extrac
             Err(e) => Err(e),
         }
     } else {
-        root.walk_create(parent, true)
+        match root.walk_create(parent, true) {
+            // A file of the layer on the path: no such directory (the layers below cannot
+            // change that).
+            Err(Errno::NOTDIR) => return Ok(()),
+            r => r,
+        }
     };
     let cur = cur.map_err(|e| refused(name, format!("its directory cannot be made ({e})")))?;
     let dir = cur.top.as_ref().expect("created");
@@ -819,7 +838,11 @@ fn whiteout(
             Err(e) => return Err(cant(e)),
         }
     } else {
-        root.walk_create(parent, true).map_err(cant)?
+        match root.walk_create(parent, true) {
+            // A file of the layer on the path: nothing there to white out.
+            Err(Errno::NOTDIR) => return Ok(()),
+            r => r.map_err(cant)?,
+        }
     };
     let found = cur.find(target).map_err(&err)?;
     let cur = match found {

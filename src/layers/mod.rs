@@ -38,6 +38,7 @@ pub struct Staged {
     staging: Staging,
     desc: Descriptor,
     unpacked: Unpacked,
+    plan: LayerPlan,
 }
 
 /// Layers streamed in and waiting for the layers below them, by chain ID.
@@ -102,6 +103,7 @@ impl LayerTarget<'_> {
                     staging,
                     desc: desc.clone(),
                     unpacked: u,
+                    plan: self.plan.clone(),
                 },
             );
             return Ok(());
@@ -116,6 +118,19 @@ impl LayerTarget<'_> {
     }
 
     fn settle_and_commit(
+        &self,
+        desc: &Descriptor,
+        staging: Staging,
+        u: Unpacked,
+    ) -> Result<bool, UnpackError> {
+        let done = self.settle_and_commit_one(desc, staging, u)?;
+        if done {
+            self.commit_waiting();
+        }
+        Ok(done)
+    }
+
+    fn settle_and_commit_one(
         &self,
         desc: &Descriptor,
         staging: Staging,
@@ -158,6 +173,39 @@ impl LayerTarget<'_> {
             .expect("poisoned")
             .insert(self.plan.chain_id.clone());
         Ok(true)
+    }
+
+    /// Settles and commits the layers that waited for this one (each then lets the layers
+    /// waiting for it go), while other layers still download: the commits' flushes overlap
+    /// the rest of the pull instead of queueing at its end. One that cannot be settled is
+    /// left to be unpacked from its blob.
+    fn commit_waiting(&self) {
+        let mut parent = self.plan.chain_id.clone();
+        loop {
+            let next = {
+                let mut staged = self.staged.lock().expect("poisoned");
+                let key = staged
+                    .iter()
+                    .find(|(_, s)| s.plan.parent.as_ref() == Some(&parent))
+                    .map(|(k, _)| k.clone());
+                key.and_then(|k| staged.remove(&k))
+            };
+            let Some(s) = next else { return };
+            let above = LayerTarget {
+                plan: s.plan.clone(),
+                lowers: Lowers::Unknown,
+                ..*self
+            };
+            let chain = s.plan.chain_id.clone();
+            match above.settle_and_commit_one(&s.desc, s.staging, s.unpacked) {
+                Ok(true) => parent = chain,
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!(chain_id = %chain, "not settled now: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     /// Unpacks the layer from its stored blob (already downloaded and verified).

@@ -24,7 +24,7 @@ use super::merged::{Cursor, is_whiteout, kind, open_dir_at, stat_at};
 
 /// Most bytes of path names an extraction keeps to check later; beyond, the layer waits for
 /// the layers below it instead (and keeps nothing in memory).
-const MAX_ASSUMED: usize = 64 << 20;
+const MAX_ASSUMED: usize = 16 << 20;
 
 /// What a layer extracted without its lower layers assumed of them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -116,6 +116,12 @@ impl Assumed {
     /// Whether a directory beneath `p` (anything if `p` is the root) was implied.
     pub(super) fn implied_under(&self, p: &[u8]) -> bool {
         any_beneath(&self.implied, p)
+    }
+
+    /// Whether an entry's path must be walked to keep the record right (directories made for
+    /// whiteouts only are there).
+    pub(super) fn needs_walk(&self) -> bool {
+        !self.whiteout_only.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -337,7 +337,15 @@ impl LayerStore {
         }
         let mut bytes = serde_json::to_vec_pretty(&json)?;
         bytes.push(b'\n');
-        fsutil::replace(dir.as_fd(), LAYER_JSON, &bytes, 0o644)?;
+        // Under the marker nothing needs flushing now: a crash before `flush-layers` drops
+        // this boot's layers (and a layer.json lost to it leaves a directory that counts as
+        // missing, replaced by the next commit). Flushing here only queued the layers'
+        // commits behind each other's fsyncs.
+        if deferred {
+            fsutil::replace_unsynced(dir.as_fd(), LAYER_JSON, &bytes, 0o644)?;
+        } else {
+            fsutil::replace(dir.as_fd(), LAYER_JSON, &bytes, 0o644)?;
+        }
         let mut replaced = false;
         loop {
             match fsutil::rename(
@@ -348,7 +356,11 @@ impl LayerStore {
             ) {
                 Ok(()) => {
                     staging.name = None;
-                    return fsutil::sync_dir(self.sha256.as_fd());
+                    return if deferred {
+                        Ok(())
+                    } else {
+                        fsutil::sync_dir(self.sha256.as_fd())
+                    };
                 }
                 // Already there (ENOTEMPTY/EEXIST): a good one stays and the staging copy is
                 // dropped; a broken one is moved aside (removed with the staging leftovers).
@@ -422,12 +434,16 @@ fn drop_unflushed(root: &OwnedFd, sha256: &OwnedFd, ingest: &OwnedFd) -> io::Res
     let mut dropped = 0;
     for (name, _) in fsutil::list(sha256.as_fd())? {
         let json = read_layer_json(sha256, &name, Path::new(&name));
-        if let Some(LayerJson {
-            unflushed_boot: Some(b),
-            ..
-        }) = json
-            && stale.contains(&b)
-        {
+        // An unreadable layer.json after such a crash is one that never reached the disk.
+        let lost = match json {
+            Some(LayerJson {
+                unflushed_boot: Some(b),
+                ..
+            }) => stale.contains(&b),
+            Some(_) => false,
+            None => true,
+        };
+        if lost {
             let to = format!("dropped-{name}-{}", fsutil::random_hex());
             fsutil::rename(sha256.as_fd(), &name, ingest.as_fd(), &to)?;
             dropped += 1;
