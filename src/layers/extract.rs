@@ -155,10 +155,15 @@ impl Make for Create<'_> {
         name: &[u8],
         whiteout: bool,
     ) -> Result<Option<OwnedFd>, Errno> {
-        let top = parent
+        // Deleted by this layer (or beneath such a name): nothing beneath it to hide, no
+        // directory to make.
+        let Some(top) = parent
             .top
             .as_ref()
-            .expect("the top layer has every parent it walks");
+            .filter(|_| !(whiteout && self.for_whiteout))
+        else {
+            return Ok(None);
+        };
         let n = OsStr::from_bytes(name);
         if whiteout {
             rustix::fs::unlinkat(top, n, rustix::fs::AtFlags::empty())?;
@@ -168,16 +173,13 @@ impl Make for Create<'_> {
         attrs::finish_fd(d.as_fd(), 0, 0, 0o755, &[], now())?;
         if whiteout {
             set_opaque(d.as_fd())?;
-        } else if self.root.lowers.is_none() && (!parent.hides || self.for_whiteout) {
-            let mut path = parent.path();
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(name);
+        } else if self.for_whiteout || (self.root.lowers.is_none() && !parent.hides) {
+            // Made for a whiteout (it goes if that one hides nothing), or with attributes
+            // still to come from the layers below.
             self.root
                 .assumed
                 .borrow_mut()
-                .implied(path, self.for_whiteout);
+                .implied(child_path(&parent.path(), name), self.for_whiteout);
         }
         Ok(Some(d))
     }
@@ -195,6 +197,14 @@ impl Make for Create<'_> {
         rustix::fs::mkdirat(top, OsStr::from_bytes(name), Mode::from_raw_mode(0o700))?;
         let d = merged::open_dir_at(top.as_fd(), name)?;
         attrs::copy_attrs(lower, d.as_fd())?;
+        if self.for_whiteout {
+            // Not this layer's own directory (umoci makes none): it goes if its whiteouts
+            // all end up hiding nothing, and a later whiteout of it deletes it.
+            self.root
+                .assumed
+                .borrow_mut()
+                .implied(child_path(&parent.path(), name), true);
+        }
         Ok(Some(d))
     }
 }
@@ -217,17 +227,41 @@ impl Root {
     }
 
     /// Walks `path` in the merged view, creating what it needs in the top layer.
-    fn walk_create(&self, path: &[&[u8]], for_whiteout: bool) -> Result<Cursor, Errno> {
-        let root = || self.root_cursor();
+    fn walk_create(&self, path: &[&[u8]]) -> Result<Cursor, Errno> {
         let mut make = Create {
             root: self,
-            for_whiteout,
+            for_whiteout: false,
         };
-        let cur = merged::walk(&root, path, &mut make)?.expect("creating walks never stop");
-        if !for_whiteout {
-            self.assumed.borrow_mut().used(&cur.canon);
-        }
+        let cur = self
+            .make_path(path, &mut make)?
+            .expect("creating walks never stop");
+        self.assumed.borrow_mut().used(&cur.canon);
         Ok(cur)
+    }
+
+    /// Resolves `path` first without making anything (a missing name, `..` after it and a
+    /// symlink to nowhere are taken by name, as filepath-securejoin takes them), then makes
+    /// the directories of the canonical path only: nothing is made on the way (umoci's
+    /// `MkdirAll` of the `SecureJoin`ed path).
+    fn make_path(&self, path: &[&[u8]], make: &mut Create<'_>) -> Result<Option<Cursor>, Errno> {
+        let root = || self.root_cursor();
+        let canon = merged::walk_to(&root, path, &mut Lookup)?.canon;
+        let parts: Vec<&[u8]> = canon.iter().map(Vec::as_slice).collect();
+        merged::walk(&root, &parts, make)
+    }
+
+    /// Walks `path` for a whiteout or an opaque marker, making the directories it needs in
+    /// the top layer; `None` if the path goes through something this layer deleted or through
+    /// a file of it: there is nothing there to hide.
+    fn walk_for_whiteout(&self, path: &[&[u8]]) -> Result<Option<Cursor>, Errno> {
+        let mut make = Create {
+            root: self,
+            for_whiteout: true,
+        };
+        match self.make_path(path, &mut make) {
+            Err(Errno::NOTDIR) => Ok(None),
+            r => r,
+        }
     }
 
     /// Walks `path` in the merged view without creating anything: `None` if it is missing.
@@ -255,9 +289,7 @@ impl Root {
         };
         let fd = match fast {
             Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::NOTDIR) => {
-                self.walk_create(path, false)?.top.expect("created")
-            }
+            Err(Errno::NOENT | Errno::NOTDIR) => self.walk_create(path)?.top.expect("created"),
             Err(e) => return Err(e),
         };
         let fd = Rc::new(fd);
@@ -277,7 +309,7 @@ impl Root {
                 Err(e) => return Err(e),
             }
         }
-        let cur = self.walk_create(parent, false)?;
+        let cur = self.walk_create(parent)?;
         let path = cur.path();
         Ok((cur.top.expect("created"), Some(path)))
     }
@@ -508,7 +540,15 @@ pub fn extract<R: Read>(
             });
         }
         let xattrs = xattrs_of(&h, limits, &name, &mut done.dropped_overlay_xattrs)?;
-        apply(&root, &mut archive, &h, &name, &xattrs, limits)?;
+        match apply(&root, &mut archive, &h, &name, &xattrs, limits) {
+            // Streamed, the layer may have refused an entry because of what it assumed of the
+            // layers below (a directory made for a whiteout where they have a file): the
+            // extraction that knows them has the last word.
+            Err(ExtractError::Refused { name, why }) if root.lowers.is_none() => {
+                return Err(ExtractError::NeedsLowers(format!("entry {name:?}: {why}")));
+            }
+            r => r?,
+        }
         if root.copied_bytes.get() + archive.position() > limits.max_size {
             return Err(ExtractError::Refused {
                 name,
@@ -519,7 +559,7 @@ pub fn extract<R: Read>(
                 ),
             });
         }
-        if root.assumed.borrow().too_big() {
+        if root.lowers.is_none() && root.assumed.borrow().too_big() {
             return Err(ExtractError::NeedsLowers(
                 "too many directories and whiteouts to check later".into(),
             ));
@@ -527,10 +567,12 @@ pub fn extract<R: Read>(
     }
     done.copied_links = root.copied.get();
     if let Some(l) = &root.lowers {
-        if root.root_hides.get() {
-            settle::hide_lower_root(root.fd.as_fd(), l)
-                .map_err(|e| io_at(Path::new("."))(e.into()))?;
-        }
+        // What was made only for whiteouts that hide nothing goes; an opaque root hides the
+        // lower names one by one.
+        let mut a = root.assumed.take();
+        a.root_opaque = root.root_hides.get();
+        a.root_listed = true; // given the lower root's attributes at the start, or its own
+        settle::settle_open(root.fd.as_fd(), l, &a).map_err(|e| io_at(Path::new("."))(e))?;
     } else {
         let mut a = root.assumed.take();
         a.root_opaque = root.root_hides.get();
@@ -802,19 +844,15 @@ fn opaque_marker(root: &Root, parent: &[&[u8]], name: &str) -> Result<(), Extrac
     }
     let cur = if root.lowers.is_some() {
         match root.walk_lookup(parent) {
-            Ok(Some(_)) => root.walk_create(parent, true),
+            Ok(Some(_)) => root.walk_for_whiteout(parent),
             Ok(None) | Err(Errno::NOTDIR | Errno::NOENT) => return Ok(()),
             Err(e) => Err(e),
         }
     } else {
-        match root.walk_create(parent, true) {
-            // A file of the layer on the path: no such directory (the layers below cannot
-            // change that).
-            Err(Errno::NOTDIR) => return Ok(()),
-            r => r,
-        }
+        root.walk_for_whiteout(parent)
     };
     let cur = cur.map_err(|e| refused(name, format!("its directory cannot be made ({e})")))?;
+    let Some(cur) = cur else { return Ok(()) };
     let dir = cur.top.as_ref().expect("created");
     root.make_opaque(dir.as_fd(), &cur.path())
 }
@@ -838,21 +876,39 @@ fn whiteout(
             Err(e) => return Err(cant(e)),
         }
     } else {
-        match root.walk_create(parent, true) {
-            // A file of the layer on the path: nothing there to white out.
-            Err(Errno::NOTDIR) => return Ok(()),
-            r => r.map_err(cant)?,
+        match root.walk_for_whiteout(parent).map_err(cant)? {
+            Some(c) => c,
+            None => return Ok(()),
         }
     };
     let found = cur.find(target).map_err(&err)?;
     let cur = match found {
+        Found::Top(st)
+            if kind(&st) == FileType::Directory
+                && root
+                    .assumed
+                    .borrow()
+                    .made_for_whiteouts(&child_path(&cur.path(), target)) =>
+        {
+            // A copy of the lower directory made only to hold whiteouts: the lower directory
+            // is what goes.
+            let top = cur.top.as_ref().expect("found in the top layer");
+            settle::remove_tree(top.as_fd(), target).map_err(&err)?;
+            root.assumed
+                .borrow_mut()
+                .removed(&child_path(&cur.path(), target));
+            cur
+        }
         Found::Top(st) if kind(&st) == FileType::Directory => {
             let top = cur.top.as_ref().expect("found in the top layer");
             let d = merged::open_dir_at(top.as_fd(), target).map_err(&err)?;
             return root.make_opaque(d.as_fd(), &child_path(&cur.path(), target));
         }
         Found::Top(_) => return Ok(()),
-        Found::Lower(..) => root.walk_create(parent, true).map_err(cant)?,
+        Found::Lower(..) => match root.walk_for_whiteout(parent).map_err(cant)? {
+            Some(c) => c,
+            None => return Ok(()),
+        },
         Found::Absent if known || cur.hides => return Ok(()),
         Found::Absent => cur,
     };
@@ -941,6 +997,22 @@ fn hardlink(
         }
         Found::Lower(..) if root.lowers.is_none() => unreachable!("no lower layers are known"),
         Found::Lower(i, st) => {
+            // The entry's own path is cleared before the link is made (as umoci does): a
+            // target beneath it is gone by then.
+            let target = child_path(&cur.path(), tleaf);
+            let entry = root
+                .walk_lookup(parent)
+                .ok()
+                .flatten()
+                .map(|c| child_path(&c.path(), leaf));
+            if let Some(entry) = entry
+                && (target == entry || target.starts_with(&child_path(&entry, b"")))
+            {
+                return Err(refused(
+                    name,
+                    format!("a hardlink to {:?}, which it replaces", shown(&h.link)),
+                ));
+            }
             if kind(&st) == FileType::Directory {
                 return Err(refused(
                     name,

@@ -61,6 +61,12 @@ pub(super) struct Cursor {
     /// The lower layers are hidden here (an opaque directory of the top layer, here or above).
     pub hides: bool,
     pub lowers: Vec<OwnedFd>,
+    /// `false`: a name that is nowhere, walked through by name only (as filepath-securejoin
+    /// walks it: a later `..` may come back to what exists).
+    pub exists: bool,
+    /// A file was on the way to this name that is nowhere: walked through by name only too,
+    /// but if the walk ends beneath it, that is `ENOTDIR`.
+    blocked: bool,
 }
 
 /// What a name is in a directory of the merged view.
@@ -76,6 +82,8 @@ impl Cursor {
     /// The root of the merged view: the top layer's root over the lower layers' roots.
     pub fn root(top: Option<OwnedFd>, lowers: &[OwnedFd], hides: bool) -> Result<Cursor, Errno> {
         Ok(Cursor {
+            exists: true,
+            blocked: false,
             canon: Vec::new(),
             top,
             hides,
@@ -137,6 +145,20 @@ impl Cursor {
         Ok(out)
     }
 
+    /// A name beneath this directory that is nowhere (`blocked`: because a file is there).
+    fn nowhere(&self, name: &[u8], blocked: bool) -> Cursor {
+        let mut canon = self.canon.clone();
+        canon.push(name.to_vec());
+        Cursor {
+            canon,
+            top: None,
+            hides: true,
+            lowers: Vec::new(),
+            exists: false,
+            blocked: blocked || self.blocked,
+        }
+    }
+
     /// The directory `name` of this one, whose top-layer directory (if any) is `top`.
     pub fn child(&self, name: &[u8], top: Option<OwnedFd>) -> Result<Cursor, Errno> {
         let hides = self.hides || top.as_ref().is_some_and(|t| is_opaque(t.as_fd()));
@@ -152,6 +174,8 @@ impl Cursor {
             top,
             hides,
             lowers,
+            exists: true,
+            blocked: false,
         })
     }
 }
@@ -179,13 +203,25 @@ pub(super) trait Make {
 
 /// Walks `parts` from the root of the merged view, following symlinks as the merged rootfs
 /// would (an absolute target from the root again). Returns the directory reached, or `None`
-/// if `make` stopped the walk at a missing name. A component that is not a directory (nor a
-/// link to one) is `ENOTDIR`; too many links, `ELOOP`.
+/// if it is nowhere: `make` made nothing for a missing name (the walk goes on by name, as
+/// filepath-securejoin does, so that `missing/..` comes back), or `ENOTDIR` if it ends
+/// beneath a file. Too many links is `ELOOP`.
 pub(super) fn walk(
     root: &dyn Fn() -> Result<Cursor, Errno>,
     parts: &[&[u8]],
     make: &mut dyn Make,
 ) -> Result<Option<Cursor>, Errno> {
+    let cur = walk_to(root, parts, make)?;
+    Ok(cur.exists.then_some(cur))
+}
+
+/// [`walk`], ending at a name that is nowhere too (`Cursor::exists` false): its canonical
+/// path is what a directory made there would have.
+pub(super) fn walk_to(
+    root: &dyn Fn() -> Result<Cursor, Errno>,
+    parts: &[&[u8]],
+    make: &mut dyn Make,
+) -> Result<Cursor, Errno> {
     let mut cur = root()?;
     let mut queue: std::collections::VecDeque<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
     // The chain of directories walked, so that ".." returns to the parent's cursor.
@@ -221,9 +257,17 @@ pub(super) fn walk(
                     stack.push(std::mem::replace(&mut cur, next));
                     continue;
                 }
-                None => return Ok(None),
+                None => {
+                    let next = cur.nowhere(&c, false);
+                    stack.push(std::mem::replace(&mut cur, next));
+                    continue;
+                }
             },
-            Found::Top(_) => return Err(Errno::NOTDIR),
+            Found::Top(_) => {
+                let next = cur.nowhere(&c, true);
+                stack.push(std::mem::replace(&mut cur, next));
+                continue;
+            }
             Found::Lower(i, st) if kind(&st) == FileType::Directory => {
                 let lower = open_dir_at(cur.lowers[i].as_fd(), &c)?;
                 let top = make.copy_up(&cur, &c, lower.as_fd())?;
@@ -240,6 +284,8 @@ pub(super) fn walk(
                     top,
                     hides,
                     lowers,
+                    exists: true,
+                    blocked: false,
                 };
                 stack.push(std::mem::replace(&mut cur, next));
                 continue;
@@ -248,14 +294,22 @@ pub(super) fn walk(
                 rustix::fs::readlinkat(cur.lowers[i].as_fd(), OsStr::from_bytes(&c), Vec::new())?
                     .into_bytes()
             }
-            Found::Lower(..) => return Err(Errno::NOTDIR),
+            Found::Lower(..) => {
+                let next = cur.nowhere(&c, true);
+                stack.push(std::mem::replace(&mut cur, next));
+                continue;
+            }
             Found::Absent => match make.missing(&cur, &c, false)? {
                 Some(d) => {
                     let next = cur.child(&c, Some(d))?;
                     stack.push(std::mem::replace(&mut cur, next));
                     continue;
                 }
-                None => return Ok(None),
+                None => {
+                    let next = cur.nowhere(&c, false);
+                    stack.push(std::mem::replace(&mut cur, next));
+                    continue;
+                }
             },
         };
         links += 1;
@@ -275,5 +329,8 @@ pub(super) fn walk(
             queue.push_front(p);
         }
     }
-    Ok(Some(cur))
+    if cur.blocked {
+        return Err(Errno::NOTDIR);
+    }
+    Ok(cur)
 }

@@ -20,7 +20,7 @@ use rustix::io::Errno;
 
 use super::attrs;
 use super::lower::{open_roots, set_opaque};
-use super::merged::{Cursor, is_whiteout, kind, open_dir_at, stat_at};
+use super::merged::{Cursor, Found, is_opaque, is_whiteout, kind, open_dir_at, stat_at};
 
 /// Most bytes of path names an extraction keeps to check later; beyond, the layer waits for
 /// the layers below it instead (and keeps nothing in memory).
@@ -36,6 +36,9 @@ pub struct Assumed {
     whiteout_only: BTreeSet<Vec<u8>>,
     /// Whiteouts made: they go if the layers below have nothing of that name.
     whiteouts: BTreeSet<Vec<u8>>,
+    /// Such directories the layer later listed or removed: entries went through them on the
+    /// assumption that the layers below have no symlink there.
+    checked: BTreeSet<Vec<u8>>,
     /// The layer lists its root (`./`), which then has the layer's own attributes.
     pub root_listed: bool,
     /// The layer made its root opaque.
@@ -84,26 +87,32 @@ impl Assumed {
 
     /// The layer lists the directory `p` after all: its attributes are its own.
     pub(super) fn listed(&mut self, p: &[u8]) {
-        self.implied.remove(p);
-        self.whiteout_only.remove(p);
+        if self.implied.remove(p) || self.whiteout_only.remove(p) {
+            self.checked.insert(p.to_vec());
+        }
     }
 
     /// The layer removed `p` and everything beneath it.
     pub(super) fn removed(&mut self, p: &[u8]) {
         let b = beneath(p);
-        for set in [
-            &mut self.implied,
-            &mut self.whiteout_only,
-            &mut self.whiteouts,
+        for (set, keep) in [
+            (&mut self.implied, true),
+            (&mut self.whiteout_only, true),
+            (&mut self.whiteouts, false),
         ] {
-            set.remove(p);
-            let gone: Vec<Vec<u8>> = set
+            let mut gone: Vec<Vec<u8>> = set
                 .range(b.clone()..)
                 .take_while(|k| k.starts_with(&b))
                 .cloned()
                 .collect();
+            if set.contains(p) {
+                gone.push(p.to_vec());
+            }
             for k in gone {
                 set.remove(&k);
+                if keep {
+                    self.checked.insert(k);
+                }
             }
         }
     }
@@ -111,6 +120,11 @@ impl Assumed {
     pub(super) fn whiteout(&mut self, path: Vec<u8>) {
         self.bytes += path.len() + 48;
         self.whiteouts.insert(path);
+    }
+
+    /// Whether the directory `p` was made only to hold whiteouts.
+    pub(super) fn made_for_whiteouts(&self, p: &[u8]) -> bool {
+        self.whiteout_only.contains(p)
     }
 
     /// Whether a directory beneath `p` (anything if `p` is the root) was implied.
@@ -193,13 +207,29 @@ pub fn settle(fs: &Path, lowers: &[PathBuf], a: &Assumed) -> io::Result<Option<S
         Mode::empty(),
     )?;
     let roots = open_roots(lowers)?;
+    settle_open(top.as_fd(), &roots, a)
+}
+
+/// [`settle`] on the open top layer and lower layer roots.
+pub(super) fn settle_open(
+    top: BorrowedFd<'_>,
+    roots: &[OwnedFd],
+    a: &Assumed,
+) -> io::Result<Option<String>> {
     let mut w = Walker {
         stack: vec![Cursor::root(
-            Some(rustix::io::dup(&top)?),
-            &roots,
+            Some(rustix::io::dup(top)?),
+            roots,
             a.root_opaque,
         )?],
     };
+    // Paths walked through directories since gone: a lower symlink there means the entries
+    // went elsewhere.
+    for p in &a.checked {
+        if let Some(why) = lower_link_on(roots, p)? {
+            return Ok(Some(why));
+        }
+    }
     let mut dirs: Vec<(&Vec<u8>, bool)> = a
         .implied
         .iter()
@@ -221,6 +251,11 @@ pub fn settle(fs: &Path, lowers: &[PathBuf], a: &Assumed) -> io::Result<Option<S
                 let from = open_dir_at(cur.lowers[i].as_fd(), name)?;
                 let to = open_dir_at(t.as_fd(), name)?;
                 attrs::copy_attrs(from.as_fd(), to.as_fd())?;
+                // A copy made only for whiteouts that all hid nothing goes too, unless it
+                // is opaque: then it hides the lower directory's contents.
+                if only_for_whiteouts && !is_opaque(to.as_fd()) {
+                    unneeded.push(p);
+                }
             }
             Some((_, st)) => {
                 return Ok(Some(format!(
@@ -246,17 +281,40 @@ pub fn settle(fs: &Path, lowers: &[PathBuf], a: &Assumed) -> io::Result<Option<S
         }
     }
     drop(w);
+    // Deepest first; one that holds anything (a whiteout that hides something) stays.
     for p in unneeded.iter().rev() {
-        match rustix::fs::unlinkat(&top, OsStr::from_bytes(p), AtFlags::REMOVEDIR) {
+        match rustix::fs::unlinkat(top, OsStr::from_bytes(p), AtFlags::REMOVEDIR) {
             Ok(()) | Err(Errno::NOTEMPTY | Errno::NOENT) => {}
             Err(e) => return Err(e.into()),
         }
     }
     if !a.root_listed {
-        root_attrs(top.as_fd(), &roots)?;
+        root_attrs(top, roots)?;
     }
     if a.root_opaque {
-        hide_lower_root(top.as_fd(), &roots)?;
+        hide_lower_root(top, roots)?;
+    }
+    Ok(None)
+}
+
+/// Whether the merged lower layers have a symlink or a file on the path `p` (its directories
+/// or itself), looked up without following links.
+fn lower_link_on(roots: &[OwnedFd], p: &[u8]) -> Result<Option<String>, Errno> {
+    let mut cur = Cursor::root(None, roots, false)?;
+    for part in p.split(|b| *b == b'/') {
+        match cur.find(part)? {
+            Found::Lower(_, st) if kind(&st) == FileType::Directory => {
+                cur = cur.child(part, None)?;
+            }
+            Found::Lower(_, st) => {
+                return Ok(Some(format!(
+                    "{:?} goes through a {:?} of the layers below",
+                    String::from_utf8_lossy(p),
+                    kind(&st)
+                )));
+            }
+            _ => return Ok(None),
+        }
     }
     Ok(None)
 }
