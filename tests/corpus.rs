@@ -21,6 +21,7 @@ use std::process::Command;
 
 use common::fault::FaultEnv;
 use common::images::{Blob, Image, Pusher, block_on, image_with, layer_of, sha256};
+use common::reference::{Overlay, umoci_unpack};
 use common::tarball::{
     Entry, chardev, dir, fifo, file, gnu_long, hardlink, opaque, raw, record, symlink, tar,
     whiteout,
@@ -590,72 +591,6 @@ fn describe(root: &Path) -> (BTreeMap<String, String>, Vec<Vec<String>>) {
     (out, groups.collect())
 }
 
-/// `umoci raw unpack` of `img`: the tree, or umoci's error.
-fn umoci_tree(img: &Image, work: &Path) -> Result<PathBuf, String> {
-    let layout = work.join("layout");
-    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    for b in img.blobs().chain(std::iter::once(&img.manifest)) {
-        fs::write(layout.join("blobs/sha256").join(&b.digest[7..]), &b.bytes).unwrap();
-    }
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": img.manifest.media_type, "digest": img.manifest.digest,
-        "size": img.manifest.bytes.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "ref"}}]});
-    fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    let rootfs = work.join("umoci-rootfs");
-    let out = Command::new("umoci")
-        .args(["raw", "unpack", "--image"])
-        .arg(format!("{}:ref", layout.display()))
-        .arg(&rootfs)
-        .output()
-        .expect("umoci is missing: run scripts/setup.sh");
-    if out.status.success() {
-        Ok(rootfs)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-/// A read-only overlay mount of layer directories, unmounted when dropped.
-struct Overlay(PathBuf);
-
-impl Overlay {
-    fn mount(lower_top_first: &[PathBuf], at: &Path) -> Overlay {
-        fs::create_dir_all(at).unwrap();
-        let mut lowers: Vec<String> = lower_top_first
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        // overlayfs needs two lower directories at least: an empty one at the bottom.
-        let empty = at.with_extension("empty");
-        fs::create_dir_all(&empty).unwrap();
-        lowers.push(empty.display().to_string());
-        let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!("lowerdir={}", lowers.join(":")))
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Overlay(at.to_path_buf())
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// The layer directories of the image the report lists at `i`, top first (`None` if it
 /// failed).
 fn layer_dirs(p: &Pull, i: usize, layers: &Path) -> Option<Vec<PathBuf>> {
@@ -729,7 +664,7 @@ fn crafted_layers_merge_like_umoci_raw_unpack_streamed_and_from_stored_blobs() {
     let mut compared = 0;
     for (i, (c, img)) in cases.iter().zip(&images).enumerate() {
         let dir = work.path().join(c.name);
-        let theirs = umoci_tree(img, &dir);
+        let theirs = umoci_unpack(img, &dir);
         for (mode, p, layers) in [
             ("streamed", &first, &streamed),
             ("from blobs", &second, &known),

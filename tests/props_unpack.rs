@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::images::{Blob, image_with, layer_of, sha256};
+use common::images::{Blob, image_with, layer_of};
+use common::reference::{Overlay, umoci_unpack};
 use common::tarball::{Entry, dir, file, hardlink, opaque, symlink, tar, whiteout};
 use kci_pull_agent::layers::extract::{ExtractError, Limits, Lowers, extract};
 use kci_pull_agent::layers::settle::settle;
@@ -141,57 +141,13 @@ fn umoci(tars: &[Vec<u8>], work: &Path) -> Result<PathBuf, String> {
         .iter()
         .map(|t| layer_of(t, "application/vnd.oci.image.layer.v1.tar"))
         .collect();
-    let img = image_with(layers, "amd64", false);
-    let layout = work.join("layout");
-    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    for b in img.blobs().chain(std::iter::once(&img.manifest)) {
-        fs::write(layout.join("blobs/sha256").join(&b.digest[7..]), &b.bytes).unwrap();
-    }
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": img.manifest.media_type, "digest": img.manifest.digest,
-        "size": img.manifest.bytes.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "ref"}}]});
-    fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    let rootfs = work.join("umoci-rootfs");
-    let out = Command::new("umoci")
-        .args(["raw", "unpack", "--image"])
-        .arg(format!("{}:ref", layout.display()))
-        .arg(&rootfs)
-        .output()
-        .expect("umoci is missing: run scripts/setup.sh");
-    let _ = sha256(b"");
-    if out.status.success() {
-        Ok(rootfs)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    umoci_unpack(&image_with(layers, "amd64", false), work)
 }
 
 fn merged(dirs: &[PathBuf], at: &Path) -> BTreeMap<String, String> {
-    let mut lowers: Vec<String> = dirs.iter().rev().map(|p| p.display().to_string()).collect();
-    let empty = at.with_extension("empty");
-    fs::create_dir_all(&empty).unwrap();
-    fs::create_dir_all(at).unwrap();
-    lowers.push(empty.display().to_string());
-    let out = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!("lowerdir={}", lowers.join(":")))
-        .arg(at)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tree = describe(at);
-    let _ = Command::new("umount").arg(at).status();
-    tree
+    let top_first: Vec<PathBuf> = dirs.iter().rev().cloned().collect();
+    let mount = Overlay::mount(&top_first, at);
+    describe(&mount.0)
 }
 
 /// Both refuse, or both unpack and the trees agree.

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use common::fault::FaultEnv;
 use common::images::{Blob, Image, image_with, sha256};
+use common::reference::{Overlay, umoci_unpack};
 use common::tarball::{chardev, dir, fifo, file, hardlink, opaque, symlink, tar, whiteout};
 use common::{Pull, pull_report};
 
@@ -103,37 +104,6 @@ fn rich_image_as(media_types: &[&str; 3]) -> Image {
     )
 }
 
-/// An overlay mount, unmounted when dropped (even when the test fails).
-struct Overlay(PathBuf);
-
-impl Overlay {
-    fn mount(lower_top_first: &[PathBuf], at: &Path) -> Overlay {
-        fs::create_dir_all(at).unwrap();
-        let lower: Vec<String> = lower_top_first
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!("lowerdir={}", lower.join(":")))
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Overlay(at.to_path_buf())
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// What the comparison looks at, per path: type, mode, owner, size, content, link target,
 /// device, user xattrs, regular-file mtime; and the hardlink groups.
 fn describe(root: &Path) -> (BTreeMap<String, String>, Vec<Vec<String>>) {
@@ -199,36 +169,9 @@ fn describe(root: &Path) -> (BTreeMap<String, String>, Vec<Vec<String>>) {
     (out, groups.collect())
 }
 
-/// `umoci raw unpack` of `img` from an OCI layout written for it.
+/// `umoci raw unpack` of `img`.
 fn umoci_tree(img: &Image, work: &Path) -> PathBuf {
-    let layout = work.join("layout");
-    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    for b in img.blobs().chain(std::iter::once(&img.manifest)) {
-        fs::write(layout.join("blobs/sha256").join(&b.digest[7..]), &b.bytes).unwrap();
-    }
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": img.manifest.media_type, "digest": img.manifest.digest,
-        "size": img.manifest.bytes.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "ref"}}]});
-    fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    let rootfs = work.join("umoci-rootfs");
-    let out = Command::new("umoci")
-        .args(["raw", "unpack", "--image"])
-        .arg(format!("{}:ref", layout.display()))
-        .arg(&rootfs)
-        .output()
-        .expect("umoci is missing: run scripts/setup.sh");
-    assert!(
-        out.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    rootfs
+    umoci_unpack(img, work).unwrap_or_else(|e| panic!("umoci: {e}"))
 }
 
 /// Layers the report says were unpacked in this run, over all its images.

@@ -52,15 +52,26 @@ pub fn finish_fd(
 
 /// The xattrs of an open file or directory (overlayfs's own left out).
 pub fn get_xattrs(fd: BorrowedFd<'_>) -> Result<Xattrs, Errno> {
+    collect_xattrs(
+        |buf| rustix::fs::flistxattr(fd, buf),
+        |k, buf| rustix::fs::fgetxattr(fd, k, buf),
+    )
+}
+
+/// The xattrs that `list` names and `get` reads, overlayfs's own left out.
+pub fn collect_xattrs(
+    list: impl Fn(&mut [u8]) -> Result<usize, Errno>,
+    get: impl Fn(&OsStr, &mut [u8]) -> Result<usize, Errno>,
+) -> Result<Xattrs, Errno> {
     // Most files have none or a few: a small buffer first, the largest list only if needed.
     let mut small = [0u8; 512];
     let mut large = Vec::new();
-    let (names, n): (&[u8], usize) = match rustix::fs::flistxattr(fd, &mut small[..]) {
+    let (names, n): (&[u8], usize) = match list(&mut small[..]) {
         Ok(n) => (&small, n),
         Err(Errno::NOTSUP) => return Ok(Vec::new()),
         Err(Errno::RANGE) => {
             large.resize(64 << 10, 0);
-            let n = rustix::fs::flistxattr(fd, &mut large[..])?;
+            let n = list(&mut large[..])?;
             (&large, n)
         }
         Err(e) => return Err(e),
@@ -71,7 +82,7 @@ pub fn get_xattrs(fd: BorrowedFd<'_>) -> Result<Xattrs, Errno> {
             continue;
         }
         let mut v = vec![0u8; 64 << 10];
-        match rustix::fs::fgetxattr(fd, OsStr::from_bytes(k), &mut v) {
+        match get(OsStr::from_bytes(k), &mut v) {
             Ok(len) => out.push((k.to_vec(), v[..len].to_vec())),
             Err(Errno::NODATA) => {}
             Err(e) => return Err(e),

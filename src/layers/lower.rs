@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use rustix::fs::{FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
-use super::attrs::{self, OVERLAY_PREFIX, Xattrs};
+use super::attrs::{self, Xattrs};
 use super::merged::{self, Cursor, Found, Make};
 
 /// The xattrs of `name` in `dir` (not opened, not followed), overlayfs's own left out.
@@ -19,25 +19,10 @@ fn xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Xattrs, Errno> {
     let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     path.extend_from_slice(name);
     let path = OsStr::from_bytes(&path);
-    let mut names = vec![0u8; 64 << 10];
-    let n = match rustix::fs::llistxattr(path, &mut names) {
-        Ok(n) => n,
-        Err(Errno::NOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for k in names[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
-        if k.starts_with(OVERLAY_PREFIX) {
-            continue;
-        }
-        let mut v = vec![0u8; 64 << 10];
-        match rustix::fs::lgetxattr(path, OsStr::from_bytes(k), &mut v) {
-            Ok(len) => out.push((k.to_vec(), v[..len].to_vec())),
-            Err(Errno::NODATA) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    attrs::collect_xattrs(
+        |buf| rustix::fs::llistxattr(path, buf),
+        |k, buf| rustix::fs::lgetxattr(path, k, buf),
+    )
 }
 
 /// A copy of the lower layer's entry `name` in `from` (a file, symlink, FIFO or device; `st`

@@ -145,6 +145,7 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
 pub mod fault;
 pub mod images;
 pub mod proxy;
+pub mod reference;
 pub mod registry;
 pub mod tarball;
 pub mod token;
