@@ -5,6 +5,7 @@ use rustix::fs::{Gid, Uid, XattrFlags};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
 
 /// A raw ustar header and its data, padded: crafted entries the `tar` writer would refuse.
 pub fn entry(

@@ -5,13 +5,18 @@
 pub mod attrs;
 pub mod decompress;
 pub mod extract;
+mod files;
+mod links;
 pub mod lower;
 mod merged;
+mod outcome;
 mod pipeline;
 pub mod settle;
 pub mod store;
 pub mod stream;
 pub mod tar;
+mod top;
+mod whiteouts;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
