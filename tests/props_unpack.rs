@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use common::images::{Blob, image_with, layer_of};
 use common::reference::{Overlay, umoci_unpack};
-use common::tarball::{Entry, dir, file, hardlink, opaque, symlink, tar, whiteout};
+use common::tarball::{Entry, dir, fifo, file, hardlink, opaque, symlink, tar, whiteout};
 use kci_pull_agent::layers::extract::{ExtractError, Limits, Lowers, extract};
 use kci_pull_agent::layers::settle::settle;
 use proptest::prelude::*;
@@ -30,6 +30,8 @@ enum Op {
     Hardlink(String, String),
     Whiteout(String),
     Opaque(String),
+    Root(u32, u32),
+    Fifo(String),
 }
 
 fn path() -> impl Strategy<Value = String> {
@@ -46,6 +48,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (path(), path()).prop_map(|(p, t)| Op::Hardlink(p, t)),
         2 => path().prop_map(Op::Whiteout),
         1 => path().prop_map(Op::Opaque),
+        1 => (prop::sample::select(&[0o755u32, 0o750, 0o711][..]), 0u32..2)
+            .prop_map(|(m, o)| Op::Root(m, o * 9)),
+        1 => path().prop_map(Op::Fifo),
     ]
 }
 
@@ -57,6 +62,8 @@ fn entry(op: &Op) -> Entry {
         Op::Hardlink(p, t) => hardlink(p, t),
         Op::Whiteout(p) => whiteout(p),
         Op::Opaque(p) => opaque(p),
+        Op::Root(m, o) => dir("./").mode(*m).owner(*o, *o),
+        Op::Fifo(p) => fifo(p).mode(0o640),
     }
 }
 
