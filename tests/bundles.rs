@@ -75,7 +75,7 @@ fn busybox_image() -> common::images::Image {
         dir("data").mode(0o777),
         dir("tmp").mode(0o1777),
     ];
-    for applet in ["sh", "id", "touch", "hostname", "env", "cat"] {
+    for applet in ["sh", "id", "touch", "hostname", "env", "cat", "grep"] {
         entries.push(symlink(&format!("bin/{applet}"), "busybox"));
     }
     let layer_tar = tar(&entries);
@@ -118,12 +118,12 @@ fn boot_prepares_bundles_that_runc_runs() {
             "containers": [
                 {
                     "name": "c1", "image": image,
-                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE; cat /data/init-was-here 2>/dev/null || echo no-init-file"],
+                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE HOSTNAME=$HOSTNAME; cat /data/init-was-here 2>/dev/null || echo no-init-file; grep -E '^Cap(Inh|Eff|Amb)' /proc/self/status"],
                     "env": [{"name": "MINE", "value": "mine-$(GREETING)"}, {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
                 },
                 {
                     "name": "c2", "image": image,
-                    "command": ["/bin/sh", "-c", "echo c2 uid=$(id -u) cwd=$(pwd); touch /tmp/c2-file"],
+                    "command": ["/bin/sh", "-c", "echo c2 uid=$(id -u) cwd=$(pwd); touch /tmp/c2-file; grep -E '^Cap(Inh|Eff|Bnd|Amb)' /proc/self/status"],
                     "workingDir": "/data",
                     "securityContext": {"runAsUser": 0},
                 },
@@ -181,11 +181,17 @@ fn boot_prepares_bundles_that_runc_runs() {
         runc.run(&bundle("init"), "init").trim(),
         "init hello uid=1000"
     );
+    // A non-root process holds no capability (CVE-2022-24769); root holds containerd's 14.
     assert_eq!(
         runc.run(&bundle("c1"), "c1").trim(),
-        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING)\nno-init-file"
+        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING) HOSTNAME=web-0\nno-init-file\n\
+         CapInh:\t0000000000000000\nCapEff:\t0000000000000000\nCapAmb:\t0000000000000000"
     );
-    assert_eq!(runc.run(&bundle("c2"), "c2").trim(), "c2 uid=0 cwd=/data");
+    assert_eq!(
+        runc.run(&bundle("c2"), "c2").trim(),
+        "c2 uid=0 cwd=/data\nCapInh:\t0000000000000000\nCapEff:\t00000000a80425fb\n\
+         CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000"
+    );
     // What a container writes lands in its own upper directory, never in a shared layer.
     let upper = |name: &str| root.file(&format!("var/lib/kci/containers/{name}/upper"));
     assert!(upper("c2").join("tmp/c2-file").exists());
@@ -199,12 +205,23 @@ fn boot_prepares_bundles_that_runc_runs() {
         );
     }
 
-    // A second boot leaves the bundles and their mounts as they are.
+    // A second boot leaves the bundles and their mounts as they are, config.json byte for
+    // byte (its capability sets are in a fixed order).
+    let before: Vec<Vec<u8>> = ["init", "c1", "c2"]
+        .iter()
+        .map(|n| fs::read(bundle(n).join("config.json")).unwrap())
+        .collect();
     let r = boot();
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(
-        runc.run(&bundle("c2"), "c2-again").trim(),
-        "c2 uid=0 cwd=/data"
+    for (n, b) in ["init", "c1", "c2"].iter().zip(&before) {
+        assert!(
+            fs::read(bundle(n).join("config.json")).unwrap() == *b,
+            "{n}: config.json changed on a rerun"
+        );
+    }
+    assert!(
+        runc.run(&bundle("c2"), "c2-again")
+            .starts_with("c2 uid=0 cwd=/data\nCapInh:")
     );
 }
 
@@ -283,4 +300,52 @@ fn boot_without_mounts_then_mount_bundles() {
     };
     assert_eq!(runc.run(&bundle("one"), "one").trim(), "one 1000");
     assert_eq!(runc.run(&bundle("two"), "two").trim(), "two");
+}
+
+/// `runAsNonRoot` with a container that would run as root: that container fails (as the
+/// kubelet refuses to start it), the others of the pod are prepared; a pod-level
+/// `runAsNonRoot` with the image's non-root user is fine.
+#[test]
+fn run_as_non_root_refuses_a_root_container_only() {
+    let img = busybox_image();
+    let e = FaultEnv::start(img, &["e2e/nonroot"]);
+    let reg = e.registry.addr();
+    let image = format!("{reg}/e2e/nonroot:v1");
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let pod = json!({
+        "metadata": {"name": "strict", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true},
+            "containers": [
+                {"name": "app", "image": image},
+                {"name": "root", "image": image, "securityContext": {"runAsUser": 0}},
+            ],
+        },
+    });
+    let spec = root.file("pod.json");
+    fs::write(&spec, pod.to_string()).unwrap();
+    let report = root.file("report.json");
+    let r = run(&mut agent(&[
+        "boot",
+        "--root",
+        root.arg(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--no-mount",
+        "--report",
+        report.to_str().unwrap(),
+    ]));
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let c = rep["containers"].as_array().unwrap();
+    assert_eq!(
+        (c[0]["name"].as_str(), c[0]["status"].as_str()),
+        (Some("app"), Some("ready"))
+    );
+    assert_eq!(c[1]["status"], "failed");
+    let err = c[1]["error"].as_str().unwrap();
+    assert!(
+        err.contains("runAsNonRoot") && err.contains("uid 0"),
+        "{err}"
+    );
 }

@@ -135,6 +135,16 @@ fn prepare_one(
     let (passwd, group) = (text("etc/passwd"), text("etc/group"));
     let user =
         spec::user(&run, c, passwd.as_deref(), group.as_deref()).map_err(|e| e.to_string())?;
+    // The kubelet refuses to start such a container; so does the agent (the others of the
+    // pod are still prepared).
+    if c.run_as_non_root && user.0 == 0 {
+        return Err(format!(
+            "securityContext.runAsNonRoot is set, but the container would run as uid 0 (image \
+             {name}, User {:?}); set runAsUser to a non-zero uid or use an image with a \
+             non-root User",
+            run.user.clone().unwrap_or_default()
+        ));
+    }
     let spec = spec::spec(&run, c, cfg.hostname.as_deref(), user).map_err(|e| e.to_string())?;
 
     // The container's own directories and the bundle.
@@ -159,10 +169,9 @@ fn prepare_one(
             .map(|_| ())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
-    write(
-        "config.json",
-        serde_json::to_value(&spec).map_err(|e| e.to_string())?,
-    )?;
+    let mut config = serde_json::to_value(&spec).map_err(|e| e.to_string())?;
+    spec::fixed_order(&mut config);
+    write("config.json", config)?;
     write("mounts.json", overlay.mounts_json())?;
     if paths.mount {
         ensure_mounted(bundle, &overlay)?;

@@ -3,7 +3,7 @@
 //! environment, working directory and user, the pod's name as hostname, the usual mounts
 //! and the pid, ipc, uts and mount namespaces (the network is the instance's own).
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec, User};
+use oci_spec::runtime::{Capability, LinuxCapabilities, LinuxNamespaceType, Spec, User};
 
 use crate::config::pod::PodContainer;
 use crate::oci::config::RunConfig;
@@ -17,6 +17,190 @@ pub enum SpecError {
     NoCommand,
     #[error("user {user:?}: {why}")]
     User { user: String, why: String },
+    #[error("securityContext.capabilities: {0:?} is not a Linux capability")]
+    Capability(String),
+}
+
+/// The capabilities a container gets by default: containerd's (`oci/spec.go`).
+pub const DEFAULT_CAPS: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// Linux's capabilities by number.
+pub const ALL_CAPS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// containerd's masked and read-only `/proc` and `/sys` paths for a container that is not
+/// privileged.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/scsi",
+];
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The `PATH` a container gets when neither its image nor its pod sets one (containerd's).
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The capabilities this process holds in its bounding set (what `privileged` and `ALL`
+/// give), in kernel order.
+fn held_caps() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bits = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+/// The capabilities of container `c`, in kernel order: containerd's defaults, then
+/// `capabilities.add` and `.drop` as the CRI applies them (`ALL` first, then the names); all
+/// the agent holds when `privileged`.
+pub fn capabilities(c: &PodContainer) -> Result<Vec<&'static str>, SpecError> {
+    if c.privileged {
+        return Ok(held_caps());
+    }
+    let name = |n: &str| -> Result<&'static str, SpecError> {
+        let up = n.to_ascii_uppercase();
+        let bare = up.strip_prefix("CAP_").unwrap_or(&up);
+        ALL_CAPS
+            .iter()
+            .find(|c| **c == bare)
+            .copied()
+            .ok_or_else(|| SpecError::Capability(n.to_string()))
+    };
+    let is_all = |n: &String| n.eq_ignore_ascii_case("ALL");
+    let mut caps: Vec<&'static str> = DEFAULT_CAPS.to_vec();
+    if c.caps_add.iter().any(is_all) {
+        caps = held_caps();
+    }
+    if c.caps_drop.iter().any(is_all) {
+        caps.clear();
+    }
+    for n in c.caps_add.iter().filter(|n| !is_all(n)) {
+        let n = name(n)?;
+        if !caps.contains(&n) {
+            caps.push(n);
+        }
+    }
+    for n in c.caps_drop.iter().filter(|n| !is_all(n)) {
+        let n = name(n)?;
+        caps.retain(|c| *c != n);
+    }
+    caps.sort_by_key(|n| ALL_CAPS.iter().position(|c| c == n));
+    Ok(caps)
+}
+
+/// `process.capabilities`: `caps` bounding, effective and permitted; inheritable and ambient
+/// empty (CVE-2022-24769: a non-root process must not keep any).
+fn linux_capabilities(caps: &[&str]) -> LinuxCapabilities {
+    let set: std::collections::HashSet<Capability> = caps
+        .iter()
+        .filter_map(|n| serde_json::from_value(serde_json::json!(format!("CAP_{n}"))).ok())
+        .collect();
+    let mut lc = LinuxCapabilities::default();
+    lc.set_bounding(Some(set.clone()));
+    lc.set_effective(Some(set.clone()));
+    lc.set_permitted(Some(set));
+    lc.set_inheritable(Some(Default::default()));
+    lc.set_ambient(Some(Default::default()));
+    lc
+}
+
+/// Puts what `config.json` holds as sets (the capabilities) in kernel order: a rerun writes
+/// the same bytes.
+pub fn fixed_order(spec: &mut serde_json::Value) {
+    let Some(caps) = spec
+        .pointer_mut("/process/capabilities")
+        .and_then(|c| c.as_object_mut())
+    else {
+        return;
+    };
+    for set in caps.values_mut() {
+        if let Some(list) = set.as_array_mut() {
+            list.sort_by_key(|v| {
+                let n = v.as_str().unwrap_or_default();
+                ALL_CAPS
+                    .iter()
+                    .position(|c| n.strip_prefix("CAP_") == Some(*c))
+                    .unwrap_or(usize::MAX)
+            });
+        }
+    }
 }
 
 /// Kubernetes' expansion of `$(VAR)` in commands, args and env values: a defined variable is
@@ -98,16 +282,23 @@ pub fn process_args(image: &RunConfig, c: &PodContainer) -> Result<Vec<String>, 
 
 /// `process.env`: the image's `Env`, overlaid by the container's literal values (same name:
 /// replaced in place; new: appended).
-pub fn process_env(image: &RunConfig, c: &PodContainer) -> Vec<String> {
-    let mut env: Vec<(String, String)> = image
-        .env
-        .iter()
-        .flatten()
-        .map(|e| match e.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (e.clone(), String::new()),
-        })
-        .collect();
+pub fn process_env(image: &RunConfig, c: &PodContainer, hostname: &str) -> Vec<String> {
+    // As containerd builds it: HOSTNAME first, the image's Env (a default PATH if it has
+    // none), then the container's own values.
+    let mut env: Vec<(String, String)> = vec![("HOSTNAME".into(), hostname.into())];
+    let pair = |e: &str| match e.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => (e.to_string(), String::new()),
+    };
+    for (k, v) in image.env.iter().flatten().map(|e| pair(e)) {
+        match env.iter_mut().find(|(ek, _)| *ek == k) {
+            Some(slot) => slot.1 = v,
+            None => env.push((k, v)),
+        }
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(pair(DEFAULT_PATH));
+    }
     for (k, v) in container_env(c) {
         match env.iter_mut().find(|(ek, _)| *ek == k) {
             Some(slot) => slot.1 = v,
@@ -203,11 +394,15 @@ pub fn spec(
 ) -> Result<Spec, SpecError> {
     let mut spec = Spec::default();
     spec.set_version("1.0.2".into());
-    spec.set_hostname(Some(hostname.unwrap_or(&c.name).to_string()));
+    let hostname = hostname.unwrap_or(&c.name);
+    spec.set_hostname(Some(hostname.to_string()));
+    let caps = capabilities(c)?;
     if let Some(p) = spec.process_mut().as_mut() {
         p.set_terminal(Some(false));
         p.set_args(Some(process_args(image, c)?));
-        p.set_env(Some(process_env(image, c)));
+        p.set_env(Some(process_env(image, c, hostname)));
+        p.set_capabilities(Some(linux_capabilities(&caps)));
+        p.set_no_new_privileges(Some(c.no_new_privileges));
         let cwd = c
             .working_dir
             .clone()
@@ -222,6 +417,15 @@ pub fn spec(
     if let Some(root) = spec.root_mut().as_mut() {
         root.set_path("rootfs".into());
         root.set_readonly(Some(c.read_only_root));
+    }
+    if let Some(linux) = spec.linux_mut().as_mut() {
+        let (masked, readonly): (&[&str], &[&str]) = if c.privileged {
+            (&[], &[])
+        } else {
+            (&MASKED_PATHS, &READONLY_PATHS)
+        };
+        linux.set_masked_paths(Some(masked.iter().map(|p| p.to_string()).collect()));
+        linux.set_readonly_paths(Some(readonly.iter().map(|p| p.to_string()).collect()));
     }
     if let Some(linux) = spec.linux_mut().as_mut()
         && let Some(ns) = linux.namespaces_mut().as_mut()
@@ -280,6 +484,11 @@ mod tests {
             run_as_user: None,
             run_as_group: None,
             read_only_root: false,
+            run_as_non_root: false,
+            privileged: false,
+            no_new_privileges: false,
+            caps_add: Vec::new(),
+            caps_drop: Vec::new(),
         }
     }
 
@@ -362,10 +571,85 @@ mod tests {
             ("NEW".into(), "n".into()),
         ];
         assert_eq!(
-            process_env(&image, &c),
-            vec!["PATH=/usr/bin:$(KEEP)", "KEEP=1", "ODD=", "NEW=n"],
+            process_env(&image, &c, "web-0"),
+            vec![
+                "HOSTNAME=web-0",
+                "PATH=/usr/bin:$(KEEP)",
+                "KEEP=1",
+                "ODD=",
+                "NEW=n"
+            ],
             "image env is not visible to $(VAR), as in Kubernetes"
         );
+        // No PATH from the image or the pod: containerd's default.
+        let bare = RunConfig::default();
+        assert_eq!(
+            process_env(&bare, &container(), "h"),
+            vec!["HOSTNAME=h", DEFAULT_PATH]
+        );
+    }
+
+    /// containerd's 14 capabilities by default, in bounding, effective and permitted only;
+    /// add/drop with or without `CAP_`, `ALL` first; masked paths; a fixed order.
+    #[test]
+    fn capabilities_and_paths_as_containerd_sets_them() {
+        let image = RunConfig {
+            entrypoint: v(&["/bin/sh"]),
+            ..Default::default()
+        };
+        let mut c = container();
+        let j = |c: &PodContainer| {
+            let mut j = serde_json::to_value(spec(&image, c, Some("p"), (0, 0)).unwrap()).unwrap();
+            fixed_order(&mut j);
+            j
+        };
+        let caps = |j: &serde_json::Value, set: &str| -> Vec<String> {
+            j["process"]["capabilities"][set]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let d = j(&c);
+        let mut want: Vec<String> = DEFAULT_CAPS.iter().map(|n| format!("CAP_{n}")).collect();
+        want.sort_by_key(|n| ALL_CAPS.iter().position(|c| n[4..] == **c));
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(caps(&d, set), want, "{set}");
+        }
+        assert!(caps(&d, "inheritable").is_empty() && caps(&d, "ambient").is_empty());
+        assert_eq!(d["process"]["noNewPrivileges"], false);
+        assert_eq!(d["linux"]["maskedPaths"].as_array().unwrap().len(), 11);
+        assert_eq!(d["linux"]["readonlyPaths"][3], "/proc/sys");
+        // The same bytes every time (the sets are hash sets inside).
+        for _ in 0..5 {
+            assert_eq!(j(&c).to_string(), d.to_string());
+        }
+        c.caps_add = vec!["NET_ADMIN".into(), "cap_sys_time".into()];
+        c.caps_drop = vec!["CAP_MKNOD".into(), "net_raw".into()];
+        c.no_new_privileges = true;
+        let e = j(&c);
+        let got = caps(&e, "effective");
+        assert!(got.contains(&"CAP_NET_ADMIN".into()) && got.contains(&"CAP_SYS_TIME".into()));
+        assert!(!got.contains(&"CAP_MKNOD".into()) && !got.contains(&"CAP_NET_RAW".into()));
+        assert_eq!(got.len(), 14);
+        assert_eq!(e["process"]["noNewPrivileges"], true);
+        c.caps_add = vec!["CHOWN".into()];
+        c.caps_drop = vec!["ALL".into()];
+        assert_eq!(caps(&j(&c), "bounding"), vec!["CAP_CHOWN"]);
+        c.caps_drop = vec!["CAP_NOPE".into()];
+        assert!(matches!(
+            spec(&image, &c, None, (0, 0)),
+            Err(SpecError::Capability(_))
+        ));
+        c.caps_drop.clear();
+        c.privileged = true;
+        let p = j(&c);
+        assert!(
+            caps(&p, "bounding").len() >= 14,
+            "every capability the agent holds"
+        );
+        assert!(p["linux"]["maskedPaths"].as_array().unwrap().is_empty());
     }
 
     #[test]

@@ -51,12 +51,22 @@ struct EnvJson {
     value_from: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SecurityJson {
     run_as_user: Option<u32>,
     run_as_group: Option<u32>,
+    run_as_non_root: Option<bool>,
     read_only_root_filesystem: Option<bool>,
+    privileged: Option<bool>,
+    allow_privilege_escalation: Option<bool>,
+    capabilities: Option<CapabilitiesJson>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+struct CapabilitiesJson {
+    add: Option<Vec<String>>,
+    drop: Option<Vec<String>>,
 }
 
 /// A container of the pod, as far as its runtime bundle needs it.
@@ -76,6 +86,14 @@ pub struct PodContainer {
     pub run_as_user: Option<u32>,
     pub run_as_group: Option<u32>,
     pub read_only_root: bool,
+    /// `runAsNonRoot` (the container's over the pod's).
+    pub run_as_non_root: bool,
+    pub privileged: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+    /// `capabilities.add` and `.drop`, as written (`CHOWN`, `CAP_CHOWN`, `ALL`).
+    pub caps_add: Vec<String>,
+    pub caps_drop: Vec<String>,
 }
 
 /// A container image as the pod lists it.
@@ -151,6 +169,7 @@ impl Pod {
                 // Checked when its bundle is made (a bad name fails that container only).
                 let name = c.name.clone().unwrap_or_default();
                 let sc = c.security_context.unwrap_or_default();
+                let caps = sc.capabilities.clone().unwrap_or_default();
                 let mut env = Vec::new();
                 let mut skipped_env = Vec::new();
                 for e in c.env.unwrap_or_default() {
@@ -176,6 +195,14 @@ impl Pod {
                     run_as_user: sc.run_as_user.or(pod_security.run_as_user),
                     run_as_group: sc.run_as_group.or(pod_security.run_as_group),
                     read_only_root: sc.read_only_root_filesystem.unwrap_or(false),
+                    run_as_non_root: sc
+                        .run_as_non_root
+                        .or(pod_security.run_as_non_root)
+                        .unwrap_or(false),
+                    privileged: sc.privileged.unwrap_or(false),
+                    no_new_privileges: sc.allow_privilege_escalation == Some(false),
+                    caps_add: caps.add.unwrap_or_default(),
+                    caps_drop: caps.drop.unwrap_or_default(),
                 });
             }
         }
