@@ -110,6 +110,7 @@ fn boot_prepares_bundles_that_runc_runs() {
     let pod = json!({
         "metadata": {"name": "web-0", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
         "spec": {
+            "securityContext": {"supplementalGroups": [2000], "fsGroup": 3000},
             "initContainers": [{
                 "name": "init", "image": image,
                 "command": ["/bin/sh", "-c", "echo init $(GREETING) uid=$(id -u); touch /data/init-was-here"],
@@ -118,7 +119,7 @@ fn boot_prepares_bundles_that_runc_runs() {
             "containers": [
                 {
                     "name": "c1", "image": image,
-                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE HOSTNAME=$HOSTNAME; cat /data/init-was-here 2>/dev/null || echo no-init-file; grep -E '^Cap(Inh|Eff|Amb)' /proc/self/status"],
+                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE HOSTNAME=$HOSTNAME groups=$(id -G); cat /data/init-was-here 2>/dev/null || echo no-init-file; grep -E '^Cap(Inh|Eff|Amb)' /proc/self/status"],
                     "env": [{"name": "MINE", "value": "mine-$(GREETING)"}, {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
                 },
                 {
@@ -184,7 +185,7 @@ fn boot_prepares_bundles_that_runc_runs() {
     // A non-root process holds no capability (CVE-2022-24769); root holds containerd's 14.
     assert_eq!(
         runc.run(&bundle("c1"), "c1").trim(),
-        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING) HOSTNAME=web-0\nno-init-file\n\
+        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING) HOSTNAME=web-0 groups=1001 2000 3000\nno-init-file\n\
          CapInh:\t0000000000000000\nCapEff:\t0000000000000000\nCapAmb:\t0000000000000000"
     );
     assert_eq!(

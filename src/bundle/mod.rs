@@ -145,7 +145,9 @@ fn prepare_one(
             run.user.clone().unwrap_or_default()
         ));
     }
-    let spec = spec::spec(&run, c, cfg.hostname.as_deref(), user).map_err(|e| e.to_string())?;
+    let gids = spec::additional_gids(c, user, passwd.as_deref(), group.as_deref());
+    let spec =
+        spec::spec(&run, c, cfg.hostname.as_deref(), user, gids).map_err(|e| e.to_string())?;
 
     // The container's own directories and the bundle.
     let own = paths.containers.join(&c.name);

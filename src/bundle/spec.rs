@@ -384,13 +384,45 @@ pub fn resolve_user(
     Ok((uid, gid))
 }
 
+/// The additional groups of a process running as `uid` (named `name` in the image, if it
+/// is): the image's `/etc/group` entries that list it (as containerd adds them), then the
+/// pod's `supplementalGroups` and `fsGroup`; each once, never the primary group.
+pub fn additional_gids(
+    c: &PodContainer,
+    (uid, gid): (u32, u32),
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Vec<u32> {
+    let name = passwd.unwrap_or("").lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
+    });
+    let mut out: Vec<u32> = Vec::new();
+    if let Some(name) = name {
+        for l in group.unwrap_or("").lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 4
+                && f[3].split(',').any(|m| m == name)
+                && let Ok(g) = f[2].parse::<u32>()
+            {
+                out.push(g);
+            }
+        }
+    }
+    out.extend(&c.extra_gids);
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|g| *g != gid && seen.insert(*g));
+    out
+}
+
 /// The runtime spec of container `c` of the pod named `hostname`, from its image's run
-/// configuration; `user` is the (uid, gid) already resolved.
+/// configuration; `user` is the (uid, gid) already resolved, `gids` its additional groups.
 pub fn spec(
     image: &RunConfig,
     c: &PodContainer,
     hostname: Option<&str>,
     user: (u32, u32),
+    gids: Vec<u32>,
 ) -> Result<Spec, SpecError> {
     let mut spec = Spec::default();
     spec.set_version("1.0.2".into());
@@ -412,6 +444,9 @@ pub fn spec(
         let mut u = User::default();
         u.set_uid(user.0);
         u.set_gid(user.1);
+        if !gids.is_empty() {
+            u.set_additional_gids(Some(gids));
+        }
         p.set_user(u);
     }
     if let Some(root) = spec.root_mut().as_mut() {
@@ -489,6 +524,7 @@ mod tests {
             no_new_privileges: false,
             caps_add: Vec::new(),
             caps_drop: Vec::new(),
+            extra_gids: Vec::new(),
         }
     }
 
@@ -589,6 +625,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn additional_groups_from_the_image_and_the_pod() {
+        let passwd = "root:x:0:0::/:/bin/sh\napp:x:1000:1001::/:/bin/sh\n";
+        let group = "root:x:0:\nstaff:x:1001:app\nwheel:x:10:root,app\naudio:x:29:other\n";
+        let mut c = container();
+        c.extra_gids = vec![2000, 10, 3000];
+        assert_eq!(
+            additional_gids(&c, (1000, 1001), Some(passwd), Some(group)),
+            vec![10, 2000, 3000],
+            "member of wheel; staff is the primary group; each once"
+        );
+        assert_eq!(
+            additional_gids(&container(), (4242, 0), Some(passwd), Some(group)),
+            Vec::<u32>::new()
+        );
+    }
+
     /// containerd's 14 capabilities by default, in bounding, effective and permitted only;
     /// add/drop with or without `CAP_`, `ALL` first; masked paths; a fixed order.
     #[test]
@@ -599,7 +652,9 @@ mod tests {
         };
         let mut c = container();
         let j = |c: &PodContainer| {
-            let mut j = serde_json::to_value(spec(&image, c, Some("p"), (0, 0)).unwrap()).unwrap();
+            let mut j =
+                serde_json::to_value(spec(&image, c, Some("p"), (0, 0), Vec::new()).unwrap())
+                    .unwrap();
             fixed_order(&mut j);
             j
         };
@@ -639,7 +694,7 @@ mod tests {
         assert_eq!(caps(&j(&c), "bounding"), vec!["CAP_CHOWN"]);
         c.caps_drop = vec!["CAP_NOPE".into()];
         assert!(matches!(
-            spec(&image, &c, None, (0, 0)),
+            spec(&image, &c, None, (0, 0), Vec::new()),
             Err(SpecError::Capability(_))
         ));
         c.caps_drop.clear();
@@ -710,7 +765,7 @@ mod tests {
         };
         let mut c = container();
         c.read_only_root = true;
-        let s = spec(&image, &c, Some("web-0"), (1000, 1001)).unwrap();
+        let s = spec(&image, &c, Some("web-0"), (1000, 1001), vec![50]).unwrap();
         let j = serde_json::to_value(&s).unwrap();
         assert_eq!(j["ociVersion"], "1.0.2");
         assert_eq!(j["hostname"], "web-0");
@@ -719,6 +774,10 @@ mod tests {
         assert_eq!(j["process"]["terminal"], false);
         assert_eq!(j["process"]["cwd"], "/srv");
         assert_eq!(j["process"]["user"]["uid"], 1000);
+        assert_eq!(
+            j["process"]["user"]["additionalGids"],
+            serde_json::json!([50])
+        );
         assert_eq!(j["process"]["args"][0], "/bin/sh");
         let ns: Vec<&str> = j["linux"]["namespaces"]
             .as_array()

@@ -61,6 +61,8 @@ struct SecurityJson {
     privileged: Option<bool>,
     allow_privilege_escalation: Option<bool>,
     capabilities: Option<CapabilitiesJson>,
+    supplemental_groups: Option<Vec<u32>>,
+    fs_group: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -94,6 +96,8 @@ pub struct PodContainer {
     /// `capabilities.add` and `.drop`, as written (`CHOWN`, `CAP_CHOWN`, `ALL`).
     pub caps_add: Vec<String>,
     pub caps_drop: Vec<String>,
+    /// The pod's `supplementalGroups`, then its `fsGroup`.
+    pub extra_gids: Vec<u32>,
 }
 
 /// A container image as the pod lists it.
@@ -203,6 +207,13 @@ impl Pod {
                     no_new_privileges: sc.allow_privilege_escalation == Some(false),
                     caps_add: caps.add.unwrap_or_default(),
                     caps_drop: caps.drop.unwrap_or_default(),
+                    extra_gids: pod_security
+                        .supplemental_groups
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .chain(pod_security.fs_group)
+                        .collect(),
                 });
             }
         }
