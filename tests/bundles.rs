@@ -120,7 +120,7 @@ fn boot_prepares_bundles_that_runc_runs() {
                 {
                     "name": "c1", "image": image,
                     "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE HOSTNAME=$HOSTNAME groups=$(id -G); cat /data/init-was-here 2>/dev/null || echo no-init-file; grep -E '^Cap(Inh|Eff|Amb)' /proc/self/status"],
-                    "env": [{"name": "MINE", "value": "mine-$(GREETING)"}, {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                    "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "MINE", "value": "mine-$(GREETING)-$(POD)"}, {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
                 },
                 {
                     "name": "c2", "image": image,
@@ -185,7 +185,7 @@ fn boot_prepares_bundles_that_runc_runs() {
     // A non-root process holds no capability (CVE-2022-24769); root holds containerd's 14.
     assert_eq!(
         runc.run(&bundle("c1"), "c1").trim(),
-        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING) HOSTNAME=web-0 groups=1001 2000 3000\nno-init-file\n\
+        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING)-web-0 HOSTNAME=web-0 groups=1001 2000 3000\nno-init-file\n\
          CapInh:\t0000000000000000\nCapEff:\t0000000000000000\nCapAmb:\t0000000000000000"
     );
     assert_eq!(

@@ -12,12 +12,24 @@ use crate::error::{InputError, Origin};
 struct PodJson {
     metadata: Option<MetaJson>,
     spec: Option<SpecJson>,
+    status: Option<StatusJson>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusJson {
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(rename = "hostIP")]
+    host_ip: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct MetaJson {
     name: Option<String>,
     namespace: Option<String>,
+    uid: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
     annotations: Option<BTreeMap<String, String>>,
 }
 
@@ -28,6 +40,8 @@ struct SpecJson {
     containers: Option<Vec<ContainerJson>>,
     ephemeral_containers: Option<Vec<ContainerJson>>,
     security_context: Option<SecurityJson>,
+    node_name: Option<String>,
+    service_account_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,14 +148,71 @@ impl Pod {
             )
         })?;
         let meta = raw.metadata.unwrap_or_default();
+        let status = raw.status.unwrap_or_default();
+        let spec = raw.spec.unwrap_or_default();
+        // The downward API's fields (`valueFrom.fieldRef`), as the kubelet resolves them.
+        let field = |path: &str| -> Option<String> {
+            let key = |prefix: &str| {
+                path.strip_prefix(prefix)?
+                    .strip_suffix("']")
+                    .map(str::to_string)
+            };
+            match path {
+                "metadata.name" => meta.name.clone(),
+                "metadata.namespace" => meta.namespace.clone(),
+                "metadata.uid" => meta.uid.clone(),
+                "spec.nodeName" => spec.node_name.clone(),
+                "spec.serviceAccountName" => spec.service_account_name.clone(),
+                "status.podIP" => status.pod_ip.clone(),
+                "status.hostIP" => status.host_ip.clone(),
+                _ => {
+                    if let Some(k) = key("metadata.labels['") {
+                        Some(meta.labels.as_ref()?.get(&k).cloned().unwrap_or_default())
+                    } else if let Some(k) = key("metadata.annotations['") {
+                        Some(
+                            meta.annotations
+                                .as_ref()?
+                                .get(&k)
+                                .cloned()
+                                .unwrap_or_default(),
+                        )
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        let mut envs_of = Vec::new();
+        for list in [&spec.init_containers, &spec.containers] {
+            for c in list.iter().flatten() {
+                let mut env = Vec::new();
+                let mut skipped_env = Vec::new();
+                for e in c.env.iter().flatten() {
+                    let field_path = e
+                        .value_from
+                        .as_ref()
+                        .and_then(|v| v.pointer("/fieldRef/fieldPath"))
+                        .and_then(|p| p.as_str());
+                    match (&e.value, &e.value_from, field_path.and_then(&field)) {
+                        // Not expanded again: `$` stays literal.
+                        (_, Some(_), Some(v)) => env.push((e.name.clone(), v.replace('$', "$$"))),
+                        (_, Some(_), None) => {
+                            skipped_env.push(format!("env {} (valueFrom)", e.name))
+                        }
+                        (v, None, _) => env.push((e.name.clone(), v.clone().unwrap_or_default())),
+                    }
+                }
+                envs_of.push((env, skipped_env));
+            }
+        }
+        let mut envs_of = envs_of.into_iter();
         let pod_name = meta.name.clone();
-        let name = match (meta.namespace, meta.name) {
+        let name = match (meta.namespace.clone(), meta.name.clone()) {
             (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
             (None, Some(n)) => Some(n),
             _ => None,
         };
-        let spec = raw.spec.unwrap_or_default();
-        let pod_security = spec.security_context.unwrap_or_default();
+        let pod_security = spec.security_context.clone().unwrap_or_default();
         let mut images = Vec::new();
         let mut bundled = Vec::new();
         for (list, containers) in [
@@ -174,14 +245,7 @@ impl Pod {
                 let name = c.name.clone().unwrap_or_default();
                 let sc = c.security_context.unwrap_or_default();
                 let caps = sc.capabilities.clone().unwrap_or_default();
-                let mut env = Vec::new();
-                let mut skipped_env = Vec::new();
-                for e in c.env.unwrap_or_default() {
-                    match (e.value, e.value_from) {
-                        (_, Some(_)) => skipped_env.push(format!("env {} (valueFrom)", e.name)),
-                        (v, None) => env.push((e.name, v.unwrap_or_default())),
-                    }
-                }
+                let (env, mut skipped_env) = envs_of.next().unwrap_or_default();
                 if let Some(from) = &c.env_from
                     && !from.is_empty()
                 {
@@ -281,5 +345,60 @@ mod tests {
             assert!(msg.contains("/run/kci/pod.json"), "{msg}");
             assert!(msg.contains(want), "{text}: {msg}");
         }
+    }
+}
+
+#[cfg(test)]
+mod downward_tests {
+    use super::*;
+
+    /// `valueFrom.fieldRef` is resolved from the pod object as the kubelet resolves it; what
+    /// the agent cannot know stays unresolved.
+    #[test]
+    fn field_refs_come_from_the_pod_object() {
+        let pod = serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "prod", "uid": "u-1",
+                         "labels": {"app": "web"}, "annotations": {"a/b": "x$y"}},
+            "spec": {"nodeName": "vk-1", "serviceAccountName": "sa",
+                "containers": [{"name": "c", "image": "i", "env": [
+                    {"name": "LIT", "value": "1"},
+                    {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "NONE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['none']"}}},
+                    {"name": "ANN", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['a/b']"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                    {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                ]}]},
+            "status": {"podIP": "10.1.2.3", "hostIP": "192.168.0.9"},
+        });
+        let p = Pod::parse(&pod.to_string(), Path::new("pod.json")).unwrap();
+        let c = &p.containers[0];
+        let env: Vec<(&str, &str)> = c
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![
+                ("LIT", "1"),
+                ("NAME", "web-0"),
+                ("NS", "prod"),
+                ("UID", "u-1"),
+                ("APP", "web"),
+                ("NONE", ""),
+                ("ANN", "x$$y"),
+                ("NODE", "vk-1"),
+                ("SA", "sa"),
+                ("IP", "10.1.2.3"),
+                ("HOST", "192.168.0.9"),
+            ]
+        );
+        assert_eq!(c.skipped_env, vec!["env SECRET (valueFrom)".to_string()]);
     }
 }
