@@ -119,7 +119,7 @@ fn boot_prepares_bundles_that_runc_runs() {
             "containers": [
                 {
                     "name": "c1", "image": image,
-                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE HOSTNAME=$HOSTNAME groups=$(id -G); cat /data/init-was-here 2>/dev/null || echo no-init-file; grep -E '^Cap(Inh|Eff|Amb)' /proc/self/status"],
+                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE HOSTNAME=$HOSTNAME groups=$(id -G); cat /data/init-was-here 2>/dev/null || echo no-init-file; echo c1-done > /dev/termination-log; grep -E '^Cap(Inh|Eff|Amb)' /proc/self/status"],
                     "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "MINE", "value": "mine-$(GREETING)-$(POD)"}, {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
                 },
                 {
@@ -192,6 +192,12 @@ fn boot_prepares_bundles_that_runc_runs() {
         runc.run(&bundle("c2"), "c2").trim(),
         "c2 uid=0 cwd=/data\nCapInh:\t0000000000000000\nCapEff:\t00000000a80425fb\n\
          CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000"
+    );
+    // The termination log: written by a non-root process, kept in the container's own
+    // directory (as the kubelet reads it after the container ended).
+    assert_eq!(
+        fs::read_to_string(root.file("var/lib/kci/containers/c1/termination-log")).unwrap(),
+        "c1-done\n"
     );
     // What a container writes lands in its own upper directory, never in a shared layer.
     let upper = |name: &str| root.file(&format!("var/lib/kci/containers/{name}/upper"));

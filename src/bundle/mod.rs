@@ -171,6 +171,23 @@ fn prepare_one(
             .map(|_| ())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
+    // The kubelet's termination log: a file of the container's own, 0666, bind-mounted
+    // read-write where terminationMessagePath says.
+    let log = own.join("termination-log");
+    if !log.exists() {
+        std::fs::write(&log, b"").map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    }
+    std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .map_err(|e| format!("cannot make {} writable: {e}", log.display()))?;
+    let mut spec = spec;
+    if let Some(mounts) = spec.mounts_mut().as_mut() {
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination(c.termination_message_path.clone().into());
+        m.set_typ(Some("bind".into()));
+        m.set_source(Some(log.clone()));
+        m.set_options(Some(vec!["rbind".into(), "rw".into()]));
+        mounts.push(m);
+    }
     let mut config = serde_json::to_value(&spec).map_err(|e| e.to_string())?;
     spec::fixed_order(&mut config);
     write("config.json", config)?;

@@ -525,6 +525,7 @@ mod tests {
             caps_add: Vec::new(),
             caps_drop: Vec::new(),
             extra_gids: Vec::new(),
+            termination_message_path: "/dev/termination-log".into(),
         }
     }
 

@@ -55,6 +55,7 @@ struct ContainerJson {
     env_from: Option<Vec<serde_json::Value>>,
     working_dir: Option<String>,
     security_context: Option<SecurityJson>,
+    termination_message_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +113,8 @@ pub struct PodContainer {
     pub caps_drop: Vec<String>,
     /// The pod's `supplementalGroups`, then its `fsGroup`.
     pub extra_gids: Vec<u32>,
+    /// `terminationMessagePath` (default `/dev/termination-log`).
+    pub termination_message_path: String,
 }
 
 /// A container image as the pod lists it.
@@ -271,6 +274,11 @@ impl Pod {
                     no_new_privileges: sc.allow_privilege_escalation == Some(false),
                     caps_add: caps.add.unwrap_or_default(),
                     caps_drop: caps.drop.unwrap_or_default(),
+                    termination_message_path: c
+                        .termination_message_path
+                        .clone()
+                        .filter(|p| p.starts_with('/'))
+                        .unwrap_or_else(|| "/dev/termination-log".into()),
                     extra_gids: pod_security
                         .supplemental_groups
                         .clone()
