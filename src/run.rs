@@ -48,6 +48,7 @@ fn prepare_bundles(
                 bundle: paths.bundles.join(&c.name).display().to_string(),
                 status: "failed",
                 error: Some(why.clone()),
+                unresolved: c.skipped_env.clone(),
             })
             .collect(),
     }

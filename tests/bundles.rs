@@ -155,6 +155,12 @@ fn boot_prepares_bundles_that_runc_runs() {
     let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
     let containers = rep["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 3);
+    assert_eq!(
+        containers[1]["unresolved"],
+        json!(["env SECRET (valueFrom)"]),
+        "what the agent cannot resolve is listed"
+    );
+    assert!(containers[2].get("unresolved").is_none());
     assert!(
         containers.iter().all(|c| c["status"] == "ready"),
         "{containers:?}"

@@ -33,6 +33,10 @@ pub struct ContainerReport {
     /// `ready` or `failed`.
     pub status: &'static str,
     pub error: Option<String>,
+    /// What of the container the agent cannot resolve and left out (SPEC §10): `env X
+    /// (valueFrom)`, `envFrom (N sources)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<String>,
 }
 
 /// Where bundles go and whether their rootfs is mounted.
@@ -76,6 +80,7 @@ pub fn prepare(
                 bundle: bundle.display().to_string(),
                 status: if result.is_ok() { "ready" } else { "failed" },
                 error: result.err(),
+                unresolved: c.skipped_env.clone(),
             }
         })
         .collect()
