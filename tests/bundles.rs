@@ -119,14 +119,15 @@ fn boot_prepares_bundles_that_runc_runs() {
             "containers": [
                 {
                     "name": "c1", "image": image,
-                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE HOSTNAME=$HOSTNAME groups=$(id -G); cat /data/init-was-here 2>/dev/null || echo no-init-file; echo c1-done > /dev/termination-log; grep -E '^Cap(Inh|Eff|Amb)' /proc/self/status"],
-                    "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "MINE", "value": "mine-$(GREETING)-$(POD)"}, {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                    "args": ["echo c1 uid=$(id -u) gid=$(id -g) cwd=$(pwd) host=$(hostname) IMG=$IMG MINE=$MINE HOSTNAME=$HOSTNAME groups=$(id -G) MEM=$MEM; cat /data/init-was-here 2>/dev/null || echo no-init-file; echo c1-done > /dev/termination-log; grep -E '^Cap(Inh|Eff|Amb)' /proc/self/status"],
+                    "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "MEM", "valueFrom": {"resourceFieldRef": {"containerName": "c2", "resource": "limits.memory", "divisor": "1Mi"}}}, {"name": "MINE", "value": "mine-$(GREETING)-$(POD)"}, {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
                 },
                 {
                     "name": "c2", "image": image,
-                    "command": ["/bin/sh", "-c", "echo c2 uid=$(id -u) cwd=$(pwd); touch /tmp/c2-file; grep -E '^Cap(Inh|Eff|Bnd|Amb)' /proc/self/status"],
+                    "command": ["/bin/sh", "-c", "echo c2 uid=$(id -u) cwd=$(pwd); touch /tmp/c2-file; grep -E '^Cap(Inh|Eff|Bnd|Amb)' /proc/self/status; cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us"],
                     "workingDir": "/data",
                     "securityContext": {"runAsUser": 0},
+                    "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
                 },
             ],
         },
@@ -191,13 +192,22 @@ fn boot_prepares_bundles_that_runc_runs() {
     // A non-root process holds no capability (CVE-2022-24769); root holds containerd's 14.
     assert_eq!(
         runc.run(&bundle("c1"), "c1").trim(),
-        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING)-web-0 HOSTNAME=web-0 groups=1001 2000 3000\nno-init-file\n\
+        "c1 uid=1000 gid=1001 cwd=/home/app host=web-0 IMG=from-image MINE=mine-$(GREETING)-web-0 HOSTNAME=web-0 groups=1001 2000 3000 MEM=64\nno-init-file\n\
          CapInh:\t0000000000000000\nCapEff:\t0000000000000000\nCapAmb:\t0000000000000000"
     );
+    let c2 = runc.run(&bundle("c2"), "c2");
+    let (head, limits) = c2
+        .trim()
+        .split_at(c2.trim().find("\n67108864").unwrap_or(0));
     assert_eq!(
-        runc.run(&bundle("c2"), "c2").trim(),
+        head,
         "c2 uid=0 cwd=/data\nCapInh:\t0000000000000000\nCapEff:\t00000000a80425fb\n\
          CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000"
+    );
+    // Its limits, in its own cgroup (cgroup v2: cpu.max; v1: cfs_quota_us).
+    assert!(
+        ["\n67108864\n50000 100000", "\n67108864\n50000"].contains(&limits),
+        "{c2}"
     );
     // The termination log: written by a non-root process, kept in the container's own
     // directory (as the kubelet reads it after the container ended).

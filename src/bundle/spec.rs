@@ -454,6 +454,11 @@ pub fn spec(
         root.set_readonly(Some(c.read_only_root));
     }
     if let Some(linux) = spec.linux_mut().as_mut() {
+        let mut res = linux.resources().clone().unwrap_or_default();
+        let (memory, cpu) = resources(c);
+        res.set_memory(memory);
+        res.set_cpu(cpu);
+        linux.set_resources(Some(res));
         let (masked, readonly): (&[&str], &[&str]) = if c.privileged {
             (&[], &[])
         } else {
@@ -472,10 +477,49 @@ pub fn spec(
                     | LinuxNamespaceType::Ipc
                     | LinuxNamespaceType::Uts
                     | LinuxNamespaceType::Mount
+                    | LinuxNamespaceType::Cgroup
             )
         });
     }
     Ok(spec)
+}
+
+/// `linux.resources` of container `c` as the kubelet and containerd set them: the memory
+/// limit in bytes; a CPU limit as a quota of the 100 ms period (at least 1 ms), CPU requests
+/// as shares (1024 per core, at least 2).
+pub fn resources(
+    c: &PodContainer,
+) -> (
+    Option<oci_spec::runtime::LinuxMemory>,
+    Option<oci_spec::runtime::LinuxCpu>,
+) {
+    use crate::config::quantity::Quantity;
+    const PERIOD: u64 = 100_000;
+    let q = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+        m.get(k).and_then(|v| Quantity::parse(v))
+    };
+    let memory = q(&c.resources.limits, "memory").map(|m| {
+        let mut mem = oci_spec::runtime::LinuxMemory::default();
+        mem.set_limit(Some(m.units().min(i64::MAX as u128) as i64));
+        mem
+    });
+    let limit = q(&c.resources.limits, "cpu").map(|q| q.millis());
+    let request = q(&c.resources.requests, "cpu").map(|q| q.millis());
+    let cpu = (limit.is_some() || request.is_some()).then(|| {
+        let mut cpu = oci_spec::runtime::LinuxCpu::default();
+        if let Some(m) = limit {
+            let quota = (m.saturating_mul(PERIOD as u128) / 1000).clamp(1000, i64::MAX as u128);
+            cpu.set_quota(Some(quota as i64));
+            cpu.set_period(Some(PERIOD));
+        }
+        if let Some(m) = request {
+            cpu.set_shares(Some(
+                (m.saturating_mul(1024) / 1000).clamp(2, u64::MAX as u128) as u64,
+            ));
+        }
+        cpu
+    });
+    (memory, cpu)
 }
 
 /// The user of container `c`: the pod's `runAsUser`/`runAsGroup`, else the image's `User`
@@ -526,6 +570,7 @@ mod tests {
             caps_drop: Vec::new(),
             extra_gids: Vec::new(),
             termination_message_path: "/dev/termination-log".into(),
+            resources: Default::default(),
         }
     }
 
@@ -640,6 +685,34 @@ mod tests {
         assert_eq!(
             additional_gids(&container(), (4242, 0), Some(passwd), Some(group)),
             Vec::<u32>::new()
+        );
+    }
+
+    #[test]
+    fn resources_become_cgroup_limits() {
+        let mut c = container();
+        assert_eq!(resources(&c), (None, None));
+        c.resources.limits = [
+            ("cpu".into(), "500m".into()),
+            ("memory".into(), "64Mi".into()),
+        ]
+        .into_iter()
+        .collect();
+        c.resources.requests = [("cpu".into(), "250m".into())].into_iter().collect();
+        let (m, cpu) = resources(&c);
+        assert_eq!(m.unwrap().limit(), Some(64 << 20));
+        let cpu = cpu.unwrap();
+        assert_eq!(
+            (cpu.quota(), cpu.period(), cpu.shares()),
+            (Some(50_000), Some(100_000), Some(256))
+        );
+        c.resources.limits = [("cpu".into(), "1m".into())].into_iter().collect();
+        c.resources.requests.clear();
+        let cpu = resources(&c).1.unwrap();
+        assert_eq!(
+            (cpu.quota(), cpu.shares()),
+            (Some(1000), None),
+            "a quota of 1 ms at least"
         );
     }
 
@@ -786,7 +859,8 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert_eq!(ns.len(), 4, "{ns:?}");
+        assert_eq!(ns.len(), 5, "{ns:?}");
+        assert!(ns.contains(&"cgroup"), "the container sees its own cgroup");
         assert!(!ns.contains(&"network"));
         let mounts: Vec<&str> = j["mounts"]
             .as_array()

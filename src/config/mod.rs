@@ -9,6 +9,7 @@ pub mod dns;
 pub mod hostalias;
 pub mod names;
 pub mod pod;
+pub mod quantity;
 
 use std::path::PathBuf;
 

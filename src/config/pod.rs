@@ -56,6 +56,80 @@ struct ContainerJson {
     working_dir: Option<String>,
     security_context: Option<SecurityJson>,
     termination_message_path: Option<String>,
+    resources: Option<ResourcesJson>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+struct ResourcesJson {
+    limits: Option<BTreeMap<String, serde_json::Value>>,
+    requests: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// A container's `resources`: quantities by name (`cpu`, `memory`, `ephemeral-storage`), as
+/// written; requests default to the limits (as the API server defaults them).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resources {
+    pub limits: BTreeMap<String, String>,
+    pub requests: BTreeMap<String, String>,
+}
+
+impl ResourcesJson {
+    fn resources(&self) -> Resources {
+        let text = |m: &Option<BTreeMap<String, serde_json::Value>>| -> BTreeMap<String, String> {
+            m.iter()
+                .flatten()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        };
+        let limits = text(&self.limits);
+        let mut requests = text(&self.requests);
+        for (k, v) in &limits {
+            requests.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        Resources { limits, requests }
+    }
+}
+
+/// The downward API's `resourceFieldRef`: `limits.cpu`, `requests.memory`, ... of `r`,
+/// divided by `divisor` and rounded up as the kubelet does; an unset limit is the instance's
+/// capacity (the pod's node is this instance), an unset request 0.
+fn resource_field(r: &Resources, resource: &str, divisor: Option<&str>) -> Option<String> {
+    use super::quantity::Quantity;
+    let (kind, name) = resource.split_once('.')?;
+    let set = match kind {
+        "limits" => &r.limits,
+        "requests" => &r.requests,
+        _ => return None,
+    };
+    let value = match (set.get(name), kind, name) {
+        (Some(q), _, _) => Quantity::parse(q)?,
+        (None, "requests", _) => Quantity::parse("0")?,
+        (None, _, "cpu") => Quantity::parse(
+            &std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .to_string(),
+        )?,
+        (None, _, "memory") => {
+            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let kib = info
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .to_string();
+            Quantity::parse(&format!("{kib}Ki"))?
+        }
+        _ => return None,
+    };
+    let divisor = Quantity::parse(divisor.filter(|d| !d.is_empty()).unwrap_or("1"))?;
+    Some(value.div_ceil(&divisor)?.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +189,7 @@ pub struct PodContainer {
     pub extra_gids: Vec<u32>,
     /// `terminationMessagePath` (default `/dev/termination-log`).
     pub termination_message_path: String,
+    pub resources: Resources,
 }
 
 /// A container image as the pod lists it.
@@ -185,9 +260,33 @@ impl Pod {
                 }
             }
         };
+        let all: Vec<&ContainerJson> = [&spec.init_containers, &spec.containers]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
         let mut envs_of = Vec::new();
         for list in [&spec.init_containers, &spec.containers] {
             for c in list.iter().flatten() {
+                let resource = |v: &serde_json::Value| -> Option<String> {
+                    let r = v.get("resourceFieldRef")?;
+                    let of = match r.get("containerName").and_then(|n| n.as_str()) {
+                        Some(n) if !n.is_empty() => {
+                            *all.iter().find(|o| o.name.as_deref() == Some(n))?
+                        }
+                        _ => c,
+                    };
+                    let divisor = match r.get("divisor") {
+                        Some(serde_json::Value::String(s)) => Some(s.clone()),
+                        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    };
+                    resource_field(
+                        &of.resources.clone().unwrap_or_default().resources(),
+                        r.get("resource")?.as_str()?,
+                        divisor.as_deref(),
+                    )
+                };
                 let mut env = Vec::new();
                 let mut skipped_env = Vec::new();
                 for e in c.env.iter().flatten() {
@@ -196,7 +295,10 @@ impl Pod {
                         .as_ref()
                         .and_then(|v| v.pointer("/fieldRef/fieldPath"))
                         .and_then(|p| p.as_str());
-                    match (&e.value, &e.value_from, field_path.and_then(&field)) {
+                    let resolved = field_path
+                        .and_then(&field)
+                        .or_else(|| e.value_from.as_ref().and_then(&resource));
+                    match (&e.value, &e.value_from, resolved) {
                         // Not expanded again: `$` stays literal.
                         (_, Some(_), Some(v)) => env.push((e.name.clone(), v.replace('$', "$$"))),
                         (_, Some(_), None) => {
@@ -274,6 +376,7 @@ impl Pod {
                     no_new_privileges: sc.allow_privilege_escalation == Some(false),
                     caps_add: caps.add.unwrap_or_default(),
                     caps_drop: caps.drop.unwrap_or_default(),
+                    resources: c.resources.clone().unwrap_or_default().resources(),
                     termination_message_path: c
                         .termination_message_path
                         .clone()
@@ -408,5 +511,52 @@ mod downward_tests {
             ]
         );
         assert_eq!(c.skipped_env, vec!["env SECRET (valueFrom)".to_string()]);
+    }
+}
+
+#[cfg(test)]
+mod resource_field_tests {
+    use super::*;
+
+    /// `resourceFieldRef` divides by its divisor and rounds up; requests default to limits.
+    #[test]
+    fn resource_field_refs_as_the_kubelet_rounds_them() {
+        let pod = serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "a", "image": "i",
+                 "resources": {"limits": {"cpu": "1500m", "memory": "128Mi"}},
+                 "env": [
+                    {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+                    {"name": "CPU_M", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+                    {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory"}}},
+                    {"name": "B", "valueFrom": {"resourceFieldRef": {"containerName": "b", "resource": "requests.cpu", "divisor": 1}}},
+                    {"name": "BAD", "valueFrom": {"resourceFieldRef": {"resource": "limits.gpu"}}},
+                 ]},
+                {"name": "b", "image": "i", "resources": {"requests": {"cpu": 2}}},
+            ]},
+        });
+        let p = Pod::parse(&pod.to_string(), Path::new("pod.json")).unwrap();
+        let env: Vec<(&str, &str)> = p.containers[0]
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![
+                ("CPU", "2"),
+                ("CPU_M", "1500"),
+                ("MEM", "128"),
+                ("REQ", "134217728"),
+                ("B", "2")
+            ]
+        );
+        assert_eq!(
+            p.containers[0].skipped_env,
+            vec!["env BAD (valueFrom)".to_string()]
+        );
+        assert_eq!(p.containers[0].resources.requests["cpu"], "1500m");
     }
 }
