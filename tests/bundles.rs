@@ -372,3 +372,81 @@ fn run_as_non_root_refuses_a_root_container_only() {
         "{err}"
     );
 }
+
+/// `emptyDir` volumes are the pod's: what one container writes another reads; `subPath`
+/// and `readOnly` are honoured, a `subPath` that climbs out is refused; other volume types
+/// are not mounted and are listed as unresolved.
+#[test]
+fn empty_dir_volumes_are_shared_by_the_pods_containers() {
+    let img = busybox_image();
+    let e = FaultEnv::start(img, &["e2e/volumes"]);
+    let reg = e.registry.addr();
+    let image = format!("{reg}/e2e/volumes:v1");
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let pod = json!({
+        "metadata": {"name": "side", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "spec": {
+            "volumes": [
+                {"name": "work", "emptyDir": {}},
+                {"name": "cfg", "configMap": {"name": "app-config"}},
+            ],
+            "containers": [
+                {"name": "writer", "image": image, "securityContext": {"runAsUser": 0},
+                 "command": ["/bin/sh", "-c", "echo hello > /work/note; mkdir -p /work/deep/er; echo deep > /work/deep/er/f"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                {"name": "reader", "image": image, "securityContext": {"runAsUser": 0},
+                 "command": ["/bin/sh", "-c", "cat /shared/note /sub/f; touch /sub/x 2>/dev/null || echo read-only"],
+                 "volumeMounts": [
+                    {"name": "work", "mountPath": "/shared"},
+                    {"name": "work", "mountPath": "/sub", "subPath": "deep/er", "readOnly": true},
+                    {"name": "cfg", "mountPath": "/etc/app"},
+                 ]},
+                {"name": "climber", "image": image,
+                 "volumeMounts": [{"name": "work", "mountPath": "/w", "subPath": "../../etc"}]},
+            ],
+        },
+    });
+    let spec = root.file("pod.json");
+    fs::write(&spec, pod.to_string()).unwrap();
+    let report = root.file("report.json");
+    let r = run(&mut agent(&[
+        "boot",
+        "--root",
+        root.arg(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]));
+    assert_ne!(r.code, 0, "the climber fails: {}", r.stderr);
+    let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let c = rep["containers"].as_array().unwrap();
+    assert_eq!(
+        (c[0]["status"].as_str(), c[1]["status"].as_str()),
+        (Some("ready"), Some("ready"))
+    );
+    assert_eq!(
+        c[1]["unresolved"],
+        json!(["volume cfg (configMap) at /etc/app"])
+    );
+    assert_eq!(c[2]["status"], "failed");
+    assert!(
+        c[2]["error"].as_str().unwrap().contains("subPath"),
+        "{}",
+        c[2]
+    );
+    let bundle = |name: &str| root.file(&format!("run/kci/bundles/{name}"));
+    let mut runc = Runc {
+        state: root.file("runc-state"),
+        ids: Vec::new(),
+    };
+    assert_eq!(runc.run(&bundle("writer"), "writer"), "");
+    assert_eq!(
+        runc.run(&bundle("reader"), "reader"),
+        "hello\ndeep\nread-only\n"
+    );
+    assert_eq!(
+        fs::read_to_string(root.file("run/kci/pod/volumes/work/note")).unwrap(),
+        "hello\n"
+    );
+}

@@ -23,6 +23,7 @@ use crate::store::Store;
 
 pub const BUNDLES: &str = "run/kci/bundles";
 pub const CONTAINERS: &str = "var/lib/kci/containers";
+pub const POD: &str = "run/kci/pod";
 
 /// What happened to one container's bundle (the report's `containers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,6 +44,8 @@ pub struct ContainerReport {
 pub struct Paths {
     pub bundles: PathBuf,
     pub containers: PathBuf,
+    /// The pod's own directory (its volumes).
+    pub pod: PathBuf,
     pub mount: bool,
 }
 
@@ -52,6 +55,7 @@ impl Paths {
         Paths {
             bundles: under_root(root, BUNDLES),
             containers: under_root(root, CONTAINERS),
+            pod: under_root(root, POD),
             mount,
         }
     }
@@ -192,6 +196,22 @@ fn prepare_one(
         m.set_source(Some(log.clone()));
         m.set_options(Some(vec!["rbind".into(), "rw".into()]));
         mounts.push(m);
+        for v in &c.volume_mounts {
+            let source = volume_source(&paths.pod, v)?;
+            if !v.mount_path.starts_with('/') {
+                return Err(format!(
+                    "volumeMounts {}: mountPath {:?} is not absolute",
+                    v.volume, v.mount_path
+                ));
+            }
+            let mut m = oci_spec::runtime::Mount::default();
+            m.set_destination(v.mount_path.clone().into());
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(source));
+            let mode = if v.read_only { "ro" } else { "rw" };
+            m.set_options(Some(vec!["rbind".into(), mode.into()]));
+            mounts.push(m);
+        }
     }
     let mut config = serde_json::to_value(&spec).map_err(|e| e.to_string())?;
     spec::fixed_order(&mut config);
@@ -205,6 +225,66 @@ fn prepare_one(
 
 /// Mounts `overlay` on the bundle's `rootfs/` unless the same overlay is mounted there
 /// already (recorded in `.mounted`); a different one is unmounted first.
+/// The directory an `emptyDir` mount binds: the pod's `volumes/<name>` (0777, as the
+/// kubelet makes it), or a `subPath` beneath it, made one component at a time without
+/// following a link (a link a container planted in the shared volume never leads the mount
+/// out of it).
+fn volume_source(pod: &Path, v: &crate::config::pod::VolumeMount) -> Result<PathBuf, String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::PermissionsExt;
+    crate::config::names::check_label(&v.volume)
+        .map_err(|why| format!("the volume name {:?} {why}", v.volume))?;
+    if let crate::config::pod::VolumeKind::EmptyDir { memory: true } = v.kind {
+        tracing::warn!(
+            volume = %v.volume,
+            "emptyDir medium: Memory is backed by the instance's disk for now, not a tmpfs"
+        );
+    }
+    let vol = pod.join("volumes").join(&v.volume);
+    let made = !vol.exists();
+    std::fs::create_dir_all(&vol).map_err(|e| format!("cannot create {}: {e}", vol.display()))?;
+    if made {
+        std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("cannot open up {}: {e}", vol.display()))?;
+    }
+    let Some(sub) = &v.sub_path else {
+        return Ok(vol);
+    };
+    if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "volumeMounts {}: subPath {sub:?} must be relative and must not go up (..)",
+            v.volume
+        ));
+    }
+    let refused = |e: rustix::io::Errno| {
+        format!(
+            "volumeMounts {}: subPath {sub:?} cannot be made inside the volume ({e}: a link or \
+             a file is on its way)",
+            v.volume
+        )
+    };
+    let mut dir = rustix::fs::open(
+        &vol,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(refused)?;
+    for part in sub.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(refused(e)),
+        }
+        dir = rustix::fs::openat(
+            &dir,
+            part,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(refused)?;
+    }
+    Ok(vol.join(sub))
+}
+
 /// Gives the directory `to` the mode and owner of the directory `from`.
 fn root_like(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -571,6 +571,7 @@ mod tests {
             extra_gids: Vec::new(),
             termination_message_path: "/dev/termination-log".into(),
             resources: Default::default(),
+            volume_mounts: Vec::new(),
         }
     }
 

@@ -42,6 +42,35 @@ struct SpecJson {
     security_context: Option<SecurityJson>,
     node_name: Option<String>,
     service_account_name: Option<String>,
+    volumes: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VolumeMountJson {
+    name: String,
+    mount_path: String,
+    read_only: Option<bool>,
+    sub_path: Option<String>,
+}
+
+/// What backs a volume a container mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// `emptyDir`: a directory of the pod's (`medium: Memory` asked for tmpfs).
+    EmptyDir { memory: bool },
+    /// Any other type (`configMap`, `secret`, `persistentVolumeClaim`, ...), or none found.
+    Other(String),
+}
+
+/// One of a container's `volumeMounts`, with the kind of its volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub kind: VolumeKind,
+    pub mount_path: String,
+    pub read_only: bool,
+    pub sub_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +86,7 @@ struct ContainerJson {
     security_context: Option<SecurityJson>,
     termination_message_path: Option<String>,
     resources: Option<ResourcesJson>,
+    volume_mounts: Option<Vec<VolumeMountJson>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -190,6 +220,8 @@ pub struct PodContainer {
     /// `terminationMessagePath` (default `/dev/termination-log`).
     pub termination_message_path: String,
     pub resources: Resources,
+    /// `emptyDir` mounts (others are listed in `skipped_env` and not mounted).
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 /// A container image as the pod lists it.
@@ -318,6 +350,7 @@ impl Pod {
             _ => None,
         };
         let pod_security = spec.security_context.clone().unwrap_or_default();
+        let volumes = spec.volumes.clone().unwrap_or_default();
         let mut images = Vec::new();
         let mut bundled = Vec::new();
         for (list, containers) in [
@@ -351,6 +384,35 @@ impl Pod {
                 let sc = c.security_context.unwrap_or_default();
                 let caps = sc.capabilities.clone().unwrap_or_default();
                 let (env, mut skipped_env) = envs_of.next().unwrap_or_default();
+                let mut mounts = Vec::new();
+                for m in c.volume_mounts.clone().unwrap_or_default() {
+                    let kind = match volumes
+                        .iter()
+                        .find(|v| v.get("name").and_then(|n| n.as_str()) == Some(m.name.as_str()))
+                    {
+                        Some(v) if v.get("emptyDir").is_some() => VolumeKind::EmptyDir {
+                            memory: v.pointer("/emptyDir/medium").and_then(|x| x.as_str())
+                                == Some("Memory"),
+                        },
+                        Some(v) => VolumeKind::Other(
+                            v.as_object()
+                                .and_then(|o| o.keys().find(|k| *k != "name").cloned())
+                                .unwrap_or_else(|| "no type".into()),
+                        ),
+                        None => VolumeKind::Other("not in spec.volumes".into()),
+                    };
+                    if let VolumeKind::Other(t) = &kind {
+                        skipped_env.push(format!("volume {} ({t}) at {}", m.name, m.mount_path));
+                        continue;
+                    }
+                    mounts.push(VolumeMount {
+                        volume: m.name,
+                        kind,
+                        mount_path: m.mount_path,
+                        read_only: m.read_only.unwrap_or(false),
+                        sub_path: m.sub_path.filter(|p| !p.is_empty()),
+                    });
+                }
                 if let Some(from) = &c.env_from
                     && !from.is_empty()
                 {
@@ -377,6 +439,7 @@ impl Pod {
                     caps_add: caps.add.unwrap_or_default(),
                     caps_drop: caps.drop.unwrap_or_default(),
                     resources: c.resources.clone().unwrap_or_default().resources(),
+                    volume_mounts: mounts,
                     termination_message_path: c
                         .termination_message_path
                         .clone()
