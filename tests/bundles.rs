@@ -385,7 +385,10 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
     let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
     let pod = json!({
         "metadata": {"name": "side", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "status": {"podIP": "10.20.30.40"},
         "spec": {
+            "hostname": "side-h",
+            "hostAliases": [{"ip": "10.1.1.1", "hostnames": ["db.local", "cache.local"]}],
             "volumes": [
                 {"name": "work", "emptyDir": {}},
                 {"name": "cfg", "configMap": {"name": "app-config"}},
@@ -395,7 +398,7 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
                  "command": ["/bin/sh", "-c", "echo hello > /work/note; mkdir -p /work/deep/er; echo deep > /work/deep/er/f"],
                  "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
                 {"name": "reader", "image": image, "securityContext": {"runAsUser": 0},
-                 "command": ["/bin/sh", "-c", "cat /shared/note /sub/f; touch /sub/x 2>/dev/null || echo read-only"],
+                 "command": ["/bin/sh", "-c", "cat /shared/note /sub/f; touch /sub/x 2>/dev/null || echo read-only; cat /etc/hostname /etc/hosts; hostname"],
                  "volumeMounts": [
                     {"name": "work", "mountPath": "/shared"},
                     {"name": "work", "mountPath": "/sub", "subPath": "deep/er", "readOnly": true},
@@ -443,7 +446,13 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
     assert_eq!(runc.run(&bundle("writer"), "writer"), "");
     assert_eq!(
         runc.run(&bundle("reader"), "reader"),
-        "hello\ndeep\nread-only\n"
+        // The pod's names, as the kubelet writes them.
+        "hello\ndeep\nread-only\nside-h\n\
+         # Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         fe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n\
+         10.20.30.40\tside-h\n\n# Entries added by HostAliases.\n\
+         10.1.1.1\tdb.local\tcache.local\nside-h\n"
     );
     assert_eq!(
         fs::read_to_string(root.file("run/kci/pod/volumes/work/note")).unwrap(),

@@ -81,6 +81,7 @@ fn config(hosts: Vec<HostsEntry>, dns: DnsConfig) -> Config {
     Config {
         pod_name: None,
         hostname: None,
+        pod_hosts: None,
         containers: Vec::new(),
         hosts,
         dns,

@@ -196,6 +196,27 @@ fn prepare_one(
         m.set_source(Some(log.clone()));
         m.set_options(Some(vec!["rbind".into(), "rw".into()]));
         mounts.push(m);
+        // The pod's names, as the kubelet gives every container: /etc/hosts (its format,
+        // the pod's IPs and hostAliases) and /etc/hostname, one copy per pod.
+        if let Some(hosts) = &cfg.pod_hosts {
+            let host = cfg.hostname.clone().unwrap_or_else(|| c.name.clone());
+            for (name, content, at) in [
+                ("hosts", hosts.clone(), "/etc/hosts"),
+                ("hostname", format!("{host}\n"), "/etc/hostname"),
+            ] {
+                std::fs::create_dir_all(&paths.pod)
+                    .map_err(|e| format!("cannot create {}: {e}", paths.pod.display()))?;
+                let file = paths.pod.join(name);
+                crate::fsutil::atomic::write_file(&file, &file, content.as_bytes())
+                    .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+                let mut m = oci_spec::runtime::Mount::default();
+                m.set_destination(at.into());
+                m.set_typ(Some("bind".into()));
+                m.set_source(Some(file));
+                m.set_options(Some(vec!["rbind".into(), "rw".into()]));
+                mounts.push(m);
+            }
+        }
         for v in &c.volume_mounts {
             let source = volume_source(&paths.pod, v)?;
             if !v.mount_path.starts_with('/') {

@@ -57,8 +57,10 @@ pub struct ImageRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub pod_name: Option<String>,
-    /// `metadata.name` of the pod: its containers' hostname.
+    /// The pod's `spec.hostname`, else `metadata.name`: its containers' hostname.
     pub hostname: Option<String>,
+    /// The containers' `/etc/hosts` as the kubelet writes it (`None` without a pod).
+    pub pod_hosts: Option<String>,
     /// The pod's init containers and containers (what gets a runtime bundle).
     pub containers: Vec<pod::PodContainer>,
     /// The managed hosts block, one entry per address.
@@ -207,12 +209,14 @@ impl Config {
 
         let (hostname, containers) = pod
             .as_ref()
-            .map(|(_, p)| (p.pod_name.clone(), p.containers.clone()))
+            .map(|(_, p)| (p.hostname.clone(), p.containers.clone()))
             .unwrap_or_default();
+        let pod_hosts = pod.as_ref().map(|(_, p)| p.etc_hosts.clone());
         Ok((
             Config {
                 pod_name: pod.and_then(|(_, p)| p.name),
                 hostname,
+                pod_hosts,
                 containers,
                 auth,
                 hosts,

@@ -20,6 +20,8 @@ struct PodJson {
 struct StatusJson {
     #[serde(rename = "podIP")]
     pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Option<Vec<serde_json::Value>>,
     #[serde(rename = "hostIP")]
     host_ip: Option<String>,
 }
@@ -43,6 +45,14 @@ struct SpecJson {
     node_name: Option<String>,
     service_account_name: Option<String>,
     volumes: Option<Vec<serde_json::Value>>,
+    host_aliases: Option<Vec<HostAliasJson>>,
+    hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct HostAliasJson {
+    ip: Option<String>,
+    hostnames: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +253,40 @@ pub struct Pod {
     pub annotations: BTreeMap<String, String>,
     /// initContainers, then containers, then ephemeralContainers, in pod order.
     pub images: Vec<PodImage>,
+    /// The containers' hostname: `spec.hostname`, else `metadata.name`.
+    pub hostname: Option<String>,
+    /// The containers' `/etc/hosts`, as the kubelet writes it.
+    pub etc_hosts: String,
+}
+
+/// The kubelet's `/etc/hosts` for a pod (`managedHostsFileContent`): its header, localhost for
+/// IPv4 and IPv6, each pod IP with the hostname, then `spec.hostAliases`.
+fn kubelet_hosts(ips: &[String], hostname: Option<&str>, aliases: &[HostAliasJson]) -> String {
+    let mut out = String::from(
+        "# Kubernetes-managed hosts file.\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         fe00::0\tip6-mcastprefix\n\
+         fe00::1\tip6-allnodes\n\
+         fe00::2\tip6-allrouters\n",
+    );
+    if let Some(h) = hostname {
+        for ip in ips {
+            out.push_str(&format!("{ip}\t{h}\n"));
+        }
+    }
+    if !aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in aliases {
+            out.push_str(&format!(
+                "{}\t{}\n",
+                a.ip.as_deref().unwrap_or_default(),
+                a.hostnames.clone().unwrap_or_default().join("\t")
+            ));
+        }
+    }
+    out
 }
 
 impl Pod {
@@ -455,7 +499,28 @@ impl Pod {
                 });
             }
         }
+        let hostname = spec
+            .hostname
+            .clone()
+            .filter(|h| !h.is_empty())
+            .or(pod_name.clone());
+        let mut ips: Vec<String> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|v| v.get("ip").and_then(|i| i.as_str()).map(str::to_string))
+            .collect();
+        if ips.is_empty() {
+            ips.extend(status.pod_ip.clone());
+        }
+        let etc_hosts = kubelet_hosts(
+            &ips,
+            hostname.as_deref(),
+            spec.host_aliases.as_deref().unwrap_or_default(),
+        );
         Ok(Pod {
+            hostname,
+            etc_hosts,
             name,
             pod_name,
             containers: bundled,
@@ -498,7 +563,13 @@ mod tests {
             pod.annotations["k8s.ksyun.com/kci-http-registry"],
             "10.0.0.5:5000"
         );
-        assert_eq!(parse("{}").unwrap(), Pod::default());
+        assert_eq!(
+            parse("{}").unwrap(),
+            Pod {
+                etc_hosts: kubelet_hosts(&[], None, &[]),
+                ..Pod::default()
+            }
+        );
     }
 
     #[test]
