@@ -180,6 +180,13 @@ impl Cursor {
     }
 }
 
+/// One component of a walk: into a directory (or a name that is nowhere), or along a
+/// symlink to its target.
+enum Step {
+    Into(Cursor),
+    Link(std::ffi::CString),
+}
+
 /// What a walk does when a component is missing from the merged view (or is a whiteout of
 /// the top layer), or is a directory of the lower layers only.
 pub(super) trait Make {
@@ -239,39 +246,30 @@ pub(super) fn walk_to(
             }
             _ => {}
         }
-        let target = match cur.find(&c)? {
+        // Into a directory (or a name that is nowhere), or along a symlink.
+        let step = match cur.find(&c)? {
             Found::Top(st) if kind(&st) == FileType::Directory => {
                 let top = cur.top.as_ref().expect("found in the top layer");
-                let d = open_dir_at(top.as_fd(), &c)?;
-                let next = cur.child(&c, Some(d))?;
-                stack.push(std::mem::replace(&mut cur, next));
-                continue;
+                Step::Into(cur.child(&c, Some(open_dir_at(top.as_fd(), &c)?))?)
             }
             Found::Top(st) if kind(&st) == FileType::Symlink => {
                 let top = cur.top.as_ref().expect("found in the top layer");
-                rustix::fs::readlinkat(top.as_fd(), OsStr::from_bytes(&c), Vec::new())?.into_bytes()
+                Step::Link(rustix::fs::readlinkat(
+                    top.as_fd(),
+                    OsStr::from_bytes(&c),
+                    Vec::new(),
+                )?)
             }
-            Found::Top(st) if is_whiteout(&st) => match make.missing(&cur, &c, true)? {
-                Some(d) => {
-                    let next = cur.child(&c, Some(d))?;
-                    stack.push(std::mem::replace(&mut cur, next));
-                    continue;
-                }
-                None => {
-                    let next = cur.nowhere(&c, false);
-                    stack.push(std::mem::replace(&mut cur, next));
-                    continue;
-                }
-            },
-            Found::Top(_) => {
-                let next = cur.nowhere(&c, true);
-                stack.push(std::mem::replace(&mut cur, next));
-                continue;
+            Found::Top(st) if is_whiteout(&st) => {
+                Step::Into(match make.missing(&cur, &c, true)? {
+                    Some(d) => cur.child(&c, Some(d))?,
+                    None => cur.nowhere(&c, false),
+                })
             }
+            Found::Top(_) => Step::Into(cur.nowhere(&c, true)),
             Found::Lower(i, st) if kind(&st) == FileType::Directory => {
                 let lower = open_dir_at(cur.lowers[i].as_fd(), &c)?;
                 let top = make.copy_up(&cur, &c, lower.as_fd())?;
-                let hides = cur.hides;
                 let mut canon = cur.canon.clone();
                 canon.push(c.clone());
                 let mut lowers = vec![];
@@ -279,38 +277,30 @@ pub(super) fn walk_to(
                     lowers = cur.merged_lowers(&c, i + 1)?;
                 }
                 lowers.insert(0, lower);
-                let next = Cursor {
+                Step::Into(Cursor {
                     canon,
                     top,
-                    hides,
+                    hides: cur.hides,
                     lowers,
                     exists: true,
                     blocked: false,
-                };
+                })
+            }
+            Found::Lower(i, st) if kind(&st) == FileType::Symlink => Step::Link(
+                rustix::fs::readlinkat(cur.lowers[i].as_fd(), OsStr::from_bytes(&c), Vec::new())?,
+            ),
+            Found::Lower(..) => Step::Into(cur.nowhere(&c, true)),
+            Found::Absent => Step::Into(match make.missing(&cur, &c, false)? {
+                Some(d) => cur.child(&c, Some(d))?,
+                None => cur.nowhere(&c, false),
+            }),
+        };
+        let target = match step {
+            Step::Into(next) => {
                 stack.push(std::mem::replace(&mut cur, next));
                 continue;
             }
-            Found::Lower(i, st) if kind(&st) == FileType::Symlink => {
-                rustix::fs::readlinkat(cur.lowers[i].as_fd(), OsStr::from_bytes(&c), Vec::new())?
-                    .into_bytes()
-            }
-            Found::Lower(..) => {
-                let next = cur.nowhere(&c, true);
-                stack.push(std::mem::replace(&mut cur, next));
-                continue;
-            }
-            Found::Absent => match make.missing(&cur, &c, false)? {
-                Some(d) => {
-                    let next = cur.child(&c, Some(d))?;
-                    stack.push(std::mem::replace(&mut cur, next));
-                    continue;
-                }
-                None => {
-                    let next = cur.nowhere(&c, false);
-                    stack.push(std::mem::replace(&mut cur, next));
-                    continue;
-                }
-            },
+            Step::Link(link) => link.into_bytes(),
         };
         links += 1;
         if links > MAX_LINKS {

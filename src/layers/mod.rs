@@ -101,18 +101,6 @@ impl LayerTarget<'_> {
                 actual: u.diff_id,
             });
         }
-        if u.extracted.assumed.is_some() && self.lower_dirs().is_none() {
-            self.staged.lock().expect("poisoned").insert(
-                self.plan.chain_id.clone(),
-                Staged {
-                    staging,
-                    desc: desc.clone(),
-                    unpacked: u,
-                    plan: self.plan.clone(),
-                },
-            );
-            return Ok(());
-        }
         self.settle_and_commit(desc, staging, u).map(|_| ())
     }
 
@@ -122,31 +110,27 @@ impl LayerTarget<'_> {
         self.settle_and_commit(&staged.desc, staged.staging, staged.unpacked)
     }
 
+    /// Commits the layer; one streamed in before the layers below it were committed is
+    /// settled against them first, or waits for them in `staged` (`false`, as when it must
+    /// be unpacked again from its blob).
     fn settle_and_commit(
         &self,
         desc: &Descriptor,
         staging: Staging,
         u: Unpacked,
     ) -> Result<bool, UnpackError> {
-        let done = self.settle_and_commit_one(desc, staging, u)?;
-        if done {
-            self.commit_waiting();
-        }
-        Ok(done)
-    }
-
-    fn settle_and_commit_one(
-        &self,
-        desc: &Descriptor,
-        staging: Staging,
-        u: Unpacked,
-    ) -> Result<bool, UnpackError> {
         if let Some(assumed) = &u.extracted.assumed {
-            let lowers = self.lower_dirs().ok_or_else(|| {
-                UnpackError::Decompress(std::io::Error::other(
-                    "the layers below are not in the layer store",
-                ))
-            })?;
+            let Some(lowers) = self.lower_dirs() else {
+                let waiting = Staged {
+                    staging,
+                    desc: desc.clone(),
+                    unpacked: u,
+                    plan: self.plan.clone(),
+                };
+                let mut staged = self.staged.lock().expect("poisoned");
+                staged.insert(self.plan.chain_id.clone(), waiting);
+                return Ok(false);
+            };
             if let Some(why) =
                 settle::settle(&staging.fs, &lowers, assumed).map_err(UnpackError::Decompress)?
             {
@@ -177,38 +161,32 @@ impl LayerTarget<'_> {
             .lock()
             .expect("poisoned")
             .insert(self.plan.chain_id.clone());
+        self.commit_waiting();
         Ok(true)
     }
 
-    /// Settles and commits the layers that waited for this one (each then lets the layers
-    /// waiting for it go), while other layers still download: the commits' flushes overlap
-    /// the rest of the pull instead of queueing at its end. One that cannot be settled is
-    /// left to be unpacked from its blob.
+    /// Settles and commits the layers that waited for this one (each in turn lets those
+    /// waiting for it go), while other layers still download: their commits overlap the
+    /// rest of the pull instead of queueing at its end. One that cannot be settled is left
+    /// to be unpacked from its blob.
     fn commit_waiting(&self) {
-        let mut parent = self.plan.chain_id.clone();
-        loop {
-            let next = {
-                let mut staged = self.staged.lock().expect("poisoned");
-                let key = staged
-                    .iter()
-                    .find(|(_, s)| s.plan.parent.as_ref() == Some(&parent))
-                    .map(|(k, _)| k.clone());
-                key.and_then(|k| staged.remove(&k))
-            };
-            let Some(s) = next else { return };
+        let waiting: Vec<Staged> = {
+            let mut staged = self.staged.lock().expect("poisoned");
+            let keys: Vec<Digest> = staged
+                .iter()
+                .filter(|(_, s)| s.plan.parent.as_ref() == Some(&self.plan.chain_id))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| staged.remove(k)).collect()
+        };
+        for s in waiting {
             let above = LayerTarget {
                 plan: s.plan.clone(),
                 lowers: Lowers::Unknown,
                 ..*self
             };
-            let chain = s.plan.chain_id.clone();
-            match above.settle_and_commit_one(&s.desc, s.staging, s.unpacked) {
-                Ok(true) => parent = chain,
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::debug!(chain_id = %chain, "not settled now: {e}");
-                    return;
-                }
+            if let Err(e) = above.settle_and_commit(&s.desc, s.staging, s.unpacked) {
+                tracing::debug!(chain_id = %s.plan.chain_id, "not settled now: {e}");
             }
         }
     }

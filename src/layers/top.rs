@@ -169,9 +169,8 @@ impl Root {
         merged::walk(&root, path, &mut Lookup)
     }
 
-    /// The top layer's directory at `path` for a new entry (fast: the kernel resolves it in
-    /// the top layer alone when every component is there, which is then what the merged view
-    /// says too), and whether it is setgid.
+    /// [`Root::entry_parent`] for a regular file, remembered for the next file of the same
+    /// directory, and whether that directory is setgid.
     pub(super) fn entry_dir(&self, path: &[&[u8]]) -> Result<(Rc<OwnedFd>, bool), Errno> {
         let joined = path.join(&b'/');
         if let Some((p, fd, setgid)) = &*self.last_dir.borrow()
@@ -179,19 +178,7 @@ impl Root {
         {
             return Ok((fd.clone(), *setgid));
         }
-        // Directories made only for whiteouts must learn that an entry went through them:
-        // then the walk is needed.
-        let fast = if !self.assumed.borrow().needs_walk() {
-            self.open_in_top(&joined)
-        } else {
-            Err(Errno::NOENT)
-        };
-        let fd = match fast {
-            Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::NOTDIR) => self.walk_create(path)?.top.expect("created"),
-            Err(e) => return Err(e),
-        };
-        let fd = Rc::new(fd);
+        let fd = Rc::new(self.entry_parent(path)?.0);
         let setgid = rustix::fs::fstat(&*fd)?.st_mode & 0o2000 != 0;
         *self.last_dir.borrow_mut() = Some((joined, fd.clone(), setgid));
         Ok((fd, setgid))
@@ -204,6 +191,8 @@ impl Root {
         &self,
         parent: &[&[u8]],
     ) -> Result<(OwnedFd, Option<Vec<u8>>), Errno> {
+        // Directories made only for whiteouts must learn that an entry went through them:
+        // then the walk is needed.
         if !self.assumed.borrow().needs_walk() {
             match self.open_in_top(&parent.join(&b'/')) {
                 Ok(fd) => return Ok((fd, None)),

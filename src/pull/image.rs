@@ -421,26 +421,22 @@ async fn unpack_image(shared: &Shared, manifest: &Digest) -> Result<Option<Unpac
             let max_size = shared.max_layer_size;
             let committed = shared.committed.clone();
             let shown = desc.digest.clone();
-            // Streamed in before the layers below it were committed: settled now.
-            let staged = shared
-                .staged
-                .lock()
-                .expect("poisoned")
-                .remove(&plan.chain_id);
+            let staged = shared.staged.clone();
             tokio::task::spawn_blocking(move || {
                 if layers.get(&plan.chain_id).is_some() {
                     return Ok(());
                 }
-                let no_staged = Default::default();
+                // Streamed in before the layers below it were committed: settled now.
+                let waiting = staged.lock().expect("poisoned").remove(&plan.chain_id);
                 let target = LayerTarget {
                     layers: &layers,
                     plan,
                     max_size,
                     lowers: Lowers::Known(lowers),
                     committed: &committed,
-                    staged: &no_staged,
+                    staged: &staged,
                 };
-                if let Some(s) = staged
+                if let Some(s) = waiting
                     && target.settle_staged(s)?
                 {
                     return Ok(());

@@ -140,7 +140,7 @@ struct Shared {
     /// Chain IDs committed in this run.
     committed: Arc<std::sync::Mutex<std::collections::HashSet<Digest>>>,
     /// Layers streamed in before the layers below them were committed.
-    staged: crate::layers::StagedLayers,
+    staged: Arc<crate::layers::StagedLayers>,
 }
 
 /// Pulls every image of `cfg`; one failure does not stop the others.
