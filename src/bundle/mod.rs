@@ -70,11 +70,14 @@ pub fn prepare(
     images: &[ImageReport],
     paths: &Paths,
 ) -> Vec<ContainerReport> {
+    let names = pod_files(cfg, paths);
     cfg.containers
         .iter()
         .map(|c| {
             let bundle = paths.bundles.join(&c.name);
-            let result = prepare_one(cfg, c, store, layers, images, paths, &bundle);
+            let result = names.clone().and_then(|names| {
+                prepare_one(cfg, c, store, layers, images, paths, &bundle, &names)
+            });
             if let Err(e) = &result {
                 tracing::error!(container = %c.name, "container {}: {e}", c.name);
             }
@@ -90,6 +93,40 @@ pub fn prepare(
         .collect()
 }
 
+/// The pod's names, as the kubelet gives every container: `/etc/hosts` (its format, the
+/// pod's IPs and hostAliases) and `/etc/hostname`, written once for the pod under its
+/// directory; each with where a container gets it.
+fn pod_files(cfg: &Config, paths: &Paths) -> Result<Vec<(PathBuf, &'static str)>, String> {
+    let (Some(hosts), Some(host)) = (&cfg.pod_hosts, &cfg.hostname) else {
+        return Ok(Vec::new());
+    };
+    std::fs::create_dir_all(&paths.pod)
+        .map_err(|e| format!("cannot create {}: {e}", paths.pod.display()))?;
+    let mut out = Vec::new();
+    for (name, content, at) in [
+        ("hosts", hosts.clone(), "/etc/hosts"),
+        ("hostname", format!("{host}\n"), "/etc/hostname"),
+    ] {
+        let file = paths.pod.join(name);
+        crate::fsutil::atomic::write_file(&file, &file, content.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        out.push((file, at));
+    }
+    Ok(out)
+}
+
+/// A bind mount of `source` at `destination` in the container.
+fn bind(source: PathBuf, destination: &str, read_only: bool) -> oci_spec::runtime::Mount {
+    let mut m = oci_spec::runtime::Mount::default();
+    m.set_destination(destination.into());
+    m.set_typ(Some("bind".into()));
+    m.set_source(Some(source));
+    let mode = if read_only { "ro" } else { "rw" };
+    m.set_options(Some(vec!["rbind".into(), mode.into()]));
+    m
+}
+
+#[allow(clippy::too_many_arguments)]
 fn prepare_one(
     cfg: &Config,
     c: &PodContainer,
@@ -98,6 +135,7 @@ fn prepare_one(
     images: &[ImageReport],
     paths: &Paths,
     bundle: &Path,
+    pod_files: &[(PathBuf, &'static str)],
 ) -> Result<(), String> {
     crate::config::names::check_label(&c.name)
         .map_err(|why| format!("the container name {:?} {why}", c.name))?;
@@ -190,32 +228,9 @@ fn prepare_one(
         .map_err(|e| format!("cannot make {} writable: {e}", log.display()))?;
     let mut spec = spec;
     if let Some(mounts) = spec.mounts_mut().as_mut() {
-        let mut m = oci_spec::runtime::Mount::default();
-        m.set_destination(c.termination_message_path.clone().into());
-        m.set_typ(Some("bind".into()));
-        m.set_source(Some(log.clone()));
-        m.set_options(Some(vec!["rbind".into(), "rw".into()]));
-        mounts.push(m);
-        // The pod's names, as the kubelet gives every container: /etc/hosts (its format,
-        // the pod's IPs and hostAliases) and /etc/hostname, one copy per pod.
-        if let Some(hosts) = &cfg.pod_hosts {
-            let host = cfg.hostname.clone().unwrap_or_else(|| c.name.clone());
-            for (name, content, at) in [
-                ("hosts", hosts.clone(), "/etc/hosts"),
-                ("hostname", format!("{host}\n"), "/etc/hostname"),
-            ] {
-                std::fs::create_dir_all(&paths.pod)
-                    .map_err(|e| format!("cannot create {}: {e}", paths.pod.display()))?;
-                let file = paths.pod.join(name);
-                crate::fsutil::atomic::write_file(&file, &file, content.as_bytes())
-                    .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-                let mut m = oci_spec::runtime::Mount::default();
-                m.set_destination(at.into());
-                m.set_typ(Some("bind".into()));
-                m.set_source(Some(file));
-                m.set_options(Some(vec!["rbind".into(), "rw".into()]));
-                mounts.push(m);
-            }
+        mounts.push(bind(log.clone(), &c.termination_message_path, false));
+        for (file, at) in pod_files {
+            mounts.push(bind(file.clone(), at, false));
         }
         for v in &c.volume_mounts {
             let source = volume_source(&paths.pod, v)?;
@@ -225,13 +240,7 @@ fn prepare_one(
                     v.volume, v.mount_path
                 ));
             }
-            let mut m = oci_spec::runtime::Mount::default();
-            m.set_destination(v.mount_path.clone().into());
-            m.set_typ(Some("bind".into()));
-            m.set_source(Some(source));
-            let mode = if v.read_only { "ro" } else { "rw" };
-            m.set_options(Some(vec!["rbind".into(), mode.into()]));
-            mounts.push(m);
+            mounts.push(bind(source, &v.mount_path, v.read_only));
         }
     }
     let mut config = serde_json::to_value(&spec).map_err(|e| e.to_string())?;
@@ -244,8 +253,6 @@ fn prepare_one(
     Ok(())
 }
 
-/// Mounts `overlay` on the bundle's `rootfs/` unless the same overlay is mounted there
-/// already (recorded in `.mounted`); a different one is unmounted first.
 /// The directory an `emptyDir` mount binds: the pod's `volumes/<name>` (0777, as the
 /// kubelet makes it), or a `subPath` beneath it, made one component at a time without
 /// following a link (a link a container planted in the shared volume never leads the mount
@@ -314,6 +321,8 @@ fn root_like(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(m.mode() & 0o7777))
 }
 
+/// Mounts `overlay` on the bundle's `rootfs/` unless the same overlay is mounted there
+/// already (recorded in `.mounted`); a different one is unmounted first.
 fn ensure_mounted(bundle: &Path, overlay: &mount::Overlay) -> Result<(), String> {
     let rootfs = bundle.join("rootfs");
     let marker = bundle.join(".mounted");
