@@ -56,6 +56,30 @@ impl Drop for Runc {
     }
 }
 
+/// `boot` of `pod` (written to the root's `pod.json`) with a report; the run and the report.
+fn boot_pod(
+    root: &Root,
+    pod: &serde_json::Value,
+    extra: &[&str],
+) -> (common::Run, serde_json::Value) {
+    let spec = root.file("pod.json");
+    fs::write(&spec, pod.to_string()).unwrap();
+    let report = root.file("report.json");
+    let mut args = vec![
+        "boot",
+        "--root",
+        root.arg(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let r = run(&mut agent(&args));
+    let rep = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    (r, rep)
+}
+
 fn busybox_image() -> common::images::Image {
     let busybox =
         fs::read("/bin/busybox").expect("busybox-static is missing: run scripts/setup.sh");
@@ -132,28 +156,14 @@ fn boot_prepares_bundles_that_runc_runs() {
             ],
         },
     });
-    let spec = root.file("pod.json");
-    fs::write(&spec, pod.to_string()).unwrap();
-    let report = root.file("report.json");
-    let boot = || {
-        run(&mut agent(&[
-            "boot",
-            "--root",
-            root.arg(),
-            "--spec",
-            spec.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-        ]))
-    };
-    let r = boot();
+    let boot = || boot_pod(&root, &pod, &[]);
+    let (r, rep) = boot();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains("SECRET (valueFrom)"),
         "a skipped valueFrom is warned about: {}",
         r.stderr
     );
-    let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
     let containers = rep["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 3);
     assert_eq!(
@@ -234,7 +244,7 @@ fn boot_prepares_bundles_that_runc_runs() {
         .iter()
         .map(|n| fs::read(bundle(n).join("config.json")).unwrap())
         .collect();
-    let r = boot();
+    let (r, _) = boot();
     assert_eq!(r.code, 0, "{}", r.stderr);
     for (n, b) in ["init", "c1", "c2"].iter().zip(&before) {
         assert!(
@@ -345,21 +355,8 @@ fn run_as_non_root_refuses_a_root_container_only() {
             ],
         },
     });
-    let spec = root.file("pod.json");
-    fs::write(&spec, pod.to_string()).unwrap();
-    let report = root.file("report.json");
-    let r = run(&mut agent(&[
-        "boot",
-        "--root",
-        root.arg(),
-        "--spec",
-        spec.to_str().unwrap(),
-        "--no-mount",
-        "--report",
-        report.to_str().unwrap(),
-    ]));
+    let (r, rep) = boot_pod(&root, &pod, &["--no-mount"]);
     assert_ne!(r.code, 0, "{}", r.stderr);
-    let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
     let c = rep["containers"].as_array().unwrap();
     assert_eq!(
         (c[0]["name"].as_str(), c[0]["status"].as_str()),
@@ -409,20 +406,8 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
             ],
         },
     });
-    let spec = root.file("pod.json");
-    fs::write(&spec, pod.to_string()).unwrap();
-    let report = root.file("report.json");
-    let r = run(&mut agent(&[
-        "boot",
-        "--root",
-        root.arg(),
-        "--spec",
-        spec.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]));
+    let (r, rep) = boot_pod(&root, &pod, &[]);
     assert_ne!(r.code, 0, "the climber fails: {}", r.stderr);
-    let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
     let c = rep["containers"].as_array().unwrap();
     assert_eq!(
         (c[0]["status"].as_str(), c[1]["status"].as_str()),

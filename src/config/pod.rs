@@ -597,6 +597,17 @@ mod tests {
 mod downward_tests {
     use super::*;
 
+    /// The pod of `json` and its first container's env, as pairs.
+    fn first_env(json: serde_json::Value) -> (Pod, Vec<(String, String)>) {
+        let p = Pod::parse(&json.to_string(), Path::new("pod.json")).unwrap();
+        let env = p.containers[0].env.clone();
+        (p, env)
+    }
+
+    fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
     /// `valueFrom.fieldRef` is resolved from the pod object as the kubelet resolves it; what
     /// the agent cannot know stays unresolved.
     #[test]
@@ -621,15 +632,10 @@ mod downward_tests {
                 ]}]},
             "status": {"podIP": "10.1.2.3", "hostIP": "192.168.0.9"},
         });
-        let p = Pod::parse(&pod.to_string(), Path::new("pod.json")).unwrap();
+        let (p, env) = first_env(pod);
         let c = &p.containers[0];
-        let env: Vec<(&str, &str)> = c
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         assert_eq!(
-            env,
+            pairs(&env),
             vec![
                 ("LIT", "1"),
                 ("NAME", "web-0"),
@@ -646,11 +652,6 @@ mod downward_tests {
         );
         assert_eq!(c.skipped_env, vec!["env SECRET (valueFrom)".to_string()]);
     }
-}
-
-#[cfg(test)]
-mod resource_field_tests {
-    use super::*;
 
     /// `resourceFieldRef` divides by its divisor and rounds up; requests default to limits.
     #[test]
@@ -671,14 +672,9 @@ mod resource_field_tests {
                 {"name": "b", "image": "i", "resources": {"requests": {"cpu": 2}}},
             ]},
         });
-        let p = Pod::parse(&pod.to_string(), Path::new("pod.json")).unwrap();
-        let env: Vec<(&str, &str)> = p.containers[0]
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let (p, env) = first_env(pod);
         assert_eq!(
-            env,
+            pairs(&env),
             vec![
                 ("CPU", "2"),
                 ("CPU_M", "1500"),
