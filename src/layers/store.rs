@@ -601,6 +601,48 @@ mod tests {
         assert!(markers(dir.path()).is_empty());
     }
 
+    /// A layer directory whose layer.json cannot be trusted (an earlier version's with
+    /// `impliedDirs` still to fix, or garbage) counts as missing and a commit replaces it; a
+    /// store opened after a crash that came before the flush also drops one whose layer.json
+    /// never reached the disk.
+    #[test]
+    fn untrusted_layer_dirs_are_replaced_or_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (legacy, garbage) = (Digest::sha256(b"legacy"), Digest::sha256(b"garbage"));
+        {
+            let store = LayerStore::open(dir.path()).unwrap();
+            let mut old = serde_json::to_value(json(&legacy)).unwrap();
+            old["impliedDirs"] = serde_json::json!(["usr", "usr/lib"]);
+            for (chain, text) in [
+                (&legacy, old.to_string()),
+                (&garbage, "{not json".to_string()),
+            ] {
+                std::fs::create_dir_all(store.layer_dir(chain).join("fs/stale")).unwrap();
+                std::fs::write(store.layer_dir(chain).join("layer.json"), text).unwrap();
+                assert!(store.get(chain).is_none(), "not trusted");
+                let s = store.stage().unwrap();
+                std::fs::write(s.fs.join("fresh"), "x").unwrap();
+                store.commit(s, &json(chain)).unwrap();
+                assert_eq!(got(&store, chain), Some(json(chain)));
+                assert!(store.layer_dir(chain).join("fs/fresh").exists());
+                assert!(!store.layer_dir(chain).join("fs/stale").exists());
+            }
+        }
+        // A crash before flush-layers: an earlier boot's marker, and a layer directory whose
+        // layer.json is empty (its data never reached the disk).
+        let lost = Digest::sha256(b"lost");
+        std::fs::write(dir.path().join(format!("{MARKER}0000-earlier")), "").unwrap();
+        let lost_dir = dir.path().join("sha256").join(lost.hex());
+        std::fs::create_dir_all(lost_dir.join("fs")).unwrap();
+        std::fs::write(lost_dir.join("layer.json"), "").unwrap();
+        let store = LayerStore::open(dir.path()).unwrap();
+        assert!(!lost_dir.exists(), "dropped with the crash's layers");
+        assert!(
+            store.get(&legacy).is_some(),
+            "a flushed-or-readable layer stays"
+        );
+    }
+
     #[test]
     fn stage_commit_get_and_leftovers() {
         let dir = tempfile::tempdir().unwrap();
