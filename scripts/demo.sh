@@ -76,7 +76,7 @@ umoci unpack --image "$work/image:v1" "$work/image-bundle" >/dev/null
 rootfs=$work/image-bundle/rootfs
 mkdir -p "$rootfs/bin" "$rootfs/etc/kci-demo"
 cp /bin/busybox "$rootfs/bin/"
-for applet in sh id hostname cat; do ln -s busybox "$rootfs/bin/$applet"; done
+for applet in sh id hostname cat wget; do ln -s busybox "$rootfs/bin/$applet"; done
 echo "hello from the demo image" >"$rootfs/etc/kci-demo/hello.txt"
 printf 'root:x:0:0:root:/root:/bin/sh\ndemo:x:1000:1000::/:/bin/sh\n' >"$rootfs/etc/passwd"
 printf 'root:x:0:\ndemo:x:1000:\n' >"$rootfs/etc/group"

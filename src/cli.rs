@@ -54,6 +54,12 @@ pub struct Common {
     #[arg(long, global = true, value_name = "LIST")]
     pub insecure_registry: Option<Vec<String>>,
 
+    /// The cluster DNS service's addresses (comma-separated), as the kubelet's clusterDNS: the
+    /// nameservers of a dnsPolicy ClusterFirst pod's resolv.conf (default: $KCI_CLUSTER_DNS;
+    /// the domain is $KCI_CLUSTER_DOMAIN, default cluster.local).
+    #[arg(long, global = true, value_name = "LIST")]
+    pub cluster_dns: Option<String>,
+
     /// Registry credentials in Docker config.json form (default: $REGISTRY_AUTH_FILE).
     #[arg(long, global = true, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,

@@ -116,6 +116,11 @@ pub fn sources(
         }
         None => None,
     };
+    let instance_ip = spec
+        .is_some()
+        .then(netfiles::primary_address)
+        .flatten()
+        .map(|ip| ip.to_string());
     Ok(Sources {
         auth_file,
         env_host_aliases: env_var(ENV_HOST_ALIASES)?,
@@ -127,6 +132,10 @@ pub fn sources(
         flag_insecure_registry: common.insecure_registry.clone(),
         images: images.to_vec(),
         platform: common.platform.clone(),
+        flag_cluster_dns: common.cluster_dns.clone(),
+        env_cluster_dns: env_var(crate::config::ENV_CLUSTER_DNS)?,
+        env_cluster_domain: env_var(crate::config::ENV_CLUSTER_DOMAIN)?,
+        instance_ip,
     })
 }
 

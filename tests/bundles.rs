@@ -81,6 +81,17 @@ fn boot_pod(
 }
 
 fn busybox_image() -> common::images::Image {
+    busybox_image_with(json!({
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo default-cmd"],
+        "Env": ["PATH=/bin", "IMG=from-image"],
+        "WorkingDir": "/home/app",
+        "User": "app",
+    }))
+}
+
+/// The static busybox with its applets, run as `config` says.
+fn busybox_image_with(config: serde_json::Value) -> common::images::Image {
     let busybox =
         fs::read("/bin/busybox").expect("busybox-static is missing: run scripts/setup.sh");
     let mut entries = vec![
@@ -99,7 +110,9 @@ fn busybox_image() -> common::images::Image {
         dir("data").mode(0o777),
         dir("tmp").mode(0o1777),
     ];
-    for applet in ["sh", "id", "touch", "hostname", "env", "cat", "grep"] {
+    for applet in [
+        "sh", "id", "touch", "hostname", "env", "cat", "grep", "readlink", "test", "echo",
+    ] {
         entries.push(symlink(&format!("bin/{applet}"), "busybox"));
     }
     let layer_tar = tar(&entries);
@@ -110,18 +123,7 @@ fn busybox_image() -> common::images::Image {
         "application/vnd.oci.image.layer.v1.tar+gzip",
     );
     layer.diff_id = sha256(&layer_tar);
-    image_with_config(
-        vec![layer],
-        "amd64",
-        false,
-        json!({
-            "Entrypoint": ["/bin/sh", "-c"],
-            "Cmd": ["echo default-cmd"],
-            "Env": ["PATH=/bin", "IMG=from-image"],
-            "WorkingDir": "/home/app",
-            "User": "app",
-        }),
-    )
+    image_with_config(vec![layer], "amd64", false, config)
 }
 
 #[test]
@@ -323,8 +325,25 @@ fn boot_without_mounts_then_mount_bundles() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("not a layer of"), "{}", r.stderr);
     fs::write(bundle("two").join("mounts.json"), &good).unwrap();
+    // So is a pod mount plan that names a place outside the pod's directory.
+    let plan = root.file("run/kci/pod/mounts.json");
+    let pod_plan = fs::read_to_string(&plan).unwrap();
+    assert!(pod_plan.contains("\"shm\""), "{pod_plan}");
+    fs::write(&plan, pod_plan.replace("\"shm\"", "\"../../../etc\"")).unwrap();
+    let r = mount();
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not a mount of the pod's own"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(mounts_at(&root.file("etc")), 0);
+    fs::write(&plan, &pod_plan).unwrap();
     let r = mount();
     assert_eq!(r.code, 0, "{}", r.stderr);
+    for place in ["shm", "ns/ipc"] {
+        assert_eq!(mounts_at(&root.file(&format!("run/kci/pod/{place}"))), 1);
+    }
     let r = mount();
     assert_eq!(r.code, 0, "a rerun leaves the mounts alone: {}", r.stderr);
     let mut runc = Runc {
@@ -403,9 +422,15 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
                  ]},
                 {"name": "climber", "image": image,
                  "volumeMounts": [{"name": "work", "mountPath": "/w", "subPath": "../../etc"}]},
+                {"name": "planted", "image": image,
+                 "volumeMounts": [{"name": "work", "mountPath": "/w", "subPath": "evil/inner"}]},
             ],
         },
     });
+    // A link a container of an earlier run left in the volume, to the machine's /etc.
+    let work = root.file("run/kci/pod/volumes/work");
+    fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::symlink("/etc", work.join("evil")).unwrap();
     let (r, rep) = boot_pod(&root, &pod, &[]);
     assert_ne!(r.code, 0, "the climber fails: {}", r.stderr);
     let c = rep["containers"].as_array().unwrap();
@@ -417,11 +442,13 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
         c[1]["unresolved"],
         json!(["volume cfg (configMap) at /etc/app"])
     );
-    assert_eq!(c[2]["status"], "failed");
+    for bad in [&c[2], &c[3]] {
+        assert_eq!(bad["status"], "failed");
+        assert!(bad["error"].as_str().unwrap().contains("subPath"), "{bad}");
+    }
     assert!(
-        c[2]["error"].as_str().unwrap().contains("subPath"),
-        "{}",
-        c[2]
+        !Path::new("/etc/inner").exists(),
+        "nothing was made through the planted link"
     );
     let bundle = |name: &str| root.file(&format!("run/kci/bundles/{name}"));
     let mut runc = Runc {
@@ -443,4 +470,226 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
         fs::read_to_string(root.file("run/kci/pod/volumes/work/note")).unwrap(),
         "hello\n"
     );
+}
+
+/// The lines of `/proc/self/mountinfo` whose mount point is `at`.
+fn mounts_at(at: &Path) -> usize {
+    let want = at.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .count()
+}
+
+/// SPEC §10 end to end: a pod of several containers whose commands print what they see,
+/// each line as Kubernetes (containerd's CRI, the kubelet) gives it: capabilities for the
+/// default context, add/drop, non-root with allowPrivilegeEscalation false, privileged; the
+/// default PATH; the FQDN of a subdomain pod in /etc/hosts; resolv.conf for ClusterFirst with
+/// the cluster DNS; one IPC namespace and one /dev/shm for the pod; a memory emptyDir as a
+/// tmpfs of its sizeLimit. A second boot leaves one mount at each place.
+#[test]
+fn a_pod_runs_as_kubernetes_runs_it() {
+    // No Env and no User in the image: containerd's default PATH, uid 0.
+    let img = busybox_image_with(json!({"Entrypoint": ["/bin/sh", "-c"]}));
+    let e = FaultEnv::start(img, &["e2e/k8s"]);
+    let reg = e.registry.addr();
+    let image = format!("{reg}/e2e/k8s:v1");
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let status = "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status";
+    let pod = json!({
+        "metadata": {"name": "web", "namespace": "team",
+                     "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "status": {"podIP": "10.0.0.7"},
+        "spec": {
+            "subdomain": "sub",
+            "hostAliases": [{"ip": "10.1.1.1", "hostnames": ["db.team"]}],
+            "dnsConfig": {"searches": ["extra.test"], "options": [{"name": "edns0"}]},
+            "volumes": [{"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}],
+            "containers": [
+                {"name": "plain", "image": image,
+                 "args": [format!("{status}; echo PATH=$PATH HOSTNAME=$HOSTNAME; cat /etc/hostname /etc/hosts /etc/resolv.conf; readlink /proc/self/ns/ipc; echo shared > /dev/shm/note; echo mem > /mem/note; grep ' /mem ' /proc/self/mountinfo | grep -o 'tmpfs tmpfs.*'")],
+                 "volumeMounts": [{"name": "mem", "mountPath": "/mem"}]},
+                {"name": "caps", "image": image, "args": [status],
+                 "securityContext": {"capabilities": {"add": ["NET_ADMIN"], "drop": ["CHOWN", "CAP_KILL"]}}},
+                {"name": "user", "image": image,
+                 "args": [format!("{status}; id -u; cat /dev/shm/note /mem/note; readlink /proc/self/ns/ipc")],
+                 "securityContext": {"runAsUser": 1000, "allowPrivilegeEscalation": false},
+                 "volumeMounts": [{"name": "mem", "mountPath": "/mem", "readOnly": true}]},
+                {"name": "priv", "image": image,
+                 "args": [format!("{status}; test -c /dev/kmsg && echo kmsg; grep -q ' /sys rw' /proc/self/mountinfo && echo sys-rw")],
+                 "securityContext": {"privileged": true}},
+            ],
+        },
+    });
+    let (r, rep) = boot_pod(&root, &pod, &["--cluster-dns", "10.96.0.10"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        rep["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] == "ready"),
+        "{rep}"
+    );
+    let bundle = |name: &str| root.file(&format!("run/kci/bundles/{name}"));
+    let mut runc = Runc {
+        state: root.file("runc-state"),
+        ids: Vec::new(),
+    };
+    let host_ipc = fs::read_link("/proc/self/ns/ipc").unwrap();
+    let plain = runc.run(&bundle("plain"), "plain");
+    let mut lines = plain.lines();
+    let mut next = || lines.next().unwrap_or_default().to_string();
+    assert_eq!(next(), "CapEff:\t00000000a80425fb");
+    assert_eq!(next(), "NoNewPrivs:\t0");
+    assert_eq!(
+        next(),
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTNAME=web"
+    );
+    assert_eq!(next(), "web");
+    let hosts: Vec<String> = (0..10).map(|_| next()).collect();
+    assert_eq!(
+        hosts.join("\n"),
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         fe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n\
+         10.0.0.7\tweb.sub.team.svc.cluster.local\tweb\n\n# Entries added by HostAliases."
+    );
+    assert_eq!(next(), "10.1.1.1\tdb.team");
+    assert_eq!(
+        next(),
+        "search team.svc.cluster.local svc.cluster.local cluster.local extra.test"
+    );
+    assert_eq!(next(), "nameserver 10.96.0.10");
+    assert_eq!(next(), "options ndots:5 edns0");
+    let ipc = next();
+    assert!(ipc.starts_with("ipc:["), "{plain}");
+    assert_ne!(
+        Path::new(&ipc),
+        host_ipc,
+        "the pod has an IPC namespace of its own"
+    );
+    let tmpfs = next();
+    assert!(
+        tmpfs.contains("size=16384k") && tmpfs.contains("mode=777"),
+        "a memory emptyDir is a tmpfs of its sizeLimit: {tmpfs}"
+    );
+    // add NET_ADMIN, drop CHOWN and KILL.
+    assert_eq!(
+        runc.run(&bundle("caps"), "caps"),
+        "CapEff:\t00000000a80435da\nNoNewPrivs:\t0\n"
+    );
+    // Non-root: no capability; allowPrivilegeEscalation false: no_new_privs. The pod's
+    // /dev/shm, memory volume and IPC namespace are the same in every container.
+    assert_eq!(
+        runc.run(&bundle("user"), "user"),
+        format!("CapEff:\t0000000000000000\nNoNewPrivs:\t1\n1000\nshared\nmem\n{ipc}\n")
+    );
+    // Privileged: every capability the agent holds, the instance's devices, /sys writable.
+    let own = fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = own
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:\t"))
+        .unwrap();
+    let kmsg = if Path::new("/dev/kmsg").exists() {
+        "kmsg\n"
+    } else {
+        ""
+    };
+    assert_eq!(
+        runc.run(&bundle("priv"), "priv"),
+        format!("CapEff:\t{bounding}\nNoNewPrivs:\t0\n{kmsg}sys-rw\n")
+    );
+
+    // A second boot: the same bytes, one mount at each place.
+    let names = ["plain", "caps", "user", "priv"];
+    let before: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| fs::read(bundle(n).join("config.json")).unwrap())
+        .collect();
+    let (r, _) = boot_pod(&root, &pod, &["--cluster-dns", "10.96.0.10"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for (n, b) in names.iter().zip(&before) {
+        assert!(
+            fs::read(bundle(n).join("config.json")).unwrap() == *b,
+            "{n}: config.json changed on a rerun"
+        );
+        assert_eq!(mounts_at(&bundle(n).join("rootfs")), 1, "{n}");
+    }
+    for place in ["shm", "ns/ipc", "volumes/mem"] {
+        assert_eq!(
+            mounts_at(&root.file(&format!("run/kci/pod/{place}"))),
+            1,
+            "{place}"
+        );
+    }
+}
+
+/// resolv.conf for dnsPolicy None (exactly dnsConfig) and Default (the instance's file as
+/// §3 wrote it, dnsConfig appended), and ClusterFirst without a cluster DNS (as Default,
+/// warned); without a pod IP in the pod object, /etc/hosts names the instance's address.
+#[test]
+fn resolv_conf_follows_the_dns_policy() {
+    let img = busybox_image_with(json!({"Entrypoint": ["/bin/sh", "-c"]}));
+    let e = FaultEnv::start(img, &["e2e/dns"]);
+    let reg = e.registry.addr();
+    let image = format!("{reg}/e2e/dns:v1");
+    // The instance's primary address, as `ip route` tells it.
+    let route = Command::new("ip")
+        .args(["-o", "route", "get", "192.0.2.1"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let src = route
+        .split_whitespace()
+        .skip_while(|w| *w != "src")
+        .nth(1)
+        .map(|ip| format!("{ip}\tdns\n"))
+        .unwrap_or_default();
+    for (policy, config, want) in [
+        (
+            "None",
+            json!({"nameservers": ["10.9.9.9"], "searches": ["x.test"]}),
+            "search x.test\nnameserver 10.9.9.9\n",
+        ),
+        (
+            "Default",
+            json!({"nameservers": ["10.9.9.9"], "options": [{"name": "ndots", "value": "1"}]}),
+            "search lan\nnameserver 127.0.0.1\nnameserver 10.9.9.9\noptions ndots:1\n",
+        ),
+        (
+            "ClusterFirst",
+            json!({"nameservers": ["10.9.9.9"]}),
+            "search lan\nnameserver 127.0.0.1\nnameserver 10.9.9.9\n",
+        ),
+    ] {
+        let root = Root::new(
+            "127.0.0.1\tlocalhost\n",
+            "nameserver 127.0.0.1\nsearch lan\n",
+        );
+        let pod = json!({
+            "metadata": {"name": "dns", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+            "spec": {"dnsPolicy": policy, "dnsConfig": config, "containers": [
+                {"name": "c", "image": image, "args": ["cat /etc/resolv.conf; grep -v ':' /etc/hosts | grep -v '^#'"]},
+            ]},
+        });
+        let (r, _) = boot_pod(&root, &pod, &[]);
+        assert_eq!(r.code, 0, "{policy}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.contains("KCI_CLUSTER_DNS"),
+            policy == "ClusterFirst",
+            "{policy}: {}",
+            r.stderr
+        );
+        let mut runc = Runc {
+            state: root.file("runc-state"),
+            ids: Vec::new(),
+        };
+        assert_eq!(
+            runc.run(&root.file("run/kci/bundles/c"), policy),
+            format!("{want}127.0.0.1\tlocalhost\n{src}"),
+            "{policy}"
+        );
+    }
 }

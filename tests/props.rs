@@ -81,7 +81,8 @@ fn config(hosts: Vec<HostsEntry>, dns: DnsConfig) -> Config {
     Config {
         pod_name: None,
         hostname: None,
-        pod_hosts: None,
+        pod_net: None,
+        cluster: Default::default(),
         containers: Vec::new(),
         hosts,
         dns,
@@ -204,7 +205,7 @@ proptest! {
             let _ = RegistryList::parse(ListKind::Http, std::slice::from_ref(input), Origin::Flag("--http-registry"), &mut Notes::default());
             let _ = parse_host_aliases(input, &Origin::Env("KCI_HOST_ALIASES"));
             let _ = parse_dns_config(input, &Origin::Env("KCI_DNS_CONFIG"));
-            let _ = Pod::parse(input, Path::new("pod.json"));
+            let _ = Pod::parse(input, Path::new("pod.json"), None);
             let _ = resolv::parse(input);
             let _ = hosts::render(input, &[], &mut Notes::default());
             let _ = Config::load(&Sources { images: vec![input.clone()], flag_insecure_registry: Some(vec![input.clone()]), ..Default::default() });

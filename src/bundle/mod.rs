@@ -4,7 +4,10 @@
 //! work directories under `<root>/var/lib/kci/containers/<name>/`) and `mounts.json` (that
 //! mount, for a runtime that mounts by itself).
 
+pub mod devices;
 pub mod mount;
+pub mod podmounts;
+pub mod podnet;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -44,8 +47,11 @@ pub struct ContainerReport {
 pub struct Paths {
     pub bundles: PathBuf,
     pub containers: PathBuf,
-    /// The pod's own directory (its volumes).
+    /// The pod's own directory (its name files, volumes, `/dev/shm`, IPC namespace).
     pub pod: PathBuf,
+    /// The instance's own `/etc/hosts` and `/etc/resolv.conf` (SPEC §3).
+    pub instance_hosts: PathBuf,
+    pub instance_resolv: PathBuf,
     pub mount: bool,
 }
 
@@ -56,6 +62,8 @@ impl Paths {
             bundles: under_root(root, BUNDLES),
             containers: under_root(root, CONTAINERS),
             pod: under_root(root, POD),
+            instance_hosts: under_root(root, "etc/hosts"),
+            instance_resolv: under_root(root, "etc/resolv.conf"),
             mount,
         }
     }
@@ -70,12 +78,23 @@ pub fn prepare(
     images: &[ImageReport],
     paths: &Paths,
 ) -> Vec<ContainerReport> {
-    let names = pod_files(cfg, paths);
+    let mut subpaths_failed = Vec::new();
+    let names = pod_files(cfg, paths).and_then(|names| {
+        let plan = podmounts::plan(cfg);
+        podmounts::write_plan(&paths.pod, &plan)?;
+        if paths.mount {
+            subpaths_failed = podmounts::apply(&paths.pod, &plan)?;
+        }
+        Ok(names)
+    });
     cfg.containers
         .iter()
         .map(|c| {
             let bundle = paths.bundles.join(&c.name);
             let result = names.clone().and_then(|names| {
+                if let Some((_, why)) = subpaths_failed.iter().find(|(n, _)| *n == c.name) {
+                    return Err(why.clone());
+                }
                 prepare_one(cfg, c, store, layers, images, paths, &bundle, &names)
             });
             if let Err(e) = &result {
@@ -93,19 +112,34 @@ pub fn prepare(
         .collect()
 }
 
-/// The pod's names, as the kubelet gives every container: `/etc/hosts` (its format, the
-/// pod's IPs and hostAliases) and `/etc/hostname`, written once for the pod under its
-/// directory; each with where a container gets it.
+/// The pod's name files, as the kubelet gives every container: `/etc/hosts` (its format,
+/// the pod's IPs and hostAliases), `/etc/hostname` and `/etc/resolv.conf` (by `dnsPolicy`),
+/// written once for the pod under its directory; each with where a container gets it.
 fn pod_files(cfg: &Config, paths: &Paths) -> Result<Vec<(PathBuf, &'static str)>, String> {
-    let (Some(hosts), Some(host)) = (&cfg.pod_hosts, &cfg.hostname) else {
+    let (Some(net), Some(host)) = (&cfg.pod_net, &cfg.hostname) else {
         return Ok(Vec::new());
     };
     std::fs::create_dir_all(&paths.pod)
         .map_err(|e| format!("cannot create {}: {e}", paths.pod.display()))?;
+    let instance = |p: &Path| std::fs::read_to_string(p).ok();
+    let hosts = podnet::hosts_file(
+        net,
+        &cfg.cluster.domain,
+        instance(&paths.instance_hosts).as_deref(),
+    );
+    let (resolv, warnings) = podnet::resolv_file(
+        net,
+        &cfg.cluster,
+        instance(&paths.instance_resolv).as_deref(),
+    );
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let mut out = Vec::new();
     for (name, content, at) in [
-        ("hosts", hosts.clone(), "/etc/hosts"),
+        ("hosts", hosts, "/etc/hosts"),
         ("hostname", format!("{host}\n"), "/etc/hostname"),
+        ("resolv.conf", resolv, "/etc/resolv.conf"),
     ] {
         let file = paths.pod.join(name);
         crate::fsutil::atomic::write_file(&file, &file, content.as_bytes())
@@ -140,7 +174,7 @@ fn prepare_one(
     crate::config::names::check_label(&c.name)
         .map_err(|why| format!("the container name {:?} {why}", c.name))?;
     for skipped in &c.skipped_env {
-        tracing::warn!(container = %c.name, "{skipped} is not resolved by the agent; left out of the environment");
+        tracing::warn!(container = %c.name, "{skipped} is not resolved by the agent: left out of the container");
     }
     let reference = Reference::parse(&c.image).map_err(|e| format!("image {:?}: {e}", c.image))?;
     let name = reference.to_string();
@@ -227,13 +261,30 @@ fn prepare_one(
     std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .map_err(|e| format!("cannot make {} writable: {e}", log.display()))?;
     let mut spec = spec;
+    if c.privileged {
+        devices::privileged(&mut spec);
+    }
+    // The pod's IPC namespace and /dev/shm, shared by its containers.
+    if let Some(ns) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        for n in ns.iter_mut() {
+            if n.typ() == oci_spec::runtime::LinuxNamespaceType::Ipc {
+                n.set_path(Some(podmounts::ipc_pin(&paths.pod)));
+            }
+        }
+    }
     if let Some(mounts) = spec.mounts_mut().as_mut() {
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        mounts.push(bind(paths.pod.join("shm"), "/dev/shm", false));
         mounts.push(bind(log.clone(), &c.termination_message_path, false));
         for (file, at) in pod_files {
-            mounts.push(bind(file.clone(), at, false));
+            mounts.push(bind(file.clone(), at, c.read_only_root));
         }
-        for v in &c.volume_mounts {
-            let source = volume_source(&paths.pod, v)?;
+        for (i, v) in c.volume_mounts.iter().enumerate() {
+            let source = volume_source(&paths.pod, v, &c.name, i)?;
             if !v.mount_path.starts_with('/') {
                 return Err(format!(
                     "volumeMounts {}: mountPath {:?} is not absolute",
@@ -253,64 +304,24 @@ fn prepare_one(
     Ok(())
 }
 
-/// The directory an `emptyDir` mount binds: the pod's `volumes/<name>` (0777, as the
-/// kubelet makes it), or a `subPath` beneath it, made one component at a time without
-/// following a link (a link a container planted in the shared volume never leads the mount
-/// out of it).
-fn volume_source(pod: &Path, v: &crate::config::pod::VolumeMount) -> Result<PathBuf, String> {
-    use rustix::fs::{Mode, OFlags};
-    use std::os::unix::fs::PermissionsExt;
-    crate::config::names::check_label(&v.volume)
-        .map_err(|why| format!("the volume name {:?} {why}", v.volume))?;
-    if let crate::config::pod::VolumeKind::EmptyDir { memory: true } = v.kind {
-        tracing::warn!(
-            volume = %v.volume,
-            "emptyDir medium: Memory is backed by the instance's disk for now, not a tmpfs"
-        );
-    }
-    let vol = pod.join("volumes").join(&v.volume);
-    let made = !vol.exists();
-    std::fs::create_dir_all(&vol).map_err(|e| format!("cannot create {}: {e}", vol.display()))?;
-    if made {
-        std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| format!("cannot open up {}: {e}", vol.display()))?;
-    }
-    let Some(sub) = &v.sub_path else {
-        return Ok(vol);
-    };
-    if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
-        return Err(format!(
-            "volumeMounts {}: subPath {sub:?} must be relative and must not go up (..)",
-            v.volume
-        ));
-    }
-    let refused = |e: rustix::io::Errno| {
-        format!(
-            "volumeMounts {}: subPath {sub:?} cannot be made inside the volume ({e}: a link or \
-             a file is on its way)",
-            v.volume
-        )
-    };
-    let mut dir = rustix::fs::open(
-        &vol,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(refused)?;
-    for part in sub.split('/').filter(|p| !p.is_empty() && *p != ".") {
-        match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(refused(e)),
+/// What an `emptyDir` mount binds: the pod's `volumes/<name>` (0777, as the kubelet makes
+/// it; a tmpfs for `medium: Memory`), or for a `subPath` the place the pod's mounts bind it on
+/// (made safely when the pod is mounted: [`podmounts`]).
+fn volume_source(
+    pod: &Path,
+    v: &crate::config::pod::VolumeMount,
+    container: &str,
+    index: usize,
+) -> Result<PathBuf, String> {
+    let vol = podmounts::make_volume(pod, &v.volume)?;
+    match &v.sub_path {
+        None => Ok(vol),
+        Some(sub) => {
+            podmounts::check_subpath(sub)
+                .map_err(|why| format!("volumeMounts {}: {why}", v.volume))?;
+            Ok(pod.join(podmounts::subpath_target(container, index)))
         }
-        dir = rustix::fs::openat(
-            &dir,
-            part,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(refused)?;
     }
-    Ok(vol.join(sub))
 }
 
 /// Gives the directory `to` the mode and owner of the directory `from`.
@@ -351,8 +362,26 @@ fn ensure_mounted(bundle: &Path, overlay: &mount::Overlay) -> Result<(), String>
 /// trusted: one overlay whose lower directories are layer directories of `layers` and whose
 /// upper and work directories are the container's own.
 pub fn mount_all(paths: &Paths, layers: &Path) -> Vec<(String, Result<(), String>)> {
+    let mut out = Vec::new();
+    // The pod's own mounts first: the bundles' config.json use them.
+    match podmounts::read_plan(&paths.pod) {
+        Ok(None) => {}
+        Ok(Some(plan)) => match podmounts::apply(&paths.pod, &plan) {
+            Ok(failed) => {
+                for (container, why) in failed {
+                    tracing::error!(container = %container, "container {container}: {why}");
+                    out.push((container, Err(why)));
+                }
+            }
+            Err(e) => out.push(("pod".to_string(), Err(e))),
+        },
+        Err(e) => out.push(("pod".to_string(), Err(e))),
+    }
+    if let Some((_, Err(e))) = out.first().filter(|(n, _)| n == "pod") {
+        tracing::error!("the pod's mounts: {e}");
+    }
     let Ok(entries) = std::fs::read_dir(&paths.bundles) else {
-        return Vec::new();
+        return out;
     };
     let mut names: Vec<String> = entries
         .flatten()
@@ -360,17 +389,15 @@ pub fn mount_all(paths: &Paths, layers: &Path) -> Vec<(String, Result<(), String
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let r = read_mounts(paths, layers, &name)
-                .and_then(|o| ensure_mounted(&paths.bundles.join(&name), &o));
-            if let Err(e) = &r {
-                tracing::error!(container = %name, "bundle {name}: {e}");
-            }
-            (name, r)
-        })
-        .collect()
+    out.extend(names.into_iter().map(|name| {
+        let r = read_mounts(paths, layers, &name)
+            .and_then(|o| ensure_mounted(&paths.bundles.join(&name), &o));
+        if let Err(e) = &r {
+            tracing::error!(container = %name, "bundle {name}: {e}");
+        }
+        (name, r)
+    }));
+    out
 }
 
 fn read_mounts(paths: &Paths, layers: &Path, name: &str) -> Result<mount::Overlay, String> {

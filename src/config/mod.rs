@@ -24,6 +24,8 @@ use pod::Pod;
 
 pub const ENV_HOST_ALIASES: &str = "KCI_HOST_ALIASES";
 pub const ENV_DNS_CONFIG: &str = "KCI_DNS_CONFIG";
+pub const ENV_CLUSTER_DNS: &str = "KCI_CLUSTER_DNS";
+pub const ENV_CLUSTER_DOMAIN: &str = "KCI_CLUSTER_DOMAIN";
 pub const HOST_ALIASES_ANNOTATION: &str = "k8s.ksyun.com/kci-host-aliases";
 pub const DNS_CONFIG_ANNOTATION: &str = "k8s.ksyun.com/kci-dns-config";
 
@@ -43,6 +45,65 @@ pub struct Sources {
     pub platform: Option<String>,
     /// The auth file (`--auth-file` or `REGISTRY_AUTH_FILE`) and its content.
     pub auth_file: Option<(PathBuf, String)>,
+    /// `--cluster-dns`, else `KCI_CLUSTER_DNS`: the cluster DNS service's addresses.
+    pub flag_cluster_dns: Option<String>,
+    pub env_cluster_dns: Option<String>,
+    pub env_cluster_domain: Option<String>,
+    /// The instance's primary address (the pod IP when the pod object has none).
+    pub instance_ip: Option<String>,
+}
+
+/// The cluster's DNS service, as the kubelet's `clusterDNS` and `clusterDomain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    pub servers: Vec<std::net::IpAddr>,
+    pub domain: String,
+}
+
+impl Default for ClusterDns {
+    fn default() -> ClusterDns {
+        ClusterDns {
+            servers: Vec::new(),
+            domain: "cluster.local".into(),
+        }
+    }
+}
+
+impl ClusterDns {
+    /// `--cluster-dns` (else `KCI_CLUSTER_DNS`): addresses separated by commas or spaces;
+    /// `KCI_CLUSTER_DOMAIN`: the cluster domain (default `cluster.local`).
+    fn parse(src: &Sources) -> Result<ClusterDns, InputError> {
+        let mut out = ClusterDns::default();
+        let given = match (&src.flag_cluster_dns, &src.env_cluster_dns) {
+            (Some(v), _) => Some((v, Origin::Flag("--cluster-dns"))),
+            (None, Some(v)) => Some((v, Origin::Env(ENV_CLUSTER_DNS))),
+            _ => None,
+        };
+        if let Some((text, origin)) = given {
+            for part in text.split([',', ' ']).filter(|p| !p.is_empty()) {
+                let ip = part.parse().map_err(|_| {
+                    InputError::new(
+                        origin.clone(),
+                        format!("{part:?} is not an IP address; give the cluster DNS service's addresses, e.g. 10.96.0.10"),
+                    )
+                })?;
+                if !out.servers.contains(&ip) {
+                    out.servers.push(ip);
+                }
+            }
+        }
+        if let Some(d) = &src.env_cluster_domain {
+            let d = d.trim().trim_end_matches('.');
+            names::check_search_domain(d).map_err(|why| {
+                InputError::new(
+                    Origin::Env(ENV_CLUSTER_DOMAIN),
+                    format!("{d:?} {why}; give a domain such as cluster.local"),
+                )
+            })?;
+            out.domain = d.to_string();
+        }
+        Ok(out)
+    }
 }
 
 /// An image to pull, as given and normalised.
@@ -60,7 +121,9 @@ pub struct Config {
     /// The pod's `spec.hostname`, else `metadata.name`: its containers' hostname.
     pub hostname: Option<String>,
     /// The containers' `/etc/hosts` as the kubelet writes it (`None` without a pod).
-    pub pod_hosts: Option<String>,
+    /// The pod's names and DNS (its containers' `/etc/hosts` and `/etc/resolv.conf`).
+    pub pod_net: Option<pod::PodNet>,
+    pub cluster: ClusterDns,
     /// The pod's init containers and containers (what gets a runtime bundle).
     pub containers: Vec<pod::PodContainer>,
     /// The managed hosts block, one entry per address.
@@ -80,7 +143,10 @@ impl Config {
     pub fn load(src: &Sources) -> Result<(Config, Notes), InputError> {
         let mut notes = Notes::default();
         let pod = match &src.spec {
-            Some((path, text)) => Some((path.clone(), Pod::parse(text, path)?)),
+            Some((path, text)) => Some((
+                path.clone(),
+                Pod::parse(text, path, src.instance_ip.as_deref())?,
+            )),
             None => None,
         };
         // A pod-level value: the flag if given, else the annotation of --spec.
@@ -207,16 +273,30 @@ impl Config {
             None => AuthFile::default(),
         };
 
-        let (hostname, containers) = pod
+        let cluster = ClusterDns::parse(src)?;
+        let containers = pod
             .as_ref()
-            .map(|(_, p)| (p.hostname.clone(), p.containers.clone()))
+            .map(|(_, p)| p.containers.clone())
             .unwrap_or_default();
-        let pod_hosts = pod.as_ref().map(|(_, p)| p.etc_hosts.clone());
+        let pod_net = pod.as_ref().map(|(_, p)| p.net.clone());
+        let hostname = match &pod_net {
+            Some(net) => net.uts_hostname(&cluster.domain).map_err(|why| {
+                InputError::new(
+                    Origin::Spec {
+                        path: pod.as_ref().map(|(p, _)| p.clone()).unwrap_or_default(),
+                        field: "spec.setHostnameAsFQDN".into(),
+                    },
+                    why,
+                )
+            })?,
+            None => None,
+        };
         Ok((
             Config {
                 pod_name: pod.and_then(|(_, p)| p.name),
                 hostname,
-                pod_hosts,
+                pod_net,
+                cluster,
                 containers,
                 auth,
                 hosts,

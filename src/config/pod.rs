@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::dns::{DnsConfig, parse_dns_config};
+use super::hostalias::{HostAlias, parse_host_aliases};
 use crate::error::{InputError, Origin};
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,14 +47,14 @@ struct SpecJson {
     node_name: Option<String>,
     service_account_name: Option<String>,
     volumes: Option<Vec<serde_json::Value>>,
-    host_aliases: Option<Vec<HostAliasJson>>,
+    host_aliases: Option<serde_json::Value>,
     hostname: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct HostAliasJson {
-    ip: Option<String>,
-    hostnames: Option<Vec<String>>,
+    subdomain: Option<String>,
+    #[serde(rename = "setHostnameAsFQDN")]
+    set_hostname_as_fqdn: Option<bool>,
+    host_network: Option<bool>,
+    dns_policy: Option<String>,
+    dns_config: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,13 +64,18 @@ struct VolumeMountJson {
     mount_path: String,
     read_only: Option<bool>,
     sub_path: Option<String>,
+    sub_path_expr: Option<String>,
 }
 
 /// What backs a volume a container mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeKind {
-    /// `emptyDir`: a directory of the pod's (`medium: Memory` asked for tmpfs).
-    EmptyDir { memory: bool },
+    /// `emptyDir`: a directory of the pod's (`medium: Memory`: a tmpfs, `sizeLimit` as
+    /// written).
+    EmptyDir {
+        memory: bool,
+        size_limit: Option<String>,
+    },
     /// Any other type (`configMap`, `secret`, `persistentVolumeClaim`, ...), or none found.
     Other(String),
 }
@@ -155,17 +162,7 @@ fn resource_field(r: &Resources, resource: &str, divisor: Option<&str>) -> Optio
                 .map_or(1, |n| n.get())
                 .to_string(),
         )?,
-        (None, _, "memory") => {
-            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-            let kib = info
-                .lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .to_string();
-            Quantity::parse(&format!("{kib}Ki"))?
-        }
+        (None, _, "memory") => Quantity::parse(&super::quantity::instance_memory()?.to_string())?,
         _ => return None,
     };
     let divisor = Quantity::parse(divisor.filter(|d| !d.is_empty()).unwrap_or("1"))?;
@@ -253,44 +250,79 @@ pub struct Pod {
     pub annotations: BTreeMap<String, String>,
     /// initContainers, then containers, then ephemeralContainers, in pod order.
     pub images: Vec<PodImage>,
-    /// The containers' hostname: `spec.hostname`, else `metadata.name`.
-    pub hostname: Option<String>,
-    /// The containers' `/etc/hosts`, as the kubelet writes it.
-    pub etc_hosts: String,
+    /// What the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` are made of.
+    pub net: PodNet,
 }
 
-/// The kubelet's `/etc/hosts` for a pod (`managedHostsFileContent`): its header, localhost for
-/// IPv4 and IPv6, each pod IP with the hostname, then `spec.hostAliases`.
-fn kubelet_hosts(ips: &[String], hostname: Option<&str>, aliases: &[HostAliasJson]) -> String {
-    let mut out = String::from(
-        "# Kubernetes-managed hosts file.\n\
-         127.0.0.1\tlocalhost\n\
-         ::1\tlocalhost ip6-localhost ip6-loopback\n\
-         fe00::0\tip6-localnet\n\
-         fe00::0\tip6-mcastprefix\n\
-         fe00::1\tip6-allnodes\n\
-         fe00::2\tip6-allrouters\n",
-    );
-    if let Some(h) = hostname {
-        for ip in ips {
-            out.push_str(&format!("{ip}\t{h}\n"));
+/// `spec.dnsPolicy` (the API server's default is `ClusterFirst`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DnsPolicy {
+    #[default]
+    ClusterFirst,
+    ClusterFirstWithHostNet,
+    Default,
+    None,
+}
+
+/// The pod's names and DNS, as the kubelet builds its containers' files from them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodNet {
+    /// `metadata.namespace` (`default` when absent).
+    pub namespace: String,
+    /// `spec.hostname`, else `metadata.name`, cut to 63 characters as the kubelet cuts it.
+    pub hostname: Option<String>,
+    pub subdomain: Option<String>,
+    /// `spec.setHostnameAsFQDN`.
+    pub hostname_as_fqdn: bool,
+    /// `status.podIPs` (else `status.podIP`, else the instance's primary address).
+    pub ips: Vec<String>,
+    /// `spec.hostAliases`, validated.
+    pub host_aliases: Vec<HostAlias>,
+    pub dns_policy: DnsPolicy,
+    /// `spec.dnsConfig`, validated.
+    pub dns_config: Option<DnsConfig>,
+    pub host_network: bool,
+}
+
+impl PodNet {
+    /// The pod's domain when it has a `subdomain`: `<subdomain>.<namespace>.svc.<domain>`.
+    pub fn domain(&self, cluster_domain: &str) -> Option<String> {
+        let sub = self.subdomain.as_ref()?;
+        Some(format!("{sub}.{}.svc.{cluster_domain}", self.namespace))
+    }
+
+    /// Its FQDN (`<hostname>.<domain>`), when it has a subdomain.
+    pub fn fqdn(&self, cluster_domain: &str) -> Option<String> {
+        Some(format!(
+            "{}.{}",
+            self.hostname.as_ref()?,
+            self.domain(cluster_domain)?
+        ))
+    }
+
+    /// The containers' hostname (UTS, `/etc/hostname`, `$HOSTNAME`): the hostname, or the
+    /// FQDN with `setHostnameAsFQDN` (refused past 64 characters, as the kubelet does).
+    pub fn uts_hostname(&self, cluster_domain: &str) -> Result<Option<String>, String> {
+        match self.fqdn(cluster_domain) {
+            Some(fqdn) if self.hostname_as_fqdn => {
+                if fqdn.len() > 64 {
+                    return Err(format!(
+                        "the FQDN {fqdn:?} is {} characters long; a hostname has at most 64 \
+                         (shorten spec.hostname or spec.subdomain, or unset setHostnameAsFQDN)",
+                        fqdn.len()
+                    ));
+                }
+                Ok(Some(fqdn))
+            }
+            _ => Ok(self.hostname.clone()),
         }
     }
-    if !aliases.is_empty() {
-        out.push_str("\n# Entries added by HostAliases.\n");
-        for a in aliases {
-            out.push_str(&format!(
-                "{}\t{}\n",
-                a.ip.as_deref().unwrap_or_default(),
-                a.hostnames.clone().unwrap_or_default().join("\t")
-            ));
-        }
-    }
-    out
 }
 
 impl Pod {
-    pub fn parse(text: &str, path: &Path) -> Result<Pod, InputError> {
+    /// Parses the pod object; `instance_ip` (the instance's primary address) stands in for
+    /// `status.podIP` when the pod object has none.
+    pub fn parse(text: &str, path: &Path, instance_ip: Option<&str>) -> Result<Pod, InputError> {
         let origin = |field: &str| Origin::Spec {
             path: path.to_path_buf(),
             field: field.to_string(),
@@ -302,7 +334,10 @@ impl Pod {
             )
         })?;
         let meta = raw.metadata.unwrap_or_default();
-        let status = raw.status.unwrap_or_default();
+        let mut status = raw.status.unwrap_or_default();
+        if status.pod_ip.as_deref().is_none_or(str::is_empty) {
+            status.pod_ip = instance_ip.map(str::to_string);
+        }
         let spec = raw.spec.unwrap_or_default();
         // The downward API's fields (`valueFrom.fieldRef`), as the kubelet resolves them.
         let field = |path: &str| -> Option<String> {
@@ -395,6 +430,7 @@ impl Pod {
         };
         let pod_security = spec.security_context.clone().unwrap_or_default();
         let volumes = spec.volumes.clone().unwrap_or_default();
+        let net = pod_net(&spec, &meta, &status, pod_name.as_deref(), &origin)?;
         let mut images = Vec::new();
         let mut bundled = Vec::new();
         for (list, containers) in [
@@ -437,6 +473,11 @@ impl Pod {
                         Some(v) if v.get("emptyDir").is_some() => VolumeKind::EmptyDir {
                             memory: v.pointer("/emptyDir/medium").and_then(|x| x.as_str())
                                 == Some("Memory"),
+                            size_limit: match v.pointer("/emptyDir/sizeLimit") {
+                                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                                _ => None,
+                            },
                         },
                         Some(v) => VolumeKind::Other(
                             v.as_object()
@@ -447,6 +488,14 @@ impl Pod {
                     };
                     if let VolumeKind::Other(t) = &kind {
                         skipped_env.push(format!("volume {} ({t}) at {}", m.name, m.mount_path));
+                        continue;
+                    }
+                    // Expanded from the environment by the kubelet; not mounted whole instead.
+                    if m.sub_path_expr.as_deref().is_some_and(|e| !e.is_empty()) {
+                        skipped_env.push(format!(
+                            "volume {} (subPathExpr) at {}",
+                            m.name, m.mount_path
+                        ));
                         continue;
                     }
                     mounts.push(VolumeMount {
@@ -499,28 +548,8 @@ impl Pod {
                 });
             }
         }
-        let hostname = spec
-            .hostname
-            .clone()
-            .filter(|h| !h.is_empty())
-            .or(pod_name.clone());
-        let mut ips: Vec<String> = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .filter_map(|v| v.get("ip").and_then(|i| i.as_str()).map(str::to_string))
-            .collect();
-        if ips.is_empty() {
-            ips.extend(status.pod_ip.clone());
-        }
-        let etc_hosts = kubelet_hosts(
-            &ips,
-            hostname.as_deref(),
-            spec.host_aliases.as_deref().unwrap_or_default(),
-        );
         Ok(Pod {
-            hostname,
-            etc_hosts,
+            net,
             name,
             pod_name,
             containers: bundled,
@@ -530,12 +559,94 @@ impl Pod {
     }
 }
 
+/// The pod's names and DNS from its object, checked as the API server checks them.
+fn pod_net(
+    spec: &SpecJson,
+    meta: &MetaJson,
+    status: &StatusJson,
+    pod_name: Option<&str>,
+    origin: &dyn Fn(&str) -> Origin,
+) -> Result<PodNet, InputError> {
+    // The kubelet's truncatePodHostnameIfNeeded: 63 characters, no trailing '-' or '.'.
+    let hostname = spec
+        .hostname
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .or(pod_name)
+        .map(|h| {
+            let cut = h.char_indices().nth(63).map_or(h, |(i, _)| &h[..i]);
+            cut.trim_end_matches(['-', '.']).to_string()
+        });
+    let mut ips: Vec<String> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|v| v.get("ip").and_then(|i| i.as_str()).map(str::to_string))
+        .collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.clone().filter(|ip| !ip.is_empty()));
+    }
+    for ip in &ips {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(InputError::new(
+                origin("status.podIPs"),
+                format!("{ip:?} is not an IP address"),
+            ));
+        }
+    }
+    let dns_policy = match spec.dns_policy.as_deref().unwrap_or("") {
+        "" | "ClusterFirst" => DnsPolicy::ClusterFirst,
+        "ClusterFirstWithHostNet" => DnsPolicy::ClusterFirstWithHostNet,
+        "Default" => DnsPolicy::Default,
+        "None" => DnsPolicy::None,
+        other => {
+            return Err(InputError::new(
+                origin("spec.dnsPolicy"),
+                format!(
+                    "{other:?} is not a DNS policy (ClusterFirst, ClusterFirstWithHostNet, \
+                     Default or None)"
+                ),
+            ));
+        }
+    };
+    let dns_config = match &spec.dns_config {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(parse_dns_config(&v.to_string(), &origin("spec.dnsConfig"))?),
+    };
+    if dns_policy == DnsPolicy::None && dns_config.as_ref().is_none_or(|d| d.nameservers.is_empty())
+    {
+        return Err(InputError::new(
+            origin("spec.dnsConfig"),
+            "dnsPolicy None needs spec.dnsConfig with at least one nameserver (the API server \
+             refuses such a pod too)",
+        ));
+    }
+    Ok(PodNet {
+        namespace: meta
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        hostname,
+        subdomain: spec.subdomain.clone().filter(|s| !s.is_empty()),
+        hostname_as_fqdn: spec.set_hostname_as_fqdn.unwrap_or(false),
+        ips,
+        host_aliases: match &spec.host_aliases {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(v) => parse_host_aliases(&v.to_string(), &origin("spec.hostAliases"))?,
+        },
+        dns_policy,
+        dns_config,
+        host_network: spec.host_network.unwrap_or(false),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Pod, InputError> {
-        Pod::parse(text, Path::new("/run/kci/pod.json"))
+        Pod::parse(text, Path::new("/run/kci/pod.json"), None)
     }
 
     #[test]
@@ -566,9 +677,49 @@ mod tests {
         assert_eq!(
             parse("{}").unwrap(),
             Pod {
-                etc_hosts: kubelet_hosts(&[], None, &[]),
+                net: PodNet {
+                    namespace: "default".into(),
+                    ..PodNet::default()
+                },
                 ..Pod::default()
             }
+        );
+    }
+
+    #[test]
+    fn volume_mounts_the_agent_cannot_make_are_listed_not_mounted() {
+        let pod = parse(
+            r#"{"metadata":{"name":"p"},"spec":{
+                "volumes":[{"name":"a","emptyDir":{"medium":"Memory","sizeLimit":"1Gi"}},
+                           {"name":"s","secret":{"secretName":"x"}}],
+                "containers":[{"name":"c","image":"i","volumeMounts":[
+                    {"name":"a","mountPath":"/a","subPath":"x/y","readOnly":true},
+                    {"name":"a","mountPath":"/e","subPathExpr":"$(POD)"},
+                    {"name":"s","mountPath":"/s"},
+                    {"name":"gone","mountPath":"/g"}]}]}}"#,
+        )
+        .unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.volume_mounts,
+            vec![VolumeMount {
+                volume: "a".into(),
+                kind: VolumeKind::EmptyDir {
+                    memory: true,
+                    size_limit: Some("1Gi".into())
+                },
+                mount_path: "/a".into(),
+                read_only: true,
+                sub_path: Some("x/y".into()),
+            }]
+        );
+        assert_eq!(
+            c.skipped_env,
+            vec![
+                "volume a (subPathExpr) at /e",
+                "volume s (secret) at /s",
+                "volume gone (not in spec.volumes) at /g"
+            ]
         );
     }
 
@@ -599,7 +750,7 @@ mod downward_tests {
 
     /// The pod of `json` and its first container's env, as pairs.
     fn first_env(json: serde_json::Value) -> (Pod, Vec<(String, String)>) {
-        let p = Pod::parse(&json.to_string(), Path::new("pod.json")).unwrap();
+        let p = Pod::parse(&json.to_string(), Path::new("pod.json"), None).unwrap();
         let env = p.containers[0].env.clone();
         (p, env)
     }

@@ -89,6 +89,20 @@ fn decimal(s: &str) -> Option<(u128, u128)> {
     Some((num, den))
 }
 
+/// The instance's memory (`MemTotal`) in bytes: a pod's node capacity, here.
+pub fn instance_memory() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u128 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

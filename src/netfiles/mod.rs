@@ -328,3 +328,20 @@ pub fn describe(plan: &NetPlan, root: &Path) -> String {
     }
     out
 }
+/// The instance's primary address: the source address of its route out (IPv4 first; a UDP
+/// socket's `connect` only looks the route up, nothing is sent).
+pub fn primary_address() -> Option<std::net::IpAddr> {
+    for (bind, to) in [("0.0.0.0:0", "192.0.2.1:9"), ("[::]:0", "[2001:db8::1]:9")] {
+        let Ok(socket) = std::net::UdpSocket::bind(bind) else {
+            continue;
+        };
+        if socket.connect(to).is_ok()
+            && let Ok(a) = socket.local_addr()
+            && !a.ip().is_unspecified()
+            && !a.ip().is_loopback()
+        {
+            return Some(a.ip());
+        }
+    }
+    None
+}
