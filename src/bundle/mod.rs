@@ -6,8 +6,8 @@
 
 pub mod devices;
 pub mod mount;
+pub mod namefiles;
 pub mod podmounts;
-pub mod podnet;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -122,12 +122,12 @@ fn pod_files(cfg: &Config, paths: &Paths) -> Result<Vec<(PathBuf, &'static str)>
     std::fs::create_dir_all(&paths.pod)
         .map_err(|e| format!("cannot create {}: {e}", paths.pod.display()))?;
     let instance = |p: &Path| std::fs::read_to_string(p).ok();
-    let hosts = podnet::hosts_file(
+    let hosts = namefiles::hosts_file(
         net,
         &cfg.cluster.domain,
         instance(&paths.instance_hosts).as_deref(),
     );
-    let (resolv, warnings) = podnet::resolv_file(
+    let (resolv, warnings) = namefiles::resolv_file(
         net,
         &cfg.cluster,
         instance(&paths.instance_resolv).as_deref(),

@@ -6,9 +6,11 @@
 
 pub mod auth;
 pub mod dns;
+mod downward;
 pub mod hostalias;
 pub mod names;
 pub mod pod;
+pub mod podnet;
 pub mod quantity;
 
 use std::path::PathBuf;

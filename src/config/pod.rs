@@ -6,55 +6,55 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::dns::{DnsConfig, parse_dns_config};
-use super::hostalias::{HostAlias, parse_host_aliases};
+use super::podnet::pod_net;
+pub use super::podnet::{DnsPolicy, PodNet};
 use crate::error::{InputError, Origin};
 
 #[derive(Debug, Default, Deserialize)]
-struct PodJson {
-    metadata: Option<MetaJson>,
-    spec: Option<SpecJson>,
-    status: Option<StatusJson>,
+pub(super) struct PodJson {
+    pub(super) metadata: Option<MetaJson>,
+    pub(super) spec: Option<SpecJson>,
+    pub(super) status: Option<StatusJson>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct StatusJson {
+pub(super) struct StatusJson {
     #[serde(rename = "podIP")]
-    pod_ip: Option<String>,
+    pub(super) pod_ip: Option<String>,
     #[serde(rename = "podIPs")]
-    pod_ips: Option<Vec<serde_json::Value>>,
+    pub(super) pod_ips: Option<Vec<serde_json::Value>>,
     #[serde(rename = "hostIP")]
-    host_ip: Option<String>,
+    pub(super) host_ip: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct MetaJson {
-    name: Option<String>,
-    namespace: Option<String>,
-    uid: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
+pub(super) struct MetaJson {
+    pub(super) name: Option<String>,
+    pub(super) namespace: Option<String>,
+    pub(super) uid: Option<String>,
+    pub(super) labels: Option<BTreeMap<String, String>>,
+    pub(super) annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SpecJson {
-    init_containers: Option<Vec<ContainerJson>>,
-    containers: Option<Vec<ContainerJson>>,
-    ephemeral_containers: Option<Vec<ContainerJson>>,
+pub(super) struct SpecJson {
+    pub(super) init_containers: Option<Vec<ContainerJson>>,
+    pub(super) containers: Option<Vec<ContainerJson>>,
+    pub(super) ephemeral_containers: Option<Vec<ContainerJson>>,
     security_context: Option<SecurityJson>,
-    node_name: Option<String>,
-    service_account_name: Option<String>,
-    volumes: Option<Vec<serde_json::Value>>,
-    host_aliases: Option<serde_json::Value>,
-    hostname: Option<String>,
-    subdomain: Option<String>,
+    pub(super) node_name: Option<String>,
+    pub(super) service_account_name: Option<String>,
+    pub(super) volumes: Option<Vec<serde_json::Value>>,
+    pub(super) host_aliases: Option<serde_json::Value>,
+    pub(super) hostname: Option<String>,
+    pub(super) subdomain: Option<String>,
     #[serde(rename = "setHostnameAsFQDN")]
-    set_hostname_as_fqdn: Option<bool>,
-    host_network: Option<bool>,
-    dns_policy: Option<String>,
-    dns_config: Option<serde_json::Value>,
+    pub(super) set_hostname_as_fqdn: Option<bool>,
+    pub(super) host_network: Option<bool>,
+    pub(super) dns_policy: Option<String>,
+    pub(super) dns_config: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,24 +92,24 @@ pub struct VolumeMount {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ContainerJson {
-    name: Option<String>,
-    image: Option<String>,
-    command: Option<Vec<String>>,
-    args: Option<Vec<String>>,
-    env: Option<Vec<EnvJson>>,
-    env_from: Option<Vec<serde_json::Value>>,
-    working_dir: Option<String>,
+pub(super) struct ContainerJson {
+    pub(super) name: Option<String>,
+    pub(super) image: Option<String>,
+    pub(super) command: Option<Vec<String>>,
+    pub(super) args: Option<Vec<String>>,
+    pub(super) env: Option<Vec<EnvJson>>,
+    pub(super) env_from: Option<Vec<serde_json::Value>>,
+    pub(super) working_dir: Option<String>,
     security_context: Option<SecurityJson>,
-    termination_message_path: Option<String>,
-    resources: Option<ResourcesJson>,
+    pub(super) termination_message_path: Option<String>,
+    pub(super) resources: Option<ResourcesJson>,
     volume_mounts: Option<Vec<VolumeMountJson>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
-struct ResourcesJson {
-    limits: Option<BTreeMap<String, serde_json::Value>>,
-    requests: Option<BTreeMap<String, serde_json::Value>>,
+pub(super) struct ResourcesJson {
+    pub(super) limits: Option<BTreeMap<String, serde_json::Value>>,
+    pub(super) requests: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// A container's `resources`: quantities by name (`cpu`, `memory`, `ephemeral-storage`), as
@@ -121,7 +121,7 @@ pub struct Resources {
 }
 
 impl ResourcesJson {
-    fn resources(&self) -> Resources {
+    pub(super) fn resources(&self) -> Resources {
         let text = |m: &Option<BTreeMap<String, serde_json::Value>>| -> BTreeMap<String, String> {
             m.iter()
                 .flatten()
@@ -143,38 +143,12 @@ impl ResourcesJson {
     }
 }
 
-/// The downward API's `resourceFieldRef`: `limits.cpu`, `requests.memory`, ... of `r`,
-/// divided by `divisor` and rounded up as the kubelet does; an unset limit is the instance's
-/// capacity (the pod's node is this instance), an unset request 0.
-fn resource_field(r: &Resources, resource: &str, divisor: Option<&str>) -> Option<String> {
-    use super::quantity::Quantity;
-    let (kind, name) = resource.split_once('.')?;
-    let set = match kind {
-        "limits" => &r.limits,
-        "requests" => &r.requests,
-        _ => return None,
-    };
-    let value = match (set.get(name), kind, name) {
-        (Some(q), _, _) => Quantity::parse(q)?,
-        (None, "requests", _) => Quantity::parse("0")?,
-        (None, _, "cpu") => Quantity::parse(
-            &std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .to_string(),
-        )?,
-        (None, _, "memory") => Quantity::parse(&super::quantity::instance_memory()?.to_string())?,
-        _ => return None,
-    };
-    let divisor = Quantity::parse(divisor.filter(|d| !d.is_empty()).unwrap_or("1"))?;
-    Some(value.div_ceil(&divisor)?.to_string())
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct EnvJson {
-    name: String,
-    value: Option<String>,
-    value_from: Option<serde_json::Value>,
+pub(super) struct EnvJson {
+    pub(super) name: String,
+    pub(super) value: Option<String>,
+    pub(super) value_from: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -254,71 +228,6 @@ pub struct Pod {
     pub net: PodNet,
 }
 
-/// `spec.dnsPolicy` (the API server's default is `ClusterFirst`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DnsPolicy {
-    #[default]
-    ClusterFirst,
-    ClusterFirstWithHostNet,
-    Default,
-    None,
-}
-
-/// The pod's names and DNS, as the kubelet builds its containers' files from them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodNet {
-    /// `metadata.namespace` (`default` when absent).
-    pub namespace: String,
-    /// `spec.hostname`, else `metadata.name`, cut to 63 characters as the kubelet cuts it.
-    pub hostname: Option<String>,
-    pub subdomain: Option<String>,
-    /// `spec.setHostnameAsFQDN`.
-    pub hostname_as_fqdn: bool,
-    /// `status.podIPs` (else `status.podIP`, else the instance's primary address).
-    pub ips: Vec<String>,
-    /// `spec.hostAliases`, validated.
-    pub host_aliases: Vec<HostAlias>,
-    pub dns_policy: DnsPolicy,
-    /// `spec.dnsConfig`, validated.
-    pub dns_config: Option<DnsConfig>,
-    pub host_network: bool,
-}
-
-impl PodNet {
-    /// The pod's domain when it has a `subdomain`: `<subdomain>.<namespace>.svc.<domain>`.
-    pub fn domain(&self, cluster_domain: &str) -> Option<String> {
-        let sub = self.subdomain.as_ref()?;
-        Some(format!("{sub}.{}.svc.{cluster_domain}", self.namespace))
-    }
-
-    /// Its FQDN (`<hostname>.<domain>`), when it has a subdomain.
-    pub fn fqdn(&self, cluster_domain: &str) -> Option<String> {
-        Some(format!(
-            "{}.{}",
-            self.hostname.as_ref()?,
-            self.domain(cluster_domain)?
-        ))
-    }
-
-    /// The containers' hostname (UTS, `/etc/hostname`, `$HOSTNAME`): the hostname, or the
-    /// FQDN with `setHostnameAsFQDN` (refused past 64 characters, as the kubelet does).
-    pub fn uts_hostname(&self, cluster_domain: &str) -> Result<Option<String>, String> {
-        match self.fqdn(cluster_domain) {
-            Some(fqdn) if self.hostname_as_fqdn => {
-                if fqdn.len() > 64 {
-                    return Err(format!(
-                        "the FQDN {fqdn:?} is {} characters long; a hostname has at most 64 \
-                         (shorten spec.hostname or spec.subdomain, or unset setHostnameAsFQDN)",
-                        fqdn.len()
-                    ));
-                }
-                Ok(Some(fqdn))
-            }
-            _ => Ok(self.hostname.clone()),
-        }
-    }
-}
-
 impl Pod {
     /// Parses the pod object; `instance_ip` (the instance's primary address) stands in for
     /// `status.podIP` when the pod object has none.
@@ -339,89 +248,7 @@ impl Pod {
             status.pod_ip = instance_ip.map(str::to_string);
         }
         let spec = raw.spec.unwrap_or_default();
-        // The downward API's fields (`valueFrom.fieldRef`), as the kubelet resolves them.
-        let field = |path: &str| -> Option<String> {
-            let key = |prefix: &str| {
-                path.strip_prefix(prefix)?
-                    .strip_suffix("']")
-                    .map(str::to_string)
-            };
-            match path {
-                "metadata.name" => meta.name.clone(),
-                "metadata.namespace" => meta.namespace.clone(),
-                "metadata.uid" => meta.uid.clone(),
-                "spec.nodeName" => spec.node_name.clone(),
-                "spec.serviceAccountName" => spec.service_account_name.clone(),
-                "status.podIP" => status.pod_ip.clone(),
-                "status.hostIP" => status.host_ip.clone(),
-                _ => {
-                    if let Some(k) = key("metadata.labels['") {
-                        Some(meta.labels.as_ref()?.get(&k).cloned().unwrap_or_default())
-                    } else if let Some(k) = key("metadata.annotations['") {
-                        Some(
-                            meta.annotations
-                                .as_ref()?
-                                .get(&k)
-                                .cloned()
-                                .unwrap_or_default(),
-                        )
-                    } else {
-                        None
-                    }
-                }
-            }
-        };
-        let all: Vec<&ContainerJson> = [&spec.init_containers, &spec.containers]
-            .into_iter()
-            .flatten()
-            .flatten()
-            .collect();
-        let mut envs_of = Vec::new();
-        for list in [&spec.init_containers, &spec.containers] {
-            for c in list.iter().flatten() {
-                let resource = |v: &serde_json::Value| -> Option<String> {
-                    let r = v.get("resourceFieldRef")?;
-                    let of = match r.get("containerName").and_then(|n| n.as_str()) {
-                        Some(n) if !n.is_empty() => {
-                            *all.iter().find(|o| o.name.as_deref() == Some(n))?
-                        }
-                        _ => c,
-                    };
-                    let divisor = match r.get("divisor") {
-                        Some(serde_json::Value::String(s)) => Some(s.clone()),
-                        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                        _ => None,
-                    };
-                    resource_field(
-                        &of.resources.clone().unwrap_or_default().resources(),
-                        r.get("resource")?.as_str()?,
-                        divisor.as_deref(),
-                    )
-                };
-                let mut env = Vec::new();
-                let mut skipped_env = Vec::new();
-                for e in c.env.iter().flatten() {
-                    let field_path = e
-                        .value_from
-                        .as_ref()
-                        .and_then(|v| v.pointer("/fieldRef/fieldPath"))
-                        .and_then(|p| p.as_str());
-                    let resolved = field_path
-                        .and_then(&field)
-                        .or_else(|| e.value_from.as_ref().and_then(&resource));
-                    match (&e.value, &e.value_from, resolved) {
-                        // Not expanded again: `$` stays literal.
-                        (_, Some(_), Some(v)) => env.push((e.name.clone(), v.replace('$', "$$"))),
-                        (_, Some(_), None) => {
-                            skipped_env.push(format!("env {} (valueFrom)", e.name))
-                        }
-                        (v, None, _) => env.push((e.name.clone(), v.clone().unwrap_or_default())),
-                    }
-                }
-                envs_of.push((env, skipped_env));
-            }
-        }
-        let mut envs_of = envs_of.into_iter();
+        let mut envs_of = super::downward::resolve_env(&spec, &meta, &status).into_iter();
         let pod_name = meta.name.clone();
         let name = match (meta.namespace.clone(), meta.name.clone()) {
             (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
@@ -557,88 +384,6 @@ impl Pod {
             images,
         })
     }
-}
-
-/// The pod's names and DNS from its object, checked as the API server checks them.
-fn pod_net(
-    spec: &SpecJson,
-    meta: &MetaJson,
-    status: &StatusJson,
-    pod_name: Option<&str>,
-    origin: &dyn Fn(&str) -> Origin,
-) -> Result<PodNet, InputError> {
-    // The kubelet's truncatePodHostnameIfNeeded: 63 characters, no trailing '-' or '.'.
-    let hostname = spec
-        .hostname
-        .as_deref()
-        .filter(|h| !h.is_empty())
-        .or(pod_name)
-        .map(|h| {
-            let cut = h.char_indices().nth(63).map_or(h, |(i, _)| &h[..i]);
-            cut.trim_end_matches(['-', '.']).to_string()
-        });
-    let mut ips: Vec<String> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|v| v.get("ip").and_then(|i| i.as_str()).map(str::to_string))
-        .collect();
-    if ips.is_empty() {
-        ips.extend(status.pod_ip.clone().filter(|ip| !ip.is_empty()));
-    }
-    for ip in &ips {
-        if ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(InputError::new(
-                origin("status.podIPs"),
-                format!("{ip:?} is not an IP address"),
-            ));
-        }
-    }
-    let dns_policy = match spec.dns_policy.as_deref().unwrap_or("") {
-        "" | "ClusterFirst" => DnsPolicy::ClusterFirst,
-        "ClusterFirstWithHostNet" => DnsPolicy::ClusterFirstWithHostNet,
-        "Default" => DnsPolicy::Default,
-        "None" => DnsPolicy::None,
-        other => {
-            return Err(InputError::new(
-                origin("spec.dnsPolicy"),
-                format!(
-                    "{other:?} is not a DNS policy (ClusterFirst, ClusterFirstWithHostNet, \
-                     Default or None)"
-                ),
-            ));
-        }
-    };
-    let dns_config = match &spec.dns_config {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(parse_dns_config(&v.to_string(), &origin("spec.dnsConfig"))?),
-    };
-    if dns_policy == DnsPolicy::None && dns_config.as_ref().is_none_or(|d| d.nameservers.is_empty())
-    {
-        return Err(InputError::new(
-            origin("spec.dnsConfig"),
-            "dnsPolicy None needs spec.dnsConfig with at least one nameserver (the API server \
-             refuses such a pod too)",
-        ));
-    }
-    Ok(PodNet {
-        namespace: meta
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "default".into()),
-        hostname,
-        subdomain: spec.subdomain.clone().filter(|s| !s.is_empty()),
-        hostname_as_fqdn: spec.set_hostname_as_fqdn.unwrap_or(false),
-        ips,
-        host_aliases: match &spec.host_aliases {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(v) => parse_host_aliases(&v.to_string(), &origin("spec.hostAliases"))?,
-        },
-        dns_policy,
-        dns_config,
-        host_network: spec.host_network.unwrap_or(false),
-    })
 }
 
 #[cfg(test)]

@@ -192,5 +192,5 @@ pub fn resolv_file(
 }
 
 #[cfg(test)]
-#[path = "podnet_tests.rs"]
+#[path = "namefiles_tests.rs"]
 mod tests;
