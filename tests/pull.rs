@@ -711,3 +711,101 @@ fn a_report_that_cannot_be_written_is_exit_3_unless_an_image_failed() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("cannot write the report"), "{}", r.stderr);
 }
+
+/// `openssl req -x509` as an operator makes a self-signed certificate for a self-built registry
+/// (`CA:TRUE`, OpenSSL's default), in `<path>.crt` / `<path>.key`.
+fn openssl_self_signed(
+    path: &std::path::Path,
+    host: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (crt, key) = (path.with_extension("crt"), path.with_extension("key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .args([
+            "-subj",
+            &format!("/CN={host}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{host}"),
+        ])
+        .output()
+        .expect("openssl is missing: run scripts/setup.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("CA:TRUE"));
+    (crt, key)
+}
+
+/// SPEC §11, the seed scenario: a registry serving its own `openssl req -x509` certificate
+/// (CA:TRUE), copied to `certs.d/<host:port>/ca.crt` as the hint says, is trusted (as curl
+/// --cacert and Go trust it); without it, or with another self-signed certificate there, the
+/// pull is refused and nothing is stored.
+#[test]
+fn a_registrys_own_ca_true_certificate_in_certs_d_is_trusted() {
+    let s = Seeded::new();
+    let img = image(6, &[30_000], "amd64", false);
+    block_on(s.pusher().image("own/app", "v1", &img));
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = openssl_self_signed(&dir.path().join("reg"), "reg.test");
+    let (other, _) = openssl_self_signed(&dir.path().join("other"), "reg.test");
+    let front = s.front(&Front {
+        tls: Some((crt.clone(), key)),
+        ..Default::default()
+    });
+    let root = new_root();
+    let reg = format!("reg.test:{}", front.port);
+    let image_ref = format!("{reg}/own/app:v1");
+    let aliases = r#"[{"ip":"127.0.0.1","hostnames":["reg.test"]}]"#;
+    let r = run(&mut agent(&[
+        "network",
+        "--root",
+        root.arg(),
+        "--host-aliases",
+        aliases,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // curl, the reference, accepts it.
+    let curl = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&crt)
+        .args([
+            "--resolve",
+            &format!("{reg}:127.0.0.1"),
+            &format!("https://{reg}/v2/"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "200");
+    let certs = root.file(&format!("etc/kci/certs.d/{reg}"));
+    fs::create_dir_all(&certs).unwrap();
+    for anchor in [None, Some(&other)] {
+        let _ = fs::remove_file(certs.join("ca.crt"));
+        if let Some(a) = anchor {
+            fs::copy(a, certs.join("ca.crt")).unwrap();
+        }
+        let store = tempfile::tempdir().unwrap();
+        let p = pull(&root, store.path(), &[&image_ref]);
+        assert_eq!(p.code, 4, "{anchor:?}: {}", p.stderr);
+        let err = p.report["images"][0]["error"].as_str().unwrap();
+        assert!(err.contains("certificate"), "{err}");
+        assert_eq!(verify_store(store.path()), 0);
+    }
+    fs::copy(&crt, certs.join("ca.crt")).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let p = pull(&root, store.path(), &[&image_ref]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.report["images"][0]["transport"], "https");
+    assert_eq!(p.report["images"][0]["status"], "pulled");
+}

@@ -4,6 +4,7 @@
 pub mod endpoints;
 pub mod host;
 pub mod mirrors;
+mod pinned;
 pub mod policy;
 pub mod reference;
 pub mod resolver;

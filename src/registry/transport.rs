@@ -233,13 +233,39 @@ impl Transports {
             return Ok(c.clone());
         }
         let mut roots = (*self.system_roots()?).clone();
+        let anchors: Vec<CertificateDer<'static>> = extra.iter().map(|(_, c)| c.clone()).collect();
         for (path, cert) in extra {
             roots.add(cert).map_err(|e| TransportError::BadCa {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
         }
-        let client = self.client(Self::tls_with_roots(roots)?)?;
+        let tls = if anchors.is_empty() {
+            Self::tls_with_roots(roots)?
+        } else {
+            // A configured anchor presented by the server itself is accepted as Go and curl
+            // accept it (a self-signed CA:TRUE certificate), nothing else more than webpki.
+            let p = provider();
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                p.clone(),
+            )
+            .build()
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+            let mut c = ClientConfig::builder_with_provider(p.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TransportError::Tls(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(super::pinned::PinnedOrWebPki {
+                    webpki,
+                    anchors,
+                    provider: p,
+                }))
+                .with_no_client_auth();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            c
+        };
+        let client = self.client(tls)?;
         cache.insert(key, client.clone());
         Ok(client)
     }
