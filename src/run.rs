@@ -175,6 +175,17 @@ const DEFAULT_REPORT: &str = "run/kci/pull-report.json";
 pub fn run(cli: &Cli) -> Result<(), Error> {
     // --deadline counts from here: the whole command, network files included.
     let started_at = Instant::now();
+    // A root that is not there is a typo or a missing disk: nothing is created under it.
+    if !cli.common.root.is_dir() {
+        return Err(InputError::new(
+            Origin::Flag("--root"),
+            format!(
+                "{} is not a directory; give the instance's root (default /) or create it first",
+                cli.common.root.display()
+            ),
+        )
+        .into());
+    }
     let images: &[String] = match &cli.command {
         Command::Explain { images, .. } | Command::Pull { images, .. } => images,
         Command::Network { .. }

@@ -343,3 +343,27 @@ fn relative_paths_are_relative_to_the_working_directory() {
     assert_eq!(rep["totals"]["images"], 0);
     assert!(root.read("etc/hosts").contains("10.0.0.5\treg.example.com"));
 }
+
+/// SPEC §11: every command that takes `--root` and finds no such directory exits 2, naming the
+/// flag, and creates nothing (before, `flush-layers` and `mount-bundles` exited 0).
+#[test]
+fn a_missing_root_is_exit_2_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-root");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["boot", "--root", m],
+        vec!["network", "--root", m],
+        vec!["pull", "--root", m, "127.0.0.1:1/a/b:c"],
+        vec!["prepare", "--root", m],
+        vec!["mount-bundles", "--root", m],
+        vec!["flush-layers", "--root", m],
+        vec!["store-check", "--root", m],
+        vec!["explain", "--root", m, "busybox"],
+    ] {
+        let r = run(&mut agent(&args));
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("--root"), "{args:?}: {}", r.stderr);
+        assert!(!missing.exists(), "{args:?} created the root");
+    }
+}
