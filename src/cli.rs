@@ -7,7 +7,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "kci-pull-agent",
-    version,
+    version = crate::report::AGENT_VERSION,
     about = "Writes a container instance's host aliases and DNS config, then pulls its images",
     long_about = "Runs inside a container instance (one VM per pod) at boot. Writes the pod's \
         injected host aliases into <root>/etc/hosts and its DNS config into \

@@ -175,6 +175,7 @@ const DEFAULT_REPORT: &str = "run/kci/pull-report.json";
 pub fn run(cli: &Cli) -> Result<(), Error> {
     // --deadline counts from here: the whole command, network files included.
     let started_at = Instant::now();
+    report::mark_start();
     // A root that is not there is a typo or a missing disk: nothing is created under it.
     if !cli.common.root.is_dir() {
         return Err(InputError::new(
@@ -407,7 +408,13 @@ fn pull_and_report(
         network,
         bundles,
     } = out;
+    let proxies = crate::registry::proxy::Proxies::from(&|name: &str| std::env::var(name).ok())
+        .map_err(|(name, why)| InputError::new(Origin::Env(name), why))?;
+    if !proxies.is_empty() {
+        info!("proxies from the environment: {}", proxies.describe());
+    }
     let opts = PullOptions {
+        proxies,
         root: cli.common.root.clone(),
         store: store_path(&cli.common),
         platform: cfg.platform.clone(),

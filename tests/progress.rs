@@ -46,6 +46,24 @@ fn a_pull_on_a_terminal_shows_a_bar_per_image_and_none_otherwise() {
     );
     // The log lines are still there, around the bars.
     assert!(screen.contains("image pulled"), "{screen:?}");
+    // In colour on a terminal, unless NO_COLOR is set (https://no-color.org).
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(has_colour(&raw), "{raw:?}");
+    let store = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "{} pull --root {} --store {} --http-registry {reg} {image_ref}",
+        bin(),
+        e.root.arg(),
+        store.path().display()
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{raw}");
+    assert!(raw.contains("image pulled") && !has_colour(&raw), "{raw:?}");
 
     // Not a terminal: no bar.
     let store = tempfile::tempdir().unwrap();
@@ -80,4 +98,18 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `s` sets a colour or style (an SGR sequence `ESC [ digits;... m`, not `ESC [ 0 m`).
+fn has_colour(s: &str) -> bool {
+    s.split('\x1b').skip(1).any(|seq| {
+        let Some(rest) = seq.strip_prefix('[') else {
+            return false;
+        };
+        let params: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == ';')
+            .collect();
+        rest[params.len()..].starts_with('m') && !params.is_empty() && params != "0"
+    })
 }

@@ -127,6 +127,12 @@ impl LayerStore {
     /// Opens (creating if needed) the layer store at `root`, takes its lock and removes the
     /// staging directories of an interrupted run.
     pub fn open(root: &Path) -> io::Result<LayerStore> {
+        if root.exists() && !root.is_dir() {
+            return Err(io::Error::new(
+                ErrorKind::NotADirectory,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
         std::fs::create_dir_all(root).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot create {}: {e}", root.display()))
         })?;

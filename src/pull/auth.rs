@@ -194,10 +194,10 @@ impl Session {
             }
             req = req.basic_auth(&c.username, Some(&c.password));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.transport_failure(&url, &e))?;
+        let sent = std::time::Instant::now();
+        let resp = req.send().await;
+        super::session::log_request(&reqwest::Method::GET, &url, &resp, sent);
+        let resp = resp.map_err(|e| self.transport_failure(&url, &e))?;
         if !resp.status().is_success() {
             let what = format!("token request to {realm}", realm = redact_str(realm));
             return Err(self.failure_of(resp, &what).await);

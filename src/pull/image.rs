@@ -45,6 +45,7 @@ pub(super) async fn pull_image(
     bytes: &AtomicU64,
     served: &Mutex<Served>,
     prog: &ImageProgress,
+    marks: &Marks,
 ) -> Result<(Status, Digest, Option<Unpacking>), PullError> {
     let r = &req.reference;
     let name = r.to_string();
@@ -75,7 +76,9 @@ pub(super) async fn pull_image(
     if let (Some(d), Some(s)) = (&r.digest, stored_ok)
         && resolved_of(s) == Some(d.as_str())
     {
+        marks.manifest();
         let layers = unpack_image(shared, &s.digest).await?;
+        marks.committed(layers.is_some());
         return Ok((Status::Present, s.digest.clone(), layers));
     }
     let all = endpoints(shared, &r.registry).await?;
@@ -99,7 +102,9 @@ pub(super) async fn pull_image(
         .await
         && Some(head.as_str()) == resolved_of(s)
     {
+        marks.manifest();
         let layers = unpack_image(shared, &s.digest).await?;
+        marks.committed(layers.is_some());
         return Ok((Status::Present, s.digest.clone(), layers));
     }
 
@@ -176,6 +181,7 @@ pub(super) async fn pull_image(
             (child, d, Some(top.clone()))
         }
     };
+    marks.manifest();
     let child_ct = if index_bytes.is_some() {
         Some(desc.media_type.as_str())
     } else {
@@ -241,6 +247,7 @@ pub(super) async fn pull_image(
     for r in results {
         bytes.fetch_add(r?, Ordering::Relaxed);
     }
+    marks.last_byte();
 
     // Manifests, then the index entry that makes the image visible.
     let hint = Some(format!(
@@ -276,6 +283,7 @@ pub(super) async fn pull_image(
     // What did not unpack while downloading (a blob already stored, a restarted download);
     // the image becomes visible in index.json only once its layers are ready.
     let layers = unpack_image(shared, &desc.digest).await?;
+    marks.committed(layers.is_some());
     {
         let _g = shared.index.lock().await;
         let entry = desc.clone();
@@ -289,6 +297,40 @@ pub(super) async fn pull_image(
         })?;
     }
     Ok((status, desc.digest, layers))
+}
+
+/// When an image reached its milestones, in seconds from its start (the report's
+/// `seconds_to_manifest`, `seconds_to_last_byte`, `seconds_to_committed`).
+pub(super) struct Marks {
+    started: std::time::Instant,
+    at: std::sync::Mutex<[Option<f64>; 3]>,
+}
+
+impl Marks {
+    pub(super) fn new(started: std::time::Instant) -> Marks {
+        Marks {
+            started,
+            at: std::sync::Mutex::new([None; 3]),
+        }
+    }
+    fn mark(&self, i: usize) {
+        self.at.lock().expect("poisoned")[i] = Some(self.started.elapsed().as_secs_f64());
+    }
+    fn manifest(&self) {
+        self.mark(0);
+    }
+    fn last_byte(&self) {
+        self.mark(1);
+    }
+    fn committed(&self, unpacked: bool) {
+        if unpacked {
+            self.mark(2);
+        }
+    }
+    /// (manifest, last byte, last layer committed).
+    pub(super) fn get(&self) -> [Option<f64>; 3] {
+        *self.at.lock().expect("poisoned")
+    }
 }
 
 /// Fetches a blob unless it is present, from the first endpoint that delivers it intact;

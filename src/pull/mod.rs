@@ -79,6 +79,8 @@ pub struct PullOptions {
     pub deadline: Option<Instant>,
     /// Unpack layers into this layer store (`None`: `--no-unpack`).
     pub unpack: Option<UnpackOptions>,
+    /// The environment's proxies (SPEC §11).
+    pub proxies: crate::registry::proxy::Proxies,
 }
 
 /// Where and how layers are unpacked.
@@ -180,12 +182,23 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
             }
         },
     };
-    let resolver = Arc::new(RootResolver::from_root(&opts.root));
+    let resolver = Arc::new(
+        RootResolver::from_root(&opts.root)
+            .with_aliases(cfg.hosts.iter().map(|h| (&h.ip, h.hostnames.as_slice()))),
+    );
     let shared = Arc::new(Shared {
         root: opts.root.clone(),
         progress: Arc::new(progress::Progress::new(opts.progress)),
         store: Arc::new(store),
-        transports: Arc::new(Transports::new(resolver, opts.net)),
+        transports: Arc::new(Transports::with_proxies(
+            resolver,
+            opts.net,
+            opts.proxies.clone(),
+            cfg.hosts
+                .iter()
+                .flat_map(|h| h.hostnames.iter().cloned())
+                .collect(),
+        )),
         policy: cfg.policy.clone(),
         auth: auth.clone(),
         platform: opts.platform.clone(),
@@ -228,6 +241,9 @@ fn new_report(policy: &Policy, req: &ImageRequest) -> ImageReport {
         served_by: None,
         layers: None,
         unpacked_bytes: None,
+        seconds_to_manifest: None,
+        seconds_to_last_byte: None,
+        seconds_to_committed: None,
     }
 }
 
@@ -239,7 +255,13 @@ fn failure_report(policy: &Policy, req: &ImageRequest, msg: &str, started: Insta
     }
 }
 
+/// Every image failed for one reason (the store cannot be opened): said once on stderr, and
+/// in each image's report.
 fn failed_all(cfg: &Config, msg: &str, started: Instant) -> Vec<ImageReport> {
+    tracing::error!(
+        "{msg}; hint: --store (and --layers) must be directories the agent can create and \
+         write (defaults under --root: var/lib/kci/images and var/lib/kci/layers)"
+    );
     cfg.images
         .iter()
         .map(|req| failure_report(&cfg.policy, req, msg, started))
@@ -254,25 +276,26 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     let served = Mutex::new(Served::default());
     let has_mirrors = !shared.mirrors(&req.reference.registry).is_empty();
     let prog = shared.progress.image(&req.image);
+    let marks = image::Marks::new(started);
     let result = match shared.deadline {
-        None => pull_image(shared, req, &bytes, &served, &prog).await,
-        Some(at) => {
-            tokio::time::timeout_at(at.into(), pull_image(shared, req, &bytes, &served, &prog))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(PullError {
-                        message:
-                            "the deadline of this run (--deadline) passed before the image was \
+        None => pull_image(shared, req, &bytes, &served, &prog, &marks).await,
+        Some(at) => tokio::time::timeout_at(
+            at.into(),
+            pull_image(shared, req, &bytes, &served, &prog, &marks),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(PullError {
+                message: "the deadline of this run (--deadline) passed before the image was \
                               complete; what was downloaded is discarded"
-                                .into(),
-                        hint: Some(
-                            "find out why the registry is slow (the warnings above), or raise \
+                    .into(),
+                hint: Some(
+                    "find out why the registry is slow (the warnings above), or raise \
                          --deadline (and TimeoutStartSec= of the systemd unit with it)"
-                                .into(),
-                        ),
-                    })
-                })
-        }
+                        .into(),
+                ),
+            })
+        }),
     };
     if has_mirrors {
         report.served_by = served.lock().await.main();
@@ -305,6 +328,11 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
         }
     }
     prog.finish(report.status.as_str());
+    [
+        report.seconds_to_manifest,
+        report.seconds_to_last_byte,
+        report.seconds_to_committed,
+    ] = marks.get();
     report.bytes = bytes.load(Ordering::Relaxed);
     report.seconds = started.elapsed().as_secs_f64();
     report

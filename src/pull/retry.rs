@@ -198,7 +198,11 @@ pub(super) fn status_failure(
             "check the repository and tag or digest: the registry does not have them".to_string()
         }
         StatusCode::BAD_REQUEST if route.transport == Transport::Http => format!(
-            "the registry may expect HTTPS: remove {reg} from k8s.ksyun.com/kci-http-registry"
+            "the registry may expect HTTPS: remove {reg} from {}",
+            route
+                .matched
+                .as_ref()
+                .map_or_else(|| "k8s.ksyun.com/kci-http-registry".into(), |m| m.source())
         ),
         _ => format!("see the registry's logs for {reg}"),
     };

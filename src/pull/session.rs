@@ -210,7 +210,8 @@ impl Session {
                 ),
                 hint: Some(format!(
                     "put the registry's CA certificate in {}/ca.crt, or, to skip verification \
-                     for this registry, list exactly {reg} in k8s.ksyun.com/kci-insecure-registry.{near}",
+                     for this registry, list exactly {reg} in k8s.ksyun.com/kci-insecure-registry \
+                     (or --insecure-registry).{near}",
                     certs.display()
                 )),
             });
@@ -229,8 +230,8 @@ impl Session {
             return Failure::Fatal(PullError {
                 message: format!("cannot resolve {}: {text}", url.host_str().unwrap_or("")),
                 hint: Some(
-                    "add a host alias (k8s.ksyun.com/kci-host-aliases or KCI_HOST_ALIASES) or a \
-                     DNS config that resolves it"
+                    "add a host alias for it (--host-aliases, the k8s.ksyun.com/kci-host-aliases \
+                     annotation or KCI_HOST_ALIASES) or a DNS config that resolves it"
                         .into(),
                 ),
             });
@@ -274,10 +275,10 @@ impl Session {
                     req = req.header(k, v);
                 }
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| self.transport_failure(&url, &e))?;
+            let sent = std::time::Instant::now();
+            let resp = req.send().await;
+            log_request(&method, &url, &resp, sent);
+            let resp = resp.map_err(|e| self.transport_failure(&url, &e))?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
@@ -479,4 +480,28 @@ pub(super) async fn read_capped(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+/// One line per registry request at `-v`: method, URL (without credentials or query
+/// secrets), status, the body's announced size, milliseconds to the response head.
+pub(super) fn log_request(
+    method: &Method,
+    url: &Url,
+    resp: &Result<Response, reqwest::Error>,
+    sent: std::time::Instant,
+) {
+    let ms = sent.elapsed().as_millis();
+    match resp {
+        Ok(r) => tracing::debug!(
+            "{method} {} -> {} {} bytes {ms} ms",
+            redact(url),
+            r.status().as_u16(),
+            r.content_length()
+                .map_or_else(|| "?".to_string(), |n| n.to_string()),
+        ),
+        Err(e) => tracing::debug!(
+            "{method} {} -> failed after {ms} ms: {}",
+            redact(url),
+            describe(e)
+        ),
+    }
 }

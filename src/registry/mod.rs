@@ -6,6 +6,7 @@ pub mod host;
 pub mod mirrors;
 mod pinned;
 pub mod policy;
+pub mod proxy;
 pub mod reference;
 pub mod resolver;
 pub mod transport;

@@ -184,6 +184,19 @@ impl fmt::Display for Transport {
 pub struct Matched {
     pub list: ListKind,
     pub entry: RegistryHost,
+    /// Where the list came from (a flag, an annotation), for hints.
+    pub origin: Option<Origin>,
+}
+
+impl Matched {
+    /// What an operator edits to change the list: the flag if it came from one, else the
+    /// annotation.
+    pub fn source(&self) -> String {
+        match &self.origin {
+            Some(Origin::Flag(f)) => (*f).to_string(),
+            _ => self.list.annotation().to_string(),
+        }
+    }
 }
 
 /// Entries of a list with the registry's host but another port: they do not apply (matching
@@ -317,6 +330,10 @@ impl Policy {
             matched: matched.map(|list| Matched {
                 list,
                 entry: registry.clone(),
+                origin: match list {
+                    ListKind::Http => self.http.origin.clone(),
+                    ListKind::Insecure => self.insecure.origin.clone(),
+                },
             }),
             in_both: in_http && in_insecure,
             near_misses,

@@ -76,6 +76,30 @@ impl RootResolver {
         }
     }
 
+    /// The host aliases this run was given (flag, annotation or environment) resolve names
+    /// first, whether or not they were written into the hosts file (`pull`, `prepare` and
+    /// `explain` write no network files).
+    pub fn with_aliases<'a>(
+        mut self,
+        aliases: impl IntoIterator<Item = (&'a IpAddr, &'a [String])>,
+    ) -> RootResolver {
+        let mut given: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for (ip, names) in aliases {
+            for n in names {
+                let list = given.entry(n.to_ascii_lowercase()).or_default();
+                if !list.contains(ip) {
+                    list.push(*ip);
+                }
+            }
+        }
+        for (name, ips) in given {
+            let list = self.hosts.entry(name).or_default();
+            list.retain(|ip| !ips.contains(ip));
+            list.splice(0..0, ips);
+        }
+        self
+    }
+
     pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
         let fail = |message: String| ResolveError {
             name: name.to_string(),
@@ -99,12 +123,46 @@ impl RootResolver {
         let found = dns
             .lookup_ip(name)
             .await
-            .map_err(|e| fail(format!("cannot resolve {name}: {e}")))?;
+            .map_err(|e| fail(format!("cannot resolve {name}: {}", dns_words(&e))))?;
         let ips: Vec<IpAddr> = found.iter().collect();
         if ips.is_empty() {
             return Err(fail(format!("cannot resolve {name}: no addresses")));
         }
         Ok(ips)
+    }
+}
+
+/// What a DNS failure means, in words (the resolver's own text carries its query as Rust
+/// debug output, `Query { name: Name(...) }`, which must not reach an operator).
+fn dns_words(e: &hickory_resolver::net::NetError) -> String {
+    use hickory_resolver::net::NetError;
+    if e.is_nx_domain() {
+        return "the DNS servers of the instance's resolv.conf say no such name exists \
+                (NXDOMAIN)"
+            .into();
+    }
+    if e.is_no_records_found() {
+        return "the DNS servers of the instance's resolv.conf have no address record for it"
+            .into();
+    }
+    match e {
+        NetError::Timeout => "the DNS servers of the instance's resolv.conf did not answer in \
+                              time"
+            .into(),
+        NetError::NoConnections => "no DNS server of the instance's resolv.conf could be \
+                                    reached"
+            .into(),
+        NetError::Io(io) => format!("DNS lookup failed: {io}"),
+        other => {
+            let text = other.to_string();
+            match text.find(" Query {").or_else(|| text.find('{')) {
+                Some(i) => format!(
+                    "DNS lookup failed: {}",
+                    text[..i].trim_end_matches([':', ' '])
+                ),
+                None => format!("DNS lookup failed: {text}"),
+            }
+        }
     }
 }
 

@@ -112,6 +112,9 @@ pub enum TransportError {
 pub struct Transports {
     resolver: Arc<RootResolver>,
     opts: NetOptions,
+    /// The environment's proxies, and the hosts never proxied because the run aliases them.
+    proxies: super::proxy::Proxies,
+    aliased: Arc<Vec<String>>,
     system_roots: OnceLock<Result<Arc<RootCertStore>, TransportError>>,
     plain: OnceLock<Result<Client, TransportError>>,
     insecure: OnceLock<Result<Client, TransportError>>,
@@ -125,9 +128,21 @@ impl Transports {
     }
 
     pub fn new(resolver: Arc<RootResolver>, opts: NetOptions) -> Transports {
+        Transports::with_proxies(resolver, opts, Default::default(), Vec::new())
+    }
+
+    /// As [`Transports::new`], through `proxies` except for loopback and `aliased` hosts.
+    pub fn with_proxies(
+        resolver: Arc<RootResolver>,
+        opts: NetOptions,
+        proxies: super::proxy::Proxies,
+        aliased: Vec<String>,
+    ) -> Transports {
         Transports {
             resolver,
             opts,
+            proxies,
+            aliased: Arc::new(aliased),
             system_roots: OnceLock::new(),
             plain: OnceLock::new(),
             insecure: OnceLock::new(),
@@ -136,11 +151,16 @@ impl Transports {
     }
 
     fn client(&self, tls: ClientConfig) -> Result<Client, TransportError> {
-        Client::builder()
-            .tls_backend_preconfigured(tls)
+        let mut b = Client::builder().no_proxy();
+        if !self.proxies.is_empty() {
+            let (proxies, aliased) = (self.proxies.clone(), self.aliased.clone());
+            b = b.proxy(reqwest::Proxy::custom(move |url| {
+                proxies.for_url(url, &aliased)
+            }));
+        }
+        b.tls_backend_preconfigured(tls)
             .dns_resolver(ReqwestResolver(self.resolver.clone()))
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
             .connect_timeout(self.opts.connect_timeout)
             .read_timeout(self.opts.read_timeout)
             .http1_only()

@@ -96,6 +96,12 @@ impl Store {
     /// Opens (creating if needed) the layout at `root` and takes its lock, waiting for another
     /// run that holds it. Leftovers of an interrupted run in `ingest/` are removed.
     pub fn open(root: &Path) -> io::Result<Store> {
+        if root.exists() && !root.is_dir() {
+            return Err(io::Error::new(
+                ErrorKind::NotADirectory,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
         std::fs::create_dir_all(root).map_err(ctx(root, "cannot create"))?;
         let root_fd = fsutil::open_dir(root).map_err(ctx(root, "cannot open"))?;
         let lock = Self::lock(root, root_fd.as_fd(), true)?;

@@ -19,7 +19,13 @@ pub fn agent(args: &[&str]) -> Command {
     c.args(args)
         .env_remove("KCI_HOST_ALIASES")
         .env_remove("KCI_DNS_CONFIG")
-        .env_remove("REGISTRY_AUTH_FILE");
+        .env_remove("KCI_CLUSTER_DNS")
+        .env_remove("KCI_CLUSTER_DOMAIN")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("NO_COLOR");
+    for p in ["http_proxy", "https_proxy", "all_proxy", "no_proxy"] {
+        c.env_remove(p).env_remove(p.to_ascii_uppercase());
+    }
     c
 }
 

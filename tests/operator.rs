@@ -1,0 +1,377 @@
+//! The operator's paths (SPEC §11), as someone at the terminal of an instance meets them: every
+//! error on stderr, `--report -`, the report's timing keys, `-v` request lines, aliases in
+//! every run, DNS errors in words.
+
+mod common;
+
+use std::fs;
+use std::net::UdpSocket;
+
+use common::fault::FaultEnv;
+use common::images::image;
+use common::{agent, run};
+
+/// `pull --store <a regular file>`: the reason is on stderr, not only in a report.
+#[test]
+fn a_store_that_cannot_be_opened_is_explained_on_stderr() {
+    let e = FaultEnv::start(image(1, &[1_000], "amd64", false), &["op/a"]);
+    let file = e.root.file("not-a-dir");
+    fs::write(&file, b"").unwrap();
+    let image = format!("{}/op/a:v1", e.registry.addr());
+    let r = run(&mut agent(&[
+        "pull",
+        "--root",
+        e.root.arg(),
+        "--store",
+        file.to_str().unwrap(),
+        "--http-registry",
+        &e.registry.addr(),
+        &image,
+    ]));
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot open the image store")
+            && r.stderr.contains("is not a directory")
+            && r.stderr.contains("hint: --store"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `--report -` writes the report, and only it, to stdout; `--report /dev/stdout` writes
+/// through the link and leaves it a link. The report carries the agent's version, the run's
+/// start and end (RFC 3339, UTC) and each image's milestones.
+#[test]
+fn the_report_on_stdout_with_version_times_and_milestones() {
+    let e = FaultEnv::start(image(2, &[50_000, 2_000], "amd64", false), &["op/b"]);
+    let reg = e.registry.addr();
+    let image = format!("{reg}/op/b:v1");
+    let store = e.root.file("store");
+    let r = run(&mut agent(&[
+        "pull",
+        "--root",
+        e.root.arg(),
+        "--store",
+        store.to_str().unwrap(),
+        "--http-registry",
+        &reg,
+        "--report",
+        "-",
+        &image,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rep: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is the report");
+    assert!(!e.root.file("-").exists(), "no file named -");
+    let version = rep["agent_version"].as_str().unwrap();
+    assert!(version.starts_with(env!("CARGO_PKG_VERSION")), "{version}");
+    let stamp = |k: &str| rep[k].as_str().unwrap().to_string();
+    for k in ["started_at", "finished_at"] {
+        let t = stamp(k);
+        assert!(
+            t.len() == 24 && t.ends_with('Z') && &t[10..11] == "T",
+            "{k}: {t}"
+        );
+    }
+    assert!(stamp("started_at") <= stamp("finished_at"));
+    let img = &rep["images"][0];
+    let secs = |k: &str| img[k].as_f64().unwrap_or_else(|| panic!("{k}: {img}"));
+    assert!(secs("seconds_to_manifest") <= secs("seconds_to_last_byte"));
+    assert!(secs("seconds_to_last_byte") <= secs("seconds_to_committed"));
+    assert!(secs("seconds_to_committed") <= secs("seconds"));
+    // The same through /dev/stdout (a link to this process's pipe): written in place.
+    let r = run(&mut agent(&[
+        "pull",
+        "--root",
+        e.root.arg(),
+        "--store",
+        store.to_str().unwrap(),
+        "--http-registry",
+        &reg,
+        "--report",
+        "/dev/stdout",
+        &image,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(rep["images"][0]["status"], "present");
+    assert!(
+        fs::symlink_metadata("/dev/stdout")
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+/// `-v` shows one line per registry request (method, URL, status, bytes, ms) and none of the
+/// HTTP library's internals; `-vv` shows those.
+#[test]
+fn verbose_logs_one_line_per_registry_request() {
+    let e = FaultEnv::start(image(3, &[20_000], "amd64", false), &["op/c"]);
+    let reg = e.registry.addr();
+    let image = format!("{reg}/op/c:v1");
+    let store = e.root.file("store");
+    let pull = |v: &str| {
+        run(&mut agent(&[
+            "pull",
+            v,
+            "--root",
+            e.root.arg(),
+            "--store",
+            store.to_str().unwrap(),
+            "--http-registry",
+            &reg,
+            "--no-unpack",
+            &image,
+        ]))
+    };
+    let r = pull("-v");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains(" -> ")).collect();
+    let manifest = lines
+        .iter()
+        .find(|l| l.contains("GET http://") && l.contains("/v2/op/c/manifests/v1 -> 200 "))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(
+        manifest.contains(" bytes ") && manifest.trim_end().ends_with(" ms"),
+        "{manifest}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains("/blobs/sha256:"))
+            .count()
+            >= 2,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("pooling idle connection"),
+        "{}",
+        r.stderr
+    );
+    let _ = fs::remove_dir_all(&store);
+    let r = pull("-vv");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("pooling idle connection"), "{}", r.stderr);
+}
+
+/// The host aliases a run is given resolve names in that run, also for `pull`, which writes
+/// no network file; a name that nothing resolves gets a hint naming the flag.
+#[test]
+fn the_runs_host_aliases_resolve_names_without_the_hosts_file() {
+    let e = FaultEnv::start(image(4, &[5_000], "amd64", false), &["op/d"]);
+    let port = e.registry.addr().rsplit(':').next().unwrap().to_string();
+    let reg = format!("only-alias.test:{port}");
+    let store = e.root.file("store");
+    let pull = |aliases: &str| {
+        run(&mut agent(&[
+            "pull",
+            "--root",
+            e.root.arg(),
+            "--store",
+            store.to_str().unwrap(),
+            "--http-registry",
+            &reg,
+            "--host-aliases",
+            aliases,
+            &format!("{reg}/op/d:v1"),
+        ]))
+    };
+    let r = pull(r#"[{"ip":"127.0.0.1","hostnames":["only-alias.test"]}]"#);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!e.root.read("etc/hosts").contains("only-alias.test"));
+    // Not aliased: DNS (here a server that knows no name) is asked, and the hint names the
+    // flag the run used.
+    let _dns = Nxdomain::start("127.0.0.80");
+    fs::write(e.root.file("etc/resolv.conf"), "nameserver 127.0.0.80\n").unwrap();
+    let r = pull(r#"[{"ip":"127.0.0.1","hostnames":["other.test"]}]"#);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("--host-aliases"), "{}", r.stderr);
+}
+
+/// A DNS server that answers every query with NXDOMAIN, on a loopback address of its own.
+struct Nxdomain {
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Nxdomain {
+    fn start(ip: &str) -> Nxdomain {
+        let socket = UdpSocket::bind((ip, 53)).expect("cannot bind a DNS port (root needed)");
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                if n < 12 {
+                    continue;
+                }
+                let mut answer = buf[..n].to_vec();
+                // QR, the query's opcode and RD; RA; RCODE 3 (NXDOMAIN); no records.
+                answer[2] = 0x80 | (buf[2] & 0x79);
+                answer[3] = 0x80 | 3;
+                answer[6..12].fill(0);
+                let _ = socket.send_to(&answer, from);
+            }
+        });
+        Nxdomain { _thread: thread }
+    }
+}
+
+/// DNS errors are said in words; the resolver's debug text (`Query { name: ... }`) never
+/// reaches a message.
+#[test]
+fn dns_errors_are_said_in_words() {
+    let _dns = Nxdomain::start("127.0.0.79");
+    let root = common::Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.79\n");
+    let store = root.file("store");
+    let r = run(&mut agent(&[
+        "pull",
+        "--root",
+        root.arg(),
+        "--store",
+        store.to_str().unwrap(),
+        "no-such-registry.test:5000/a/b:c",
+    ]));
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no such name exists (NXDOMAIN)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("Query {") && !r.stderr.contains("Name("),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A forward HTTP proxy for plain `http://` requests: it learns the target from the first
+/// request's absolute URI, maps `*.proxied.test` to loopback (names only it knows) and forwards
+/// the bytes (the registry accepts absolute-form requests). Records the targets it served.
+struct HttpProxy {
+    port: u16,
+    targets: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HttpProxy {
+    fn start() -> HttpProxy {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let targets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = targets.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut client = client;
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n") {
+                        if client.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let line = String::from_utf8_lossy(&head).into_owned();
+                    let Some(authority) = line
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|u| u.strip_prefix("http://"))
+                        .and_then(|u| u.split('/').next())
+                    else {
+                        return;
+                    };
+                    seen.lock().unwrap().push(authority.to_string());
+                    let port = authority.rsplit(':').next().unwrap_or("80");
+                    let Ok(mut server) = std::net::TcpStream::connect((
+                        "127.0.0.1",
+                        port.parse::<u16>().unwrap_or(80),
+                    )) else {
+                        return;
+                    };
+                    server.write_all(&head).unwrap();
+                    let (mut c2, mut s2) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut s2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Both);
+                    });
+                    let _ = std::io::copy(&mut client, &mut server);
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        HttpProxy { port, targets }
+    }
+}
+
+/// HTTP_PROXY is honoured (the registry's name is one only the proxy knows); a host the run
+/// aliases goes direct; a proxy the agent cannot use is refused, naming the variable.
+#[test]
+fn proxies_from_the_environment_are_honoured_or_refused() {
+    let e = FaultEnv::start(image(5, &[8_000], "amd64", false), &["op/e"]);
+    let port = e.registry.addr().rsplit(':').next().unwrap().to_string();
+    let reg = format!("reg.proxied.test:{port}");
+    let image = format!("{reg}/op/e:v1");
+    let proxy = HttpProxy::start();
+    let _dns = Nxdomain::start("127.0.0.81");
+    fs::write(e.root.file("etc/resolv.conf"), "nameserver 127.0.0.81\n").unwrap();
+    let pull = |store: &str, env: &[(&str, String)], extra: &[&str]| {
+        let store = e.root.file(store);
+        let mut args = vec![
+            "pull",
+            "--root",
+            e.root.arg(),
+            "--store",
+            store.to_str().unwrap(),
+            "--http-registry",
+            &reg,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&image);
+        let mut cmd = agent(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
+    };
+    let via = vec![("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port))];
+    let r = pull("s1", &via, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("proxies from the environment"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        proxy.targets.lock().unwrap().contains(&reg),
+        "{:?}",
+        proxy.targets
+    );
+    // Without the proxy the name does not resolve at all.
+    let r = pull("s2", &[], &[]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    // Aliased: direct, the proxy sees nothing more.
+    let before = proxy.targets.lock().unwrap().len();
+    let r = pull(
+        "s3",
+        &via,
+        &[
+            "--host-aliases",
+            r#"[{"ip":"127.0.0.1","hostnames":["reg.proxied.test"]}]"#,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(proxy.targets.lock().unwrap().len(), before);
+    // A SOCKS proxy: refused before anything is fetched.
+    let r = pull(
+        "s4",
+        &[("ALL_PROXY", "socks5://127.0.0.1:1080".to_string())],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ALL_PROXY") && r.stderr.contains("socks5"),
+        "{}",
+        r.stderr
+    );
+}
