@@ -98,6 +98,14 @@ pub enum Error {
     /// Every image was pulled but a container's bundle could not be prepared. Exit code 4.
     #[error("{failed} of {total} container bundle(s) could not be prepared")]
     ContainersFailed { failed: usize, total: usize },
+    /// SIGINT or SIGTERM stopped the run (SPEC §11). Exit code 130 or 143.
+    #[error("stopped by {signal}: {failed} of {total} image(s) not complete")]
+    Stopped {
+        signal: &'static str,
+        code: i32,
+        failed: usize,
+        total: usize,
+    },
     /// The pull engine could not start (no async runtime). Exit code 4: nothing was pulled.
     #[error("cannot start the pull engine: {0}")]
     Engine(std::io::Error),
@@ -125,6 +133,7 @@ impl Error {
             Error::NetFile(_) | Error::Report { .. } | Error::Flush { .. } => 3,
             Error::ImagesFailed { .. } | Error::Engine(_) | Error::ContainersFailed { .. } => 4,
             Error::Inconsistent(_) => 1,
+            Error::Stopped { code, .. } => *code,
         }
     }
 
@@ -147,6 +156,9 @@ impl Error {
                     .to_string()
             }
             Error::Engine(_) => "check the instance's memory and thread limits".to_string(),
+            Error::Stopped { .. } => "run the same command again: completed blobs and layers \
+                                      are kept, and a partial blob resumes where it stopped"
+                .to_string(),
             Error::ContainersFailed { .. } => "each failed container is explained above and in \
                                                the report's containers section"
                 .to_string(),

@@ -442,14 +442,21 @@ fn pull_and_report(
         }),
     };
     let started = Instant::now();
+    // The runtime lives until the report is written: its signal listener turns SIGINT and
+    // SIGTERM into a clean stop (SPEC §11) for the whole of it.
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    if let Err(e) = pull::stop::listen() {
+        tracing::warn!("cannot listen for SIGINT and SIGTERM ({e}): they end the run at once");
+    }
     let images = if cfg.images.is_empty() {
         Vec::new()
     } else {
-        runtime()?.block_on(pull::pull_all(cfg, &cfg.auth, &opts))
+        rt.block_on(pull::pull_all(cfg, &cfg.auth, &opts))
     };
     // The bundles of the pod's containers (boot and prepare), once the layers are there.
-    let containers = match (bundles, &opts.unpack) {
-        (Some(b), Some(u)) if !cfg.containers.is_empty() => Some(prepare_bundles(
+    let containers = match (bundles, &opts.unpack, pull::stop::requested()) {
+        (Some(b), Some(u), None) if !cfg.containers.is_empty() => Some(prepare_bundles(
             cli,
             cfg,
             &opts.store,
@@ -457,6 +464,22 @@ fn pull_and_report(
             &images,
             !b.no_mount,
         )),
+        (Some(_), Some(_), Some(s)) if !cfg.containers.is_empty() => Some(
+            cfg.containers
+                .iter()
+                .map(|c| crate::bundle::ContainerReport {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    bundle: under_root(&cli.common.root, crate::bundle::BUNDLES)
+                        .join(&c.name)
+                        .display()
+                        .to_string(),
+                    status: "failed",
+                    error: Some(format!("not prepared: the run was stopped by {}", s.name())),
+                    unresolved: c.skipped_env.clone(),
+                })
+                .collect(),
+        ),
         _ => None,
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -488,6 +511,17 @@ fn pull_and_report(
         );
     } else {
         info!("{summary}");
+    }
+    if let Some(s) = pull::stop::requested() {
+        if let Some(Err(e)) = &written {
+            tracing::error!("{e}");
+        }
+        return Err(Error::Stopped {
+            signal: s.name(),
+            code: s.exit_code(),
+            failed,
+            total: images.len(),
+        });
     }
     let failed_containers = containers
         .iter()

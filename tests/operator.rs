@@ -375,3 +375,125 @@ fn proxies_from_the_environment_are_honoured_or_refused() {
         r.stderr
     );
 }
+
+/// SIGINT and SIGTERM during a pull through a slow link: the run stops at once with 130 /
+/// 143, says so on stderr, writes the report with the image failed naming the signal, keeps
+/// the completed blob and the partial one; the next run fetches the rest with `Range` only.
+#[test]
+fn a_signal_stops_the_pull_cleanly_and_the_next_run_resumes() {
+    use common::fault::{Fault, Rule};
+    let img = image(6, &[3_000, 2_000_000], "amd64", false);
+    let big = img.layers[1].digest.clone();
+    let small = img.layers[0].digest.clone();
+    let e = FaultEnv::start(img, &["op/sig"]);
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let front = e.front(vec![Rule {
+            path_contains: big.clone(),
+            fault: Fault::Trickle {
+                bytes_per_sec: 300_000,
+            },
+            times: 1,
+        }]);
+        let reg = front.addr();
+        let image = format!("{reg}/op/sig:v1");
+        let store = e.root.file(&format!("store-{signal}"));
+        let report = e.root.file(&format!("report-{signal}.json"));
+        let args = [
+            "pull",
+            "--root",
+            e.root.arg(),
+            "--store",
+            store.to_str().unwrap(),
+            "--http-registry",
+            &reg,
+            "--report",
+            report.to_str().unwrap(),
+            &image,
+        ];
+        let child = agent(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until part of the big blob is on disk (the small one is complete by then; bytes
+        // reach the file in batches of 512 KiB).
+        let ingest = store.join("ingest");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let partial: u64 = fs::read_dir(&ingest)
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|f| f.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            let small_done = store
+                .join("blobs/sha256")
+                .join(small.trim_start_matches("sha256:"))
+                .exists();
+            if partial > 0 && small_done {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let sent = std::time::Instant::now();
+        let kill = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(3),
+            "SIG{signal} took {:?} to end the run",
+            sent.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(
+            stderr.contains(&format!("SIG{signal} received"))
+                && stderr.contains(&format!("stopped by SIG{signal}")),
+            "{stderr}"
+        );
+        let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+        assert_eq!(rep["images"][0]["status"], "failed");
+        assert!(
+            rep["images"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("stopped by SIG{signal}")),
+            "{rep}"
+        );
+        let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+        assert!(store.join("blobs/sha256").join(hex(&small)).exists());
+        let kept = fs::metadata(ingest.join(format!("{}.resume", hex(&big))))
+            .unwrap_or_else(|_| panic!("no partial blob kept: {stderr}"))
+            .len();
+        assert!(kept >= 100_000, "{kept}");
+
+        // The next run: only the rest of the big blob, with Range; nothing else again.
+        let before = front.seen.lock().unwrap().len();
+        let r = run(&mut agent(&args));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let seen = front.seen.lock().unwrap()[before..].to_vec();
+        let blobs: Vec<_> = seen.iter().filter(|s| s.path.contains("/blobs/")).collect();
+        assert!(
+            blobs.iter().all(|s| !s.path.contains(&small)),
+            "the completed blob is not fetched again: {blobs:?}"
+        );
+        let big_get = blobs
+            .iter()
+            .find(|s| s.path.contains(&big))
+            .expect("the big blob is fetched");
+        let range = big_get.range.clone().unwrap_or_default();
+        let from: u64 = range
+            .trim_start_matches("bytes=")
+            .trim_end_matches('-')
+            .parse()
+            .unwrap_or(0);
+        assert!(from >= 100_000, "resumed with {range:?}");
+        assert_eq!(common::verify_store(&store), 4);
+        assert!(fs::read_dir(&ingest).unwrap().next().is_none());
+    }
+}

@@ -161,6 +161,18 @@ pub fn create_new(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<File
     .map_err(errno)
 }
 
+/// Opens the regular file `name` in `dir` for reading and writing, never through a link.
+pub fn open_rw(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
+    .map_err(errno)
+}
+
 /// A fresh temporary name for `name`: `.NAME.kci-tmp-PID-RANDOM`.
 pub fn temp_name(name: &str) -> String {
     format!(".{name}{TEMP_MARK}{}-{}", std::process::id(), random_hex())

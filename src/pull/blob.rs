@@ -128,8 +128,30 @@ impl Session {
         // with 8, 37-44 MiB with 4, at the same speed).
         let (tx, mut rx) = mpsc::channel::<Msg>(4);
         let size = desc.size;
+        // What a stopped run kept of this blob: hashed (and unpacked) again from the disk,
+        // then continued with `Range`. More than the blob's size is not a prefix of it.
+        if f.len() > size {
+            f.reset().map_err(|e| {
+                (
+                    PullError::new(format!("cannot restart blob {}: {e}", desc.digest)),
+                    false,
+                )
+            })?;
+        }
+        let resumed = f.len();
+        if resumed > 0 {
+            tracing::info!(digest = %desc.digest, "resuming at {resumed} of {size} bytes (kept by a stopped run)");
+            progress.fetch_add(resumed, Ordering::Relaxed);
+        }
         type Written = ((Digest, u64), Option<Result<Unpacked, UnpackError>>);
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
+            if !f.is_empty() {
+                f.replay(|chunk| {
+                    if let Some(s) = sink.as_mut() {
+                        s.feed(&[bytes::Bytes::copy_from_slice(chunk)]);
+                    }
+                })?;
+            }
             while let Some(m) = rx.blocking_recv() {
                 match m {
                     Msg::Data(batch) => {
@@ -149,7 +171,7 @@ impl Session {
             let written = f.finish()?;
             Ok((written, sink.map(StreamUnpack::finish)))
         });
-        let mut received: u64 = 0;
+        let mut received: u64 = resumed;
         let mut network: u64 = 0;
         let writer_gone = || {
             Failure::Fatal(PullError {

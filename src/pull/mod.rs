@@ -9,6 +9,7 @@ pub mod progress;
 pub mod retry;
 pub mod session;
 pub mod speed;
+pub mod stop;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -277,24 +278,37 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     let has_mirrors = !shared.mirrors(&req.reference.registry).is_empty();
     let prog = shared.progress.image(&req.image);
     let marks = image::Marks::new(started);
-    let result = match shared.deadline {
-        None => pull_image(shared, req, &bytes, &served, &prog, &marks).await,
-        Some(at) => tokio::time::timeout_at(
-            at.into(),
-            pull_image(shared, req, &bytes, &served, &prog, &marks),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(PullError {
-                message: "the deadline of this run (--deadline) passed before the image was \
-                              complete; what was downloaded is discarded"
-                    .into(),
-                hint: Some(
-                    "find out why the registry is slow (the warnings above), or raise \
-                         --deadline (and TimeoutStartSec= of the systemd unit with it)"
+    let work = async {
+        match shared.deadline {
+            None => pull_image(shared, req, &bytes, &served, &prog, &marks).await,
+            Some(at) => tokio::time::timeout_at(
+                at.into(),
+                pull_image(shared, req, &bytes, &served, &prog, &marks),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(PullError {
+                    message: "the deadline of this run (--deadline) passed before the image \
+                              was complete; what was downloaded is discarded"
                         .into(),
-                ),
-            })
+                    hint: Some(
+                        "find out why the registry is slow (the warnings above), or raise \
+                         --deadline (and TimeoutStartSec= of the systemd unit with it)"
+                            .into(),
+                    ),
+                })
+            }),
+        }
+    };
+    let result = tokio::select! {
+        r = work => r,
+        s = stop::wait() => Err(PullError {
+            message: format!(
+                "stopped by {} before the image was complete; completed blobs and layers are \
+                 kept, a partial blob is kept for a Range resume",
+                s.name()
+            ),
+            hint: Some("run the same command again: it fetches only what is missing".into()),
         }),
     };
     if has_mirrors {

@@ -139,6 +139,13 @@ impl Progress {
     }
 }
 
+/// Takes the bars off the terminal (a run that ends at once, on a second signal).
+pub fn clear() {
+    if let Some(m) = BARS.get() {
+        let _ = m.clear();
+    }
+}
+
 /// Where log lines go: stderr, around the bars when they are shown.
 #[derive(Default)]
 pub struct LogWriter(Vec<u8>);

@@ -120,7 +120,11 @@ impl Store {
             }
         }
         if let Ok(dir) = self.ingest_dir() {
-            for (name, _) in fsutil::list(dir)? {
+            for (name, ty) in fsutil::list(dir)? {
+                // Kept by a stopped run for the next one to resume: expected, not a stray.
+                if ty == rustix::fs::FileType::RegularFile && super::is_resume_name(&name) {
+                    continue;
+                }
                 let p = self.root.join("ingest").join(&name);
                 note(
                     ProblemKind::StrayFile,
@@ -214,6 +218,24 @@ mod tests {
         let problems = store.check(true).unwrap();
         assert!(problems.iter().all(|p| p.fixed), "{problems:?}");
         assert!(!dir.path().join("ingest/abc.1.partial").exists());
+    }
+
+    /// A partial blob a stopped run kept (`<hex>.resume`) survives the next open and is not
+    /// a problem; anything else in ingest/ is a leftover and goes at open.
+    #[test]
+    fn a_kept_partial_blob_survives_and_is_not_a_stray() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let kept = format!("{}.resume", "ab".repeat(32));
+        fs::write(dir.path().join("ingest").join(&kept), "part").unwrap();
+        fs::write(dir.path().join("ingest/zz.resume"), "x").unwrap();
+        fs::write(dir.path().join("ingest/abc.1.partial"), "part").unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        assert!(dir.path().join("ingest").join(&kept).exists());
+        assert!(!dir.path().join("ingest/zz.resume").exists());
+        assert!(!dir.path().join("ingest/abc.1.partial").exists());
+        let store = Store::open_existing(dir.path()).unwrap();
+        assert!(store.check(false).unwrap().is_empty());
     }
 
     #[test]

@@ -241,6 +241,50 @@ impl IngestFile {
         })
     }
 
+    /// Continues a kept partial file (written through the page cache): [`IngestFile::replay`]
+    /// hashes what it holds before anything is appended.
+    pub fn resume(file: File, alg: Algorithm) -> io::Result<IngestFile> {
+        let len = file.metadata()?.len();
+        Ok(IngestFile {
+            file,
+            hasher: alg.hasher(),
+            alg,
+            written: len,
+            flushed: len,
+            direct: None,
+        })
+    }
+
+    /// Bytes already in the file (a resumed one; 0 for a new file).
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    /// Reads back what a resumed file holds, hashing it and handing each chunk to `each` (the
+    /// layer's unpack), then positions the file at its end.
+    pub fn replay(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        use std::io::Read;
+        self.hasher = self.alg.hasher();
+        self.file.rewind()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = self.written;
+        while left > 0 {
+            let n = self.file.read(&mut buf[..(left.min(1 << 20) as usize)])?;
+            if n == 0 {
+                return Err(io::Error::from(ErrorKind::UnexpectedEof));
+            }
+            self.hasher.update(&buf[..n]);
+            each(&buf[..n]);
+            left -= n as u64;
+        }
+        self.file.seek(io::SeekFrom::End(0))?;
+        Ok(())
+    }
+
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.write_batch(&[data])
     }

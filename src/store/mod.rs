@@ -59,10 +59,41 @@ impl Pending<'_> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if let Some(name) = self.name.take() {
-            self.store.discard(&name);
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        // A run stopped by a signal keeps what it downloaded for the next run's `Range`.
+        if KEEP_PARTIALS.load(std::sync::atomic::Ordering::SeqCst)
+            && let Some(hex) = name.split('.').next()
+            && let Ok(dir) = self.store.ingest_dir()
+            && fsutil::rename(dir, &name, dir, &format!("{hex}{RESUME}")).is_ok()
+        {
+            return;
         }
+        self.store.discard(&name);
     }
+}
+
+/// Set when the run is stopped (SIGINT/SIGTERM): partial blobs dropped from now on are kept
+/// as `ingest/<hex>.resume` instead of being removed.
+static KEEP_PARTIALS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The suffix of a kept partial blob in `ingest/`.
+const RESUME: &str = ".resume";
+
+/// Keep partial blobs dropped from now on (a stopped run), for the next run to resume.
+pub fn keep_partials() {
+    KEEP_PARTIALS.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether `name` in `ingest/` is a kept partial blob: `<hex>.resume` of a sha256 or sha512.
+fn is_resume_name(name: &str) -> bool {
+    name.strip_suffix(RESUME).is_some_and(|hex| {
+        matches!(hex.len(), 64 | 128)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// An open, locked store.
@@ -120,9 +151,11 @@ impl Store {
             )
             .map_err(ctx(&root.join("oci-layout"), "cannot write"))?;
         }
-        // Partial blobs of an interrupted run (ours: we hold the lock).
+        // Partial blobs of an interrupted run (ours: we hold the lock), except those a
+        // stopped run kept for a resume.
         for (name, ty) in fsutil::list(ingest.as_fd())? {
-            if ty != rustix::fs::FileType::Directory {
+            let kept = ty == rustix::fs::FileType::RegularFile && is_resume_name(&name);
+            if ty != rustix::fs::FileType::Directory && !kept {
                 let _ = fsutil::remove(ingest.as_fd(), &name);
             }
         }
@@ -276,6 +309,26 @@ impl Store {
         direct: bool,
     ) -> io::Result<(IngestFile, Pending<'_>)> {
         let dir = self.ingest_dir()?;
+        // What a stopped run kept of this blob: claimed (renamed to a name of our own, so
+        // two runs never share it) and continued, its bytes hashed again before they count.
+        let kept = format!("{}{RESUME}", digest.hex());
+        if fsutil::regular_file_size(dir, &kept).is_some() {
+            let name = format!(
+                "{}.{}.{}.partial",
+                digest.hex(),
+                std::process::id(),
+                fsutil::random_hex()
+            );
+            if fsutil::rename(dir, &kept, dir, &name).is_ok() {
+                let pending = Pending {
+                    store: self,
+                    name: Some(name.clone()),
+                };
+                let file = fsutil::open_rw(dir, &name)
+                    .map_err(ctx(&self.root.join("ingest").join(&name), "cannot open"))?;
+                return Ok((IngestFile::resume(file, digest.algorithm())?, pending));
+            }
+        }
         loop {
             let name = format!(
                 "{}.{}.{}.partial",
