@@ -17,8 +17,17 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
         Virtual-kubelet level settings come from the environment (KCI_HOST_ALIASES, \
         KCI_DNS_CONFIG); pod level settings from the annotations of --spec or the flags that \
         stand in for them. The pod level wins.\n\n\
-        Exit codes: 0 success, 2 invalid input or usage (nothing written), 3 a network file \
-        could not be written, 4 an image failed to pull."
+        Exit codes: 0 success, 1 store-check found problems, 2 invalid input or usage \
+        (nothing written), 3 a network file or the report could not be written, 4 an image \
+        or a container failed, 130/143 stopped by SIGINT/SIGTERM (report written).",
+    after_help = "Examples:\n  \
+        kci-pull-agent boot                                  # the instance's boot flow \
+        (/run/kci/pod.json)\n  \
+        kci-pull-agent explain --spec pod.json               # which transport each image \
+        gets, and why\n  \
+        kci-pull-agent pull -v --report - reg.corp:5000/app:v1  # one pull by hand, report \
+        on stdout\n  \
+        kci-pull-agent images; kci-pull-agent df             # what the store holds"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -28,6 +37,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Common options")]
 pub struct Common {
     /// The pod as JSON (`kubectl get pod -o json`); its annotations and container images are
     /// used [boot's default: <root>/run/kci/pod.json].
@@ -106,6 +116,10 @@ pub enum OutputFormat {
 pub enum Command {
     /// The boot flow: validate everything, write the network files, pull every image of the
     /// pod (init containers, containers, ephemeral containers), write the report.
+    #[command(
+        after_help = "Example:\n  kci-pull-agent boot --root / --report /run/kci/pull-report.json\n  \
+        kci-pull-agent boot --root /tmp/sandbox --spec pod.json --no-mount   # a dry sandbox"
+    )]
     Boot {
         /// Where to write the JSON report [default: <root>/run/kci/pull-report.json].
         #[arg(long, value_name = "FILE")]
@@ -117,6 +131,10 @@ pub enum Command {
     },
     /// Prepare the runtime bundles of the pod's containers (pulling what is missing), without
     /// touching the network files.
+    #[command(
+        after_help = "Example:\n  kci-pull-agent prepare --spec pod.json && runc run --bundle \
+        /run/kci/bundles/app app"
+    )]
     Prepare {
         /// Write the JSON report here.
         #[arg(long, value_name = "FILE")]
@@ -128,12 +146,19 @@ pub enum Command {
     },
     /// Write <root>/etc/hosts and <root>/etc/resolv.conf from the merged host aliases and DNS
     /// config.
+    #[command(
+        after_help = "Example:\n  kci-pull-agent network --dry-run --spec pod.json   # show the files, write nothing"
+    )]
     Network {
         /// Print the files that would be written, and write nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Pull images (default: the images of --spec) into the store.
+    #[command(
+        after_help = "Example:\n  kci-pull-agent pull -v --http-registry 10.0.0.5:5000 10.0.0.5:5000/team/app:v1\n  \
+        kci-pull-agent pull --report - --spec pod.json | jq .images"
+    )]
     Pull {
         /// Images to pull (default: the images of --spec).
         #[arg(value_name = "IMAGE")]
@@ -163,6 +188,9 @@ pub enum Command {
     },
     /// Check the store: every blob hashes to its name, nothing half-written is left, every
     /// image in index.json is complete. Exit 0 if consistent, 1 if not.
+    #[command(
+        after_help = "Example:\n  kci-pull-agent store-check && kci-pull-agent store-check --fix"
+    )]
     StoreCheck {
         /// Remove what is inconsistent (corrupt blobs, leftovers, index entries of incomplete
         /// images); complete images are never touched.
@@ -175,8 +203,63 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// List the images in the store: reference, manifest digest, size, layers unpacked, the
+    /// prepared bundles that use it.
+    #[command(after_help = "Example:\n  kci-pull-agent images --output json | jq -r .reference")]
+    Images {
+        /// The layer store (default <root>/var/lib/kci/layers).
+        #[arg(long, value_name = "DIR")]
+        layers: Option<std::path::PathBuf>,
+        /// text, or json (one object per image per line).
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Remove image references from the store (their blobs and layers go with the next
+    /// `prune`, unless another image or a prepared bundle uses them).
+    #[command(
+        after_help = "Example:\n  kci-pull-agent rmi busybox reg.corp:5000/team/app:v1 && kci-pull-agent prune"
+    )]
+    Rmi {
+        /// Images to remove, as pulled (normalised: `busybox` is docker.io/library/busybox:latest).
+        #[arg(value_name = "IMAGE", required = true)]
+        images: Vec<String>,
+    },
+    /// Remove the blobs and layers that no image of the store and no prepared bundle uses.
+    #[command(
+        after_help = "Example:\n  kci-pull-agent rmi old.corp/app:v1 && kci-pull-agent prune"
+    )]
+    Prune {
+        /// The layer store (default <root>/var/lib/kci/layers).
+        #[arg(long, value_name = "DIR")]
+        layers: Option<std::path::PathBuf>,
+        /// text, or json (one object).
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Show the space the image store and the layer store take, and what `prune` would free.
+    #[command(after_help = "Example:\n  kci-pull-agent df --output json")]
+    Df {
+        /// The layer store (default <root>/var/lib/kci/layers).
+        #[arg(long, value_name = "DIR")]
+        layers: Option<std::path::PathBuf>,
+        /// text, or json (one object).
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Print a completion script for a shell (e.g. `kci-pull-agent completions bash >
+    /// /etc/bash_completion.d/kci-pull-agent`).
+    #[command(
+        after_help = "Example:\n  kci-pull-agent completions bash > /etc/bash_completion.d/kci-pull-agent"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Show, per image, the normalised reference, registry, transport and the list entry that
     /// matched.
+    #[command(
+        after_help = "Example:\n  kci-pull-agent explain --insecure-registry reg.corp:8443 reg.corp:8443/app:v1"
+    )]
     Explain {
         /// Images to explain (default: the images of --spec).
         #[arg(value_name = "IMAGE")]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod explain;
 pub mod fsutil;
 pub mod layers;
+pub mod manage;
 pub mod netfiles;
 pub mod oci;
 pub mod pull;

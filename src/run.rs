@@ -187,8 +187,46 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         )
         .into());
     }
+    // The store by hand and the shell: no pod, no network.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "kci-pull-agent", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Images { layers, output }
+        | Command::Prune { layers, output }
+        | Command::Df { layers, output } => {
+            let layers = layers
+                .clone()
+                .unwrap_or_else(|| under_root(&cli.common.root, DEFAULT_LAYERS));
+            return crate::manage::command(
+                &cli.command,
+                &store_path(&cli.common),
+                &layers,
+                &crate::bundle::Paths::under(&cli.common.root, false),
+                *output,
+            );
+        }
+        Command::Rmi { .. } => {
+            let layers = under_root(&cli.common.root, DEFAULT_LAYERS);
+            return crate::manage::command(
+                &cli.command,
+                &store_path(&cli.common),
+                &layers,
+                &crate::bundle::Paths::under(&cli.common.root, false),
+                OutputFormat::Text,
+            );
+        }
+        _ => {}
+    }
     let images: &[String] = match &cli.command {
         Command::Explain { images, .. } | Command::Pull { images, .. } => images,
+        Command::Images { .. }
+        | Command::Rmi { .. }
+        | Command::Prune { .. }
+        | Command::Df { .. }
+        | Command::Completions { .. } => &[],
         Command::Network { .. }
         | Command::Boot { .. }
         | Command::Prepare { .. }
@@ -205,7 +243,12 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Network { .. }
         | Command::StoreCheck { .. }
         | Command::MountBundles { .. }
-        | Command::FlushLayers { .. } => Default::default(),
+        | Command::FlushLayers { .. }
+        | Command::Images { .. }
+        | Command::Rmi { .. }
+        | Command::Prune { .. }
+        | Command::Df { .. }
+        | Command::Completions { .. } => Default::default(),
         _ => pull::load_mirrors(root, &cfg)?,
     };
     match &cli.command {
@@ -348,6 +391,11 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 .unwrap_or_else(|| under_root(root, DEFAULT_LAYERS));
             store_check(&store_path(&cli.common), &layers, *fix, *output)
         }
+        Command::Images { .. }
+        | Command::Rmi { .. }
+        | Command::Prune { .. }
+        | Command::Df { .. }
+        | Command::Completions { .. } => unreachable!("handled above"),
         Command::Explain { output, .. } => {
             if cfg.images.is_empty() {
                 return Err(Error::Usage(

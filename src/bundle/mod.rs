@@ -400,7 +400,9 @@ pub fn mount_all(paths: &Paths, layers: &Path) -> Vec<(String, Result<(), String
     out
 }
 
-fn read_mounts(paths: &Paths, layers: &Path, name: &str) -> Result<mount::Overlay, String> {
+/// A bundle's `mounts.json`, checked: one overlay of layer directories of `layers` with the
+/// container's own upper and work directories.
+pub fn read_mounts(paths: &Paths, layers: &Path, name: &str) -> Result<mount::Overlay, String> {
     crate::config::names::check_label(name)
         .map_err(|why| format!("the bundle name {name:?} {why}"))?;
     let file = paths.bundles.join(name).join("mounts.json");

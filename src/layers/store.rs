@@ -121,6 +121,8 @@ impl Drop for Staging {
 }
 
 const LAYER_JSON: &str = "layer.json";
+/// The prefix in `ingest/` of a layer being removed by a prune.
+const PRUNED: &str = "pruned-";
 const MAX_LAYER_JSON: u64 = 64 << 10;
 
 impl LayerStore {
@@ -391,6 +393,28 @@ impl LayerStore {
         }
     }
 
+    /// The chain IDs of the layer directories.
+    pub fn chains(&self) -> io::Result<Vec<Digest>> {
+        Ok(fsutil::list(self.sha256.as_fd())?
+            .into_iter()
+            .filter_map(|(name, _)| Digest::parse(&format!("sha256:{name}")).ok())
+            .collect())
+    }
+
+    /// Removes a layer: moved out of `sha256/` in one rename (so a crash leaves either the
+    /// layer or nothing of it there), then deleted from `ingest/` (a leftover of a crash is
+    /// removed at the next open).
+    pub fn remove(&self, chain_id: &Digest) -> io::Result<()> {
+        let to = format!("{PRUNED}{}-{}", chain_id.hex(), fsutil::random_hex());
+        fsutil::rename(
+            self.sha256.as_fd(),
+            chain_id.hex(),
+            self.ingest.as_fd(),
+            &to,
+        )?;
+        remove_tree(&self.root.join("ingest").join(&to))
+    }
+
     /// Problems of the layer store, for `store-check`: a layer directory whose `layer.json`
     /// is missing or disagrees with its name, or a stray entry; with `fix`, removed.
     pub fn check(&self, fix: bool) -> io::Result<Vec<(PathBuf, String, bool)>> {
@@ -411,6 +435,14 @@ impl LayerStore {
         }
         for (name, _) in fsutil::list(self.ingest.as_fd())? {
             let path = self.root.join("ingest").join(&name);
+            // A layer a prune had taken out of sha256/ when it was stopped: on its way out,
+            // no longer part of the store.
+            if name.starts_with(PRUNED) {
+                if fix {
+                    let _ = remove_tree(&path);
+                }
+                continue;
+            }
             let fixed = fix && remove_tree(&path).is_ok();
             out.push((
                 path,

@@ -189,12 +189,6 @@ impl Store {
         }
         Ok(problems)
     }
-
-    fn remove_refs(&self, names: &[String]) -> io::Result<()> {
-        let mut index = self.read_index()?;
-        index.remove(names);
-        self.write_index(&index)
-    }
 }
 
 #[cfg(test)]

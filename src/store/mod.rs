@@ -459,6 +459,57 @@ impl Store {
         self.write_index(&index)
     }
 
+    /// Every reference in `index.json` with its descriptor; an entry that is not a valid
+    /// descriptor is an error (what it references cannot be known).
+    pub fn refs(&self) -> io::Result<Vec<(String, Descriptor)>> {
+        let mut out = Vec::new();
+        for e in self.read_index()?.entries() {
+            let name = e.name.unwrap_or_default();
+            let d = e.descriptor.map_err(|why| {
+                io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!(
+                        "{}: the entry {name:?} is not a valid descriptor ({why}); run                          store-check --fix",
+                        self.root.join("index.json").display()
+                    ),
+                )
+            })?;
+            out.push((name, d));
+        }
+        Ok(out)
+    }
+
+    /// Removes these references from `index.json` in one atomic write (their blobs stay
+    /// until a prune).
+    pub fn remove_refs(&self, names: &[String]) -> io::Result<()> {
+        let mut index = self.read_index()?;
+        index.remove(names);
+        self.write_index(&index)
+    }
+
+    /// Every blob in the store with its size (regular files with a digest's name only).
+    pub fn blobs(&self) -> io::Result<Vec<(Digest, u64)>> {
+        let mut out = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let Ok(dir) = self.alg_dir(alg) else { continue };
+            for (name, _) in fsutil::list(dir)? {
+                if let (Ok(d), Some(size)) = (
+                    Digest::parse(&format!("{}:{name}", alg.name())),
+                    fsutil::regular_file_size(dir, &name),
+                ) {
+                    out.push((d, size));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one blob (an unlink: atomic, whatever happens around it).
+    pub fn remove_blob(&self, digest: &Digest) -> io::Result<()> {
+        fsutil::remove(self.alg_dir(digest.algorithm())?, digest.hex())
+            .map_err(ctx(&self.blob_path(digest), "cannot remove"))
+    }
+
     pub(crate) fn write_index(&self, index: &Index) -> io::Result<()> {
         fsutil::replace(
             self.root_fd.as_fd(),
