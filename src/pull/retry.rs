@@ -97,14 +97,59 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     if let Some(u) = e.url() {
         s = s.replace(u.as_str(), &redact(u));
     }
+    let mut certificate = None;
     for inner in causes(e).into_iter().skip(1) {
         let t = inner.to_string();
         if !s.contains(&t) {
             s.push_str(": ");
             s.push_str(&t);
         }
+        if let Some(rustls::Error::InvalidCertificate(c)) = inner.downcast_ref::<rustls::Error>() {
+            certificate = Some((t, c.clone()));
+        }
+    }
+    // The TLS library names certificate problems by their Rust names; say them in words.
+    if let Some((text, c)) = certificate {
+        s = s.replace(&text, &certificate_words(&c));
     }
     s
+}
+
+/// A refused certificate, in words (with the TLS library's name for it, to search for).
+fn certificate_words(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    let (what, name) = match c {
+        C::UnknownIssuer => (
+            "its certificate is signed by an authority this instance does not trust",
+            "UnknownIssuer",
+        ),
+        C::NotValidForName | C::NotValidForNameContext { .. } => (
+            "its certificate is not issued for this host name",
+            "NotValidForName",
+        ),
+        C::Expired | C::ExpiredContext { .. } => ("its certificate has expired", "Expired"),
+        C::NotValidYet | C::NotValidYetContext { .. } => (
+            "its certificate is not valid yet (check this instance's clock)",
+            "NotValidYet",
+        ),
+        C::Revoked => ("its certificate is revoked", "Revoked"),
+        C::BadSignature => (
+            "its certificate's signature does not verify",
+            "BadSignature",
+        ),
+        C::BadEncoding => ("its certificate is not a valid certificate", "BadEncoding"),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            ("its certificate is not for a TLS server", "InvalidPurpose")
+        }
+        C::Other(o) => {
+            return format!(
+                "the registry's certificate was refused ({o}; a registry's own self-signed \
+                 certificate is trusted when it is in its certs.d directory)"
+            );
+        }
+        _ => ("its certificate was refused", "other"),
+    };
+    format!("invalid peer certificate: {what} ({name})")
 }
 
 /// What a transport failure is, decided by the types in its chain, never by its text.
