@@ -110,6 +110,9 @@ pub fn extract<R: Read>(
     let mut archive = Archive::new(tar);
     let mut done = Extracted::default();
     while let Some(h) = archive.next_entry().map_err(ExtractError::Tar)? {
+        if super::outcome::stopped() {
+            return Err(ExtractError::Stopped);
+        }
         done.entries += 1;
         if done.entries > limits.max_entries {
             return Err(ExtractError::TooManyEntries(limits.max_entries));

@@ -25,6 +25,7 @@ use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
 pub use decompress::{Compression, DiffReader, MediaTypeError};
 pub use extract::{ExtractError, Extracted, Limits, Lowers};
+pub use outcome::stop_all;
 use store::{LayerJson, LayerStore, Staging};
 
 /// What the image config says of a layer: where it goes in the layer store.

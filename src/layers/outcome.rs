@@ -45,6 +45,21 @@ pub enum ExtractError {
     /// Streaming only: the layer cannot be extracted right without its lower layers.
     #[error("{0}: the layer is unpacked once the layers below it are")]
     NeedsLowers(String),
+    /// The run was stopped (SIGINT/SIGTERM): the layer is left unfinished, not committed.
+    #[error("stopped before the layer was complete")]
+    Stopped,
+}
+
+/// Set when the run is stopped: every extraction stops at its next entry.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops every extraction at its next entry (a signal ended the run).
+pub fn stop_all() {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+pub(super) fn stopped() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What an extraction wrote.

@@ -51,6 +51,7 @@ pub fn requested() -> Option<Signal> {
 /// Asks the run to stop (what a signal does).
 pub fn request(s: Signal) {
     crate::store::keep_partials();
+    crate::layers::stop_all();
     SIGNAL.store(s.number(), Ordering::SeqCst);
     STOPPED.notify_waiters();
 }
