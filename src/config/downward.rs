@@ -1,7 +1,7 @@
 //! The downward API (SPEC §10): `valueFrom.fieldRef` and `resourceFieldRef` resolved from the
 //! pod object as the kubelet resolves them.
 
-use super::pod::{ContainerJson, MetaJson, Resources, SpecJson, StatusJson};
+use super::podjson::{ContainerJson, MetaJson, Resources, SpecJson, StatusJson};
 
 /// One container's environment: the values, in order, and what the agent cannot resolve.
 pub(super) type Env = (Vec<(String, String)>, Vec<String>);

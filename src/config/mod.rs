@@ -10,6 +10,7 @@ mod downward;
 pub mod hostalias;
 pub mod names;
 pub mod pod;
+mod podjson;
 pub mod podnet;
 pub mod quantity;
 

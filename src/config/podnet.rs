@@ -3,7 +3,7 @@
 
 use super::dns::{DnsConfig, parse_dns_config};
 use super::hostalias::{HostAlias, parse_host_aliases};
-use super::pod::{MetaJson, SpecJson, StatusJson};
+use super::podjson::{MetaJson, SpecJson, StatusJson};
 use crate::error::{InputError, Origin};
 
 /// `spec.dnsPolicy` (the API server's default is `ClusterFirst`).
