@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod diag;
 pub mod error;
 pub mod explain;
 pub mod fsutil;

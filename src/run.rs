@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::{Cli, Command, Common, LogFormat, OutputFormat, PullTuning};
 use crate::config::{Config, ENV_DNS_CONFIG, ENV_HOST_ALIASES, Sources};
-use crate::error::{Error, InputError, Notes, Origin};
+use crate::diag::{InputError, Notes, Origin};
+use crate::error::Error;
 use crate::explain;
 use crate::fsutil::atomic::under_root;
 use crate::netfiles;

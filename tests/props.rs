@@ -11,7 +11,7 @@ use kci_pull_agent::config::hostalias::{HostsEntry, parse_host_aliases};
 use kci_pull_agent::config::names::{check_dns1123_subdomain, check_search_domain};
 use kci_pull_agent::config::pod::Pod;
 use kci_pull_agent::config::{Config, Sources};
-use kci_pull_agent::error::{Notes, Origin};
+use kci_pull_agent::diag::{Notes, Origin};
 use kci_pull_agent::netfiles::{self, hosts, resolv};
 use kci_pull_agent::oci::platform::Platform;
 use kci_pull_agent::registry::policy::{ListKind, Policy, RegistryList};

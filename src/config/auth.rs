@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::error::{InputError, Notes, Origin};
+use crate::diag::{InputError, Notes, Origin};
 use crate::registry::host::{DOCKER_HUB, Host, RegistryHost};
 
 #[derive(Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::names::{check_search_domain, search_key, smuggled_char};
-use crate::error::{InputError, Origin};
+use crate::diag::{InputError, Origin};
 
 /// Kubernetes limits (`validatePodDNSConfig`), also the resolver's `MAXNS`.
 pub const MAX_NAMESERVERS: usize = 3;

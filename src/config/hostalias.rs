@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::names::check_dns1123_subdomain;
-use crate::error::{InputError, Notes, Origin};
+use crate::diag::{InputError, Notes, Origin};
 
 /// One validated HostAlias.
 #[derive(Debug, Clone, PartialEq, Eq)]

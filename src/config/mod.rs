@@ -16,7 +16,7 @@ pub mod quantity;
 
 use std::path::PathBuf;
 
-use crate::error::{InputError, Notes, Origin};
+use crate::diag::{InputError, Notes, Origin};
 use crate::oci::platform::Platform;
 use crate::registry::policy::{ListKind, Policy, RegistryList};
 use crate::registry::reference::Reference;

@@ -8,7 +8,7 @@ use super::podjson::PodJson;
 pub use super::podjson::Resources;
 use super::podnet::pod_net;
 pub use super::podnet::{DnsPolicy, PodNet};
-use crate::error::{InputError, Origin};
+use crate::diag::{InputError, Origin};
 
 /// What backs a volume a container mounts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use super::dns::{DnsConfig, parse_dns_config};
 use super::hostalias::{HostAlias, parse_host_aliases};
 use super::podjson::{MetaJson, SpecJson, StatusJson};
-use crate::error::{InputError, Origin};
+use crate::diag::{InputError, Origin};
 
 /// `spec.dnsPolicy` (the API server's default is `ClusterFirst`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

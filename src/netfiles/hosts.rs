@@ -1,7 +1,7 @@
 //! `/etc/hosts`: one managed block owned by the agent, every other line kept byte for byte.
 
 use crate::config::hostalias::HostsEntry;
-use crate::error::Notes;
+use crate::diag::Notes;
 
 pub const BEGIN: &str = "# BEGIN kci-pull-agent host aliases (managed; edits inside are lost)";
 pub const END: &str = "# END kci-pull-agent host aliases";

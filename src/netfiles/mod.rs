@@ -21,8 +21,20 @@ use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::error::{NetFileError, Notes};
+use crate::diag::Notes;
 use crate::fsutil::atomic::{self, WriteMode, resolve_in_root, write_file};
+
+/// A network file (`/etc/hosts`, `/etc/resolv.conf`, or the agent's own state next to them)
+/// could not be read or written. Exit code 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {}: {reason}", path.display())]
+pub struct NetFileError {
+    pub path: PathBuf,
+    pub action: &'static str,
+    pub reason: String,
+    /// What the operator should do about it.
+    pub hint: String,
+}
 
 pub const HOSTS: &str = "etc/hosts";
 pub const RESOLV: &str = "etc/resolv.conf";

@@ -12,9 +12,7 @@ use super::host::RegistryHost;
 use super::mirrors::Mirror;
 use super::policy::{Route, Transport};
 
-/// Where per-registry configuration lives under `--root`: `<root>/etc/kci/certs.d/<host[:port]>/`
-/// (CA files, `hosts.toml`).
-pub const CERTS_D: &str = "etc/kci/certs.d";
+use super::CERTS_D;
 
 /// The configuration directory of `registry` under `root`.
 pub fn certs_dir(root: &Path, registry: &RegistryHost) -> PathBuf {
@@ -170,7 +168,7 @@ pub fn same_origin(a: &Url, b: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{Notes, Origin};
+    use crate::diag::{Notes, Origin};
     use crate::registry::policy::{ListKind, Policy, RegistryList};
 
     fn policy(http: &str, insecure: &str) -> Policy {

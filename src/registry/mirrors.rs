@@ -70,7 +70,7 @@ pub fn load(
     root: &Path,
     registry: &RegistryHost,
 ) -> Result<Option<(PathBuf, Vec<Mirror>)>, MirrorsError> {
-    let base = root.join(super::endpoints::CERTS_D);
+    let base = root.join(super::CERTS_D);
     for dir in [base.join(registry.to_string()), base.join("_default")] {
         let path = dir.join("hosts.toml");
         let fail = |detail: String| MirrorsError {

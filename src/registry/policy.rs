@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::host::RegistryHost;
-use crate::error::{InputError, Notes, Origin};
+use crate::diag::{InputError, Notes, Origin};
 
 pub const HTTP_ANNOTATION: &str = "k8s.ksyun.com/kci-http-registry";
 pub const INSECURE_ANNOTATION: &str = "k8s.ksyun.com/kci-insecure-registry";
