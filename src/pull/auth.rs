@@ -9,8 +9,10 @@ use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 
 use super::PullError;
+use super::body::{log_request, read_capped};
+use super::conn::Conn;
 use super::retry::{Failure, redact, redact_str};
-use super::session::{Session, read_capped};
+use crate::config::auth::Credentials;
 use crate::registry::endpoints::Role;
 use crate::registry::policy::Transport;
 
@@ -28,56 +30,80 @@ pub(super) enum Challenge {
 }
 
 #[derive(Default)]
-pub(super) struct AuthState {
-    pub(super) challenge: Option<Challenge>,
+struct AuthState {
+    challenge: Option<Challenge>,
     /// Bearer tokens by scope.
-    pub(super) tokens: HashMap<String, String>,
+    tokens: HashMap<String, String>,
 }
 
-impl Session {
+/// How one endpoint is authenticated with: its credentials, its challenge, its tokens.
+pub(super) struct Auth {
+    creds: Option<Credentials>,
+    state: tokio::sync::Mutex<AuthState>,
+    /// Set once the warning about credentials sent without verified TLS was logged.
+    warned_clear: std::sync::Once,
+}
+
+impl Auth {
+    pub(super) fn new(creds: Option<Credentials>) -> Auth {
+        Auth {
+            creds,
+            state: Default::default(),
+            warned_clear: std::sync::Once::new(),
+        }
+    }
+
+    /// A new challenge the registry's own origin sent with a 401 (a token that expired, a
+    /// scope that changed).
+    pub(super) async fn learn(&self, headers: &HeaderMap) {
+        if let Some(c) = parse_challenge(headers) {
+            self.state.lock().await.challenge = Some(c);
+        }
+    }
+
     /// Logs, once per registry, that the auth file's credentials go out without verified TLS:
     /// the lists allow it, but an operator should know.
-    pub(super) fn warn_clear_credentials(&self, how: &str) {
+    fn warn_clear_credentials(&self, label: &str, how: &str) {
         self.warned_clear.call_once(|| {
             tracing::warn!(
-                registry = %self.label,
-                "credentials for {} are sent over {how}, as the registry lists ask: anyone on \
-                 the path can read them; use verified HTTPS for registries that need credentials",
-                self.label
+                registry = %label,
+                "credentials for {label} are sent over {how}, as the registry lists ask: anyone \
+                 on the path can read them; use verified HTTPS for registries that need \
+                 credentials"
             );
         });
     }
 
     /// Learns how the registry authenticates (`GET /v2/`), once per run.
-    pub(super) async fn challenge(&self) -> Result<Challenge, Failure> {
-        if let Some(c) = &self.auth.lock().await.challenge {
+    async fn challenge(&self, conn: &Conn) -> Result<Challenge, Failure> {
+        if let Some(c) = &self.state.lock().await.challenge {
             return Ok(c.clone());
         }
-        if let Some(why) = self.unreachable.get() {
+        if let Some(why) = conn.unreachable.get() {
             return Err(Failure::Fatal(PullError {
-                message: format!("{} is unreachable ({why})", self.label),
+                message: format!("{} is unreachable ({why})", conn.label),
                 hint: None,
             }));
         }
-        let resp = match self
-            .send(Method::GET, self.url("/"), HeaderMap::new(), None)
+        let resp = match conn
+            .send(Method::GET, conn.url("/"), HeaderMap::new(), None)
             .await
         {
             Ok(r) => r,
             Err(Failure::Retry { message, after }) => {
                 // A mirror that cannot be reached is given up for the rest of the run after
                 // its retries, instead of being tried again for every blob.
-                let failures = self.ping_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if self.endpoint.role != Role::Origin && failures > u64::from(self.retries) {
-                    if self.unreachable.set(message.clone()).is_ok() {
+                let failures = conn.ping_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if conn.endpoint.role != Role::Origin && failures > u64::from(conn.retries) {
+                    if conn.unreachable.set(message.clone()).is_ok() {
                         tracing::warn!(
-                            host = %self.label,
+                            host = %conn.label,
                             "mirror {} is unreachable; the next host is used for the rest of this run",
-                            self.label
+                            conn.label
                         );
                     }
                     return Err(Failure::Fatal(PullError {
-                        message: format!("{} is unreachable ({message})", self.label),
+                        message: format!("{} is unreachable ({message})", conn.label),
                         hint: None,
                     }));
                 }
@@ -88,49 +114,51 @@ impl Session {
         let c = match resp.status() {
             s if s.is_success() => Challenge::Anonymous,
             // Only the registry's own origin may name a token realm (SPEC §9).
-            StatusCode::UNAUTHORIZED if !self.same_origin(resp.url()) => {
+            StatusCode::UNAUTHORIZED if !conn.same_origin(resp.url()) => {
                 return Err(Failure::Fatal(PullError {
                     message: format!(
                         "{} redirected GET /v2/ to {}, which asks for authentication; \
                          credentials are only sent to the registry itself",
-                        self.label,
+                        conn.label,
                         redact(resp.url())
                     ),
-                    hint: Some(format!("fix the configuration of {}", self.label)),
+                    hint: Some(format!("fix the configuration of {}", conn.label)),
                 }));
             }
             StatusCode::UNAUTHORIZED => parse_challenge(resp.headers()).ok_or_else(|| {
                 Failure::Fatal(PullError {
                     message: format!(
                         "{} answered 401 without a usable WWW-Authenticate challenge",
-                        self.route().registry
+                        conn.route().registry
                     ),
                     hint: None,
                 })
             })?,
             _ => {
-                let what = format!("GET {}", redact(&self.url("/")));
-                return Err(self.failure_of(resp, &what).await);
+                let what = format!("GET {}", redact(&conn.url("/")));
+                return Err(conn.failure_of(resp, &what).await);
             }
         };
-        self.auth.lock().await.challenge = Some(c.clone());
+        self.state.lock().await.challenge = Some(c.clone());
         Ok(c)
     }
 
     /// The `Authorization` value for a repository, fetching a token if needed.
     pub(super) async fn authorization(
         &self,
+        conn: &Conn,
         repo: &str,
         refresh: bool,
     ) -> Result<Option<String>, Failure> {
-        match self.challenge().await? {
+        match self.challenge(conn).await? {
             Challenge::Anonymous => Ok(None),
             Challenge::Basic => Ok(self.creds.as_ref().map(|c| {
-                match self.route().transport {
-                    Transport::Http => self.warn_clear_credentials("plain HTTP"),
-                    Transport::HttpsInsecure => {
-                        self.warn_clear_credentials("HTTPS without certificate verification")
-                    }
+                match conn.route().transport {
+                    Transport::Http => self.warn_clear_credentials(&conn.label, "plain HTTP"),
+                    Transport::HttpsInsecure => self.warn_clear_credentials(
+                        &conn.label,
+                        "HTTPS without certificate verification",
+                    ),
                     Transport::Https => {}
                 }
                 format!(
@@ -141,18 +169,21 @@ impl Session {
             })),
             Challenge::Bearer { realm, service } => {
                 let scope = format!("repository:{repo}:pull");
-                if !refresh && let Some(t) = self.auth.lock().await.tokens.get(&scope) {
+                if !refresh && let Some(t) = self.state.lock().await.tokens.get(&scope) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
-                let token = self.fetch_token(&realm, service.as_deref(), &scope).await?;
-                self.auth.lock().await.tokens.insert(scope, token.clone());
+                let token = self
+                    .fetch_token(conn, &realm, service.as_deref(), &scope)
+                    .await?;
+                self.state.lock().await.tokens.insert(scope, token.clone());
                 Ok(Some(format!("Bearer {token}")))
             }
         }
     }
 
-    pub(super) async fn fetch_token(
+    async fn fetch_token(
         &self,
+        conn: &Conn,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -174,8 +205,8 @@ impl Session {
         }
         // A realm named by the registry's own origin (the only challenge that counts), reached
         // as onward() allows: never plain HTTP for a registry reached over HTTPS.
-        let (client, _) = self
-            .onward_client(self.route().transport, &url)
+        let (client, _) = conn
+            .onward_client(conn.route().transport, &url)
             .map_err(|why| {
                 fatal(
                     format!(
@@ -188,26 +219,26 @@ impl Session {
         let mut req = client.get(url.clone());
         if let Some(c) = &self.creds {
             if url.scheme() == "http" {
-                self.warn_clear_credentials("plain HTTP");
-            } else if self.same_origin(&url) && self.route().transport == Transport::HttpsInsecure {
-                self.warn_clear_credentials("HTTPS without certificate verification");
+                self.warn_clear_credentials(&conn.label, "plain HTTP");
+            } else if conn.same_origin(&url) && conn.route().transport == Transport::HttpsInsecure {
+                self.warn_clear_credentials(&conn.label, "HTTPS without certificate verification");
             }
             req = req.basic_auth(&c.username, Some(&c.password));
         }
         let sent = std::time::Instant::now();
         let resp = req.send().await;
-        super::session::log_request(&reqwest::Method::GET, &url, &resp, sent);
-        let resp = resp.map_err(|e| self.transport_failure(&url, &e))?;
+        log_request(&reqwest::Method::GET, &url, &resp, sent);
+        let resp = resp.map_err(|e| conn.transport_failure(&url, &e))?;
         if !resp.status().is_success() {
             let what = format!("token request to {realm}", realm = redact_str(realm));
-            return Err(self.failure_of(resp, &what).await);
+            return Err(conn.failure_of(resp, &what).await);
         }
         let mut resp = resp;
         let body = read_capped(
             &mut resp,
             MAX_TOKEN_BODY,
             &format!("the token response of {}", redact(&url)),
-            self.low_speed(),
+            conn.low_speed(),
         )
         .await?;
         #[derive(serde::Deserialize)]

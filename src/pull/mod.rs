@@ -3,6 +3,8 @@
 
 mod auth;
 mod blob;
+mod body;
+mod conn;
 mod hosts;
 mod image;
 pub mod progress;
