@@ -497,3 +497,73 @@ fn a_signal_stops_the_pull_cleanly_and_the_next_run_resumes() {
         assert!(fs::read_dir(&ingest).unwrap().next().is_none());
     }
 }
+
+/// `--deadline 2` while a 64 MB layer arrives slowly: the run ends within 3 s of the
+/// deadline with exit 4 and a report naming the deadline; the next run leaves no staging
+/// directory behind.
+#[test]
+fn a_deadline_ends_the_run_promptly_and_leaves_nothing_half_made() {
+    use common::fault::{Fault, Rule};
+    let img = image(7, &[64_000_000], "amd64", false);
+    let big = img.layers[0].digest.clone();
+    let e = FaultEnv::start(img, &["op/deadline"]);
+    let front = e.front(vec![Rule {
+        path_contains: big,
+        fault: Fault::Trickle {
+            bytes_per_sec: 16_000_000,
+        },
+        times: 1,
+    }]);
+    let reg = front.addr();
+    let image = format!("{reg}/op/deadline:v1");
+    let store = e.root.file("store");
+    let report = e.root.file("report.json");
+    let args = |deadline: &'static str| {
+        vec![
+            "pull".to_string(),
+            "--root".into(),
+            e.root.arg().into(),
+            "--store".into(),
+            store.to_str().unwrap().into(),
+            "--http-registry".into(),
+            reg.clone(),
+            "--report".into(),
+            report.to_str().unwrap().into(),
+            "--deadline".into(),
+            deadline.into(),
+            image.clone(),
+        ]
+    };
+    let started = std::time::Instant::now();
+    let a = args("2");
+    let r = run(&mut agent(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let took = started.elapsed();
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    eprintln!("--deadline 2: the run ended after {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the run took {took:?}"
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    assert!(
+        rep["images"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{rep}"
+    );
+    // The next run (the registry at full speed now) completes; nothing half-made is left.
+    let a = args("600");
+    let r = run(&mut agent(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for dir in ["store/ingest", "var/lib/kci/layers/ingest"] {
+        let left: Vec<_> = fs::read_dir(e.root.file(dir))
+            .map(|d| d.flatten().map(|f| f.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+}

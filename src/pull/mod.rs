@@ -225,6 +225,14 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
             .map(|req| pull_one(&shared, req))
             .collect(),
     );
+    // At the deadline every extraction still running stops at its next entry: the images
+    // fail then, and the run must not wait for their layers to finish unpacking.
+    if let Some(at) = opts.deadline {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            crate::layers::stop_all();
+        });
+    }
     shared.progress.tick_until(all).await
 }
 
