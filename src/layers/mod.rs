@@ -15,6 +15,7 @@ pub mod settle;
 pub mod store;
 pub mod stream;
 pub mod tar;
+mod tarfields;
 mod top;
 mod whiteouts;
 
