@@ -89,6 +89,24 @@ fn read_layer_json(sha256: &OwnedFd, name: &str, shown: &Path) -> Option<LayerJs
     serde_json::from_value(v).ok()
 }
 
+/// What `store-check` finds wrong in a layer store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerProblem {
+    pub kind: LayerProblemKind,
+    pub path: PathBuf,
+    pub detail: String,
+    /// Whether `--fix` removed it.
+    pub fixed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerProblemKind {
+    /// A directory of `sha256/` whose `layer.json` is missing or disagrees with its name.
+    BrokenLayer,
+    /// A leftover of an interrupted unpack in `ingest/`.
+    Leftover,
+}
+
 /// An open, locked layer store.
 #[derive(Debug)]
 pub struct LayerStore {
@@ -417,7 +435,7 @@ impl LayerStore {
 
     /// Problems of the layer store, for `store-check`: a layer directory whose `layer.json`
     /// is missing or disagrees with its name, or a stray entry; with `fix`, removed.
-    pub fn check(&self, fix: bool) -> io::Result<Vec<(PathBuf, String, bool)>> {
+    pub fn check(&self, fix: bool) -> io::Result<Vec<LayerProblem>> {
         let mut out = Vec::new();
         for (name, _) in fsutil::list(self.sha256.as_fd())? {
             let path = self.root.join("sha256").join(&name);
@@ -428,9 +446,14 @@ impl LayerStore {
                 }
                 Ok(_) => None,
             };
-            if let Some(why) = why {
+            if let Some(detail) = why {
                 let fixed = fix && remove_tree(&path).is_ok();
-                out.push((path, why, fixed));
+                out.push(LayerProblem {
+                    kind: LayerProblemKind::BrokenLayer,
+                    path,
+                    detail,
+                    fixed,
+                });
             }
         }
         for (name, _) in fsutil::list(self.ingest.as_fd())? {
@@ -444,11 +467,12 @@ impl LayerStore {
                 continue;
             }
             let fixed = fix && remove_tree(&path).is_ok();
-            out.push((
+            out.push(LayerProblem {
+                kind: LayerProblemKind::Leftover,
                 path,
-                "staging directory of an interrupted unpack".into(),
+                detail: "staging directory of an interrupted unpack".into(),
                 fixed,
-            ));
+            });
         }
         Ok(out)
     }
@@ -731,7 +755,7 @@ mod tests {
             store.layer_dir(&other).exists(),
             "check without fix changes nothing"
         );
-        assert!(store.check(true).unwrap()[0].2);
+        assert!(store.check(true).unwrap()[0].fixed);
         assert!(!store.layer_dir(&other).exists());
         assert!(store.get(&chain).is_some(), "a good layer is never touched");
     }
