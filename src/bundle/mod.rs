@@ -4,6 +4,7 @@
 //! work directories under `<root>/var/lib/kci/containers/<name>/`) and `mounts.json` (that
 //! mount, for a runtime that mounts by itself).
 
+pub mod caps;
 pub mod devices;
 pub mod mount;
 pub mod namefiles;
