@@ -13,6 +13,7 @@
 mod check;
 mod index;
 mod ingest;
+mod partial;
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
@@ -26,75 +27,13 @@ use crate::oci::{Algorithm, Digest};
 pub use check::{Problem, ProblemKind};
 pub use index::{Entry, Index, REF_NAME, RESOLVED};
 pub use ingest::IngestFile;
+use partial::is_resume_name;
+pub use partial::{Pending, keep_partials};
 
 /// Largest `index.json` read.
 const MAX_INDEX: u64 = 64 << 20;
 /// Mode of the store's files.
 const FILE_MODE: u32 = 0o644;
-
-/// A partial file in `ingest/`: moved into `blobs/` by [`Pending::commit`], removed when
-/// dropped uncommitted.
-#[derive(Debug)]
-pub struct Pending<'a> {
-    store: &'a Store,
-    name: Option<String>,
-}
-
-impl Pending<'_> {
-    /// Moves the verified file into `blobs/` as `digest`.
-    pub fn commit(mut self, digest: &Digest) -> io::Result<()> {
-        let Some(name) = self.name.take() else {
-            return Ok(());
-        };
-        let s = self.store;
-        let moved = s.ingest_dir().and_then(|from| {
-            fsutil::rename(from, &name, s.alg_dir(digest.algorithm())?, digest.hex())
-        });
-        if moved.is_err() {
-            s.discard(&name);
-        }
-        moved.map_err(ctx(&s.blob_path(digest), "cannot move blob to"))
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        let Some(name) = self.name.take() else {
-            return;
-        };
-        // A run stopped by a signal keeps what it downloaded for the next run's `Range`.
-        if KEEP_PARTIALS.load(std::sync::atomic::Ordering::SeqCst)
-            && let Some(hex) = name.split('.').next()
-            && let Ok(dir) = self.store.ingest_dir()
-            && fsutil::rename(dir, &name, dir, &format!("{hex}{RESUME}")).is_ok()
-        {
-            return;
-        }
-        self.store.discard(&name);
-    }
-}
-
-/// Set when the run is stopped (SIGINT/SIGTERM): partial blobs dropped from now on are kept
-/// as `ingest/<hex>.resume` instead of being removed.
-static KEEP_PARTIALS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// The suffix of a kept partial blob in `ingest/`.
-const RESUME: &str = ".resume";
-
-/// Keep partial blobs dropped from now on (a stopped run), for the next run to resume.
-pub fn keep_partials() {
-    KEEP_PARTIALS.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Whether `name` in `ingest/` is a kept partial blob: `<hex>.resume` of a sha256 or sha512.
-fn is_resume_name(name: &str) -> bool {
-    name.strip_suffix(RESUME).is_some_and(|hex| {
-        matches!(hex.len(), 64 | 128)
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
 
 /// An open, locked store.
 #[derive(Debug)]
@@ -298,67 +237,6 @@ impl Store {
             .ok()
             .and_then(|d| fsutil::regular_file_size(d, digest.hex()))
             == Some(size)
-    }
-
-    /// Creates a new partial file in `ingest/` for `digest`, under an unpredictable name.
-    /// Returns the writer and its [`Pending`] entry: committed into `blobs/` once verified,
-    /// removed when dropped otherwise (an error, a retry, a deadline).
-    pub fn begin_ingest(
-        &self,
-        digest: &Digest,
-        direct: bool,
-    ) -> io::Result<(IngestFile, Pending<'_>)> {
-        let dir = self.ingest_dir()?;
-        // What a stopped run kept of this blob: claimed (renamed to a name of our own, so
-        // two runs never share it) and continued, its bytes hashed again before they count.
-        let kept = format!("{}{RESUME}", digest.hex());
-        if fsutil::regular_file_size(dir, &kept).is_some() {
-            let name = format!(
-                "{}.{}.{}.partial",
-                digest.hex(),
-                std::process::id(),
-                fsutil::random_hex()
-            );
-            if fsutil::rename(dir, &kept, dir, &name).is_ok() {
-                let pending = Pending {
-                    store: self,
-                    name: Some(name.clone()),
-                };
-                let file = fsutil::open_rw(dir, &name)
-                    .map_err(ctx(&self.root.join("ingest").join(&name), "cannot open"))?;
-                return Ok((IngestFile::resume(file, digest.algorithm())?, pending));
-            }
-        }
-        loop {
-            let name = format!(
-                "{}.{}.{}.partial",
-                digest.hex(),
-                std::process::id(),
-                fsutil::random_hex()
-            );
-            match fsutil::create_new(dir, &name, FILE_MODE) {
-                Ok(f) => {
-                    let pending = Pending {
-                        store: self,
-                        name: Some(name),
-                    };
-                    return Ok((IngestFile::new(f, digest.algorithm(), direct)?, pending));
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(ctx(&self.root.join("ingest").join(&name), "cannot create")(
-                        e,
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Removes an ingest file that will not be committed.
-    fn discard(&self, ingest_name: &str) {
-        if let Ok(d) = self.ingest_dir() {
-            let _ = fsutil::remove(d, ingest_name);
-        }
     }
 
     /// Stores a small blob held in memory (a manifest), after checking its digest.
