@@ -17,6 +17,7 @@ pub mod stream;
 pub mod tar;
 mod tarfields;
 mod top;
+mod unflushed;
 mod whiteouts;
 
 use std::io::Read;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::unflushed::{boot_id, drop_unflushed};
 use crate::fsutil;
 use crate::oci::Digest;
 
@@ -53,25 +54,10 @@ pub enum LayerSync {
     Commit,
 }
 
-const MARKER: &str = "unflushed.";
-
-/// This boot's identity, which changes with every boot (`None` without /proc: then every
-/// layer is flushed before its commit).
-fn boot_id() -> Option<&'static str> {
-    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-        let id = id.trim();
-        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
-            .then(|| id.to_string())
-    })
-    .as_deref()
-}
-
 /// The `layer.json` of the layer directory `name` under `sha256/`, if it is there and parses.
 /// A layer committed by an earlier version with `impliedDirs` still to fix (directories whose
 /// attributes were to come from the layers below) counts as missing: it is unpacked again.
-fn read_layer_json(sha256: &OwnedFd, name: &str, shown: &Path) -> Option<LayerJson> {
+pub(super) fn read_layer_json(sha256: &OwnedFd, name: &str, shown: &Path) -> Option<LayerJson> {
     let dir = fsutil::open_subdir(sha256.as_fd(), name, false, shown).ok()?;
     let bytes = fsutil::read_file(
         dir.as_fd(),
@@ -110,14 +96,14 @@ pub enum LayerProblemKind {
 /// An open, locked layer store.
 #[derive(Debug)]
 pub struct LayerStore {
-    root: PathBuf,
+    pub(super) root: PathBuf,
     sha256: OwnedFd,
-    ingest: OwnedFd,
-    _lock: File,
-    root_fd: OwnedFd,
-    sync: LayerSync,
+    pub(super) ingest: OwnedFd,
+    pub(super) _lock: File,
+    pub(super) root_fd: OwnedFd,
+    pub(super) sync: LayerSync,
     /// Whether this handle made sure of the boot's marker already.
-    marked: std::sync::atomic::AtomicBool,
+    pub(super) marked: std::sync::atomic::AtomicBool,
 }
 
 /// A layer being unpacked: its `fs/` to extract into. Dropped without [`LayerStore::commit`],
@@ -224,68 +210,6 @@ impl LayerStore {
     /// When layers' files are flushed to disk (deferred by default).
     pub fn set_sync(&mut self, sync: LayerSync) {
         self.sync = sync;
-    }
-
-    /// Flushes the store's file system and removes this boot's `unflushed` marker: every layer
-    /// committed so far is durable. Returns whether there was anything to flush.
-    pub fn flush(&self) -> io::Result<bool> {
-        let Some(boot) = boot_id() else {
-            return Ok(false);
-        };
-        let name = format!("{MARKER}{boot}");
-        match rustix::fs::statat(
-            &self.root_fd,
-            name.as_str(),
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        ) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-        rustix::fs::syncfs(&self.root_fd).map_err(io::Error::from)?;
-        fsutil::remove(self.root_fd.as_fd(), &name)?;
-        fsutil::sync_dir(self.root_fd.as_fd())?;
-        self.marked
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        Ok(true)
-    }
-
-    /// Makes sure this boot's marker is on disk before a layer is committed unflushed.
-    fn mark(&self, boot: &str) -> io::Result<()> {
-        use std::sync::atomic::Ordering;
-        if self.marked.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let name = format!("{MARKER}{boot}");
-        let refused = |why: String| {
-            io::Error::other(format!(
-                "cannot make the marker {}: {why}; remove it and rerun",
-                self.root.join(&name).display()
-            ))
-        };
-        // Its name is predictable (the boot id is public): what is there already is never
-        // followed (a link), nor waited on (a FIFO would block a plain open for writing).
-        let fd = rustix::fs::openat(
-            &self.root_fd,
-            name.as_str(),
-            rustix::fs::OFlags::WRONLY
-                | rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::NONBLOCK
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| refused(e.to_string()))?;
-        let kind = rustix::fs::FileType::from_raw_mode(
-            rustix::fs::fstat(&fd).map_err(io::Error::from)?.st_mode,
-        );
-        if kind != rustix::fs::FileType::RegularFile {
-            return Err(refused(format!("it is a {kind:?}, not a regular file")));
-        }
-        drop(fd);
-        fsutil::sync_dir(self.root_fd.as_fd())?;
-        self.marked.store(true, Ordering::Relaxed);
-        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -478,54 +402,6 @@ impl LayerStore {
     }
 }
 
-/// At open: the markers of earlier boots mean layers committed unflushed in those boots may
-/// have lost their files' data to a crash; those layers are moved to `ingest/` (removed with
-/// the other leftovers there), then the marker goes.
-fn drop_unflushed(root: &OwnedFd, sha256: &OwnedFd, ingest: &OwnedFd) -> io::Result<()> {
-    let stale: Vec<String> = fsutil::list(root.as_fd())?
-        .into_iter()
-        // Only the regular files we make: anything else under such a name is not ours, and
-        // must not keep the store from opening.
-        .filter(|(_, kind)| *kind == rustix::fs::FileType::RegularFile)
-        .filter_map(|(name, _)| name.strip_prefix(MARKER).map(str::to_string))
-        .filter(|b| Some(b.as_str()) != boot_id())
-        .collect();
-    if stale.is_empty() {
-        return Ok(());
-    }
-    let mut dropped = 0;
-    for (name, _) in fsutil::list(sha256.as_fd())? {
-        let json = read_layer_json(sha256, &name, Path::new(&name));
-        // An unreadable layer.json after such a crash is one that never reached the disk.
-        let lost = match json {
-            Some(LayerJson {
-                unflushed_boot: Some(b),
-                ..
-            }) => stale.contains(&b),
-            Some(_) => false,
-            None => true,
-        };
-        if lost {
-            let to = format!("dropped-{name}-{}", fsutil::random_hex());
-            fsutil::rename(sha256.as_fd(), &name, ingest.as_fd(), &to)?;
-            dropped += 1;
-        }
-    }
-    fsutil::sync_dir(sha256.as_fd())?;
-    for b in &stale {
-        fsutil::remove(root.as_fd(), &format!("{MARKER}{b}"))?;
-    }
-    fsutil::sync_dir(root.as_fd())?;
-    if dropped > 0 {
-        tracing::warn!(
-            layers = dropped,
-            "layer store: {dropped} layer(s) were committed before a restart that came before \
-             their files were flushed (no flush-layers ran); they are unpacked again from their blobs"
-        );
-    }
-    Ok(())
-}
-
 /// Removes a directory tree or a file (never following a link: `remove_dir_all` does not).
 fn remove_tree(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
@@ -539,6 +415,7 @@ fn remove_tree(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::unflushed::MARKER;
 
     fn json(chain: &Digest) -> LayerJson {
         LayerJson {
