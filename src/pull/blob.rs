@@ -81,7 +81,7 @@ impl Session {
                     })?;
                     if let (Some(t), Some(staging), Some(result)) = (target, staging, unpacked) {
                         t.commit(desc, staging, result)
-                            .map_err(|e| super::image::layer_error(&desc.digest, &e))?;
+                            .map_err(|e| super::unpack::layer_error(&desc.digest, &e))?;
                     }
                     return Ok(net);
                 }

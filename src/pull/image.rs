@@ -12,31 +12,34 @@ use tokio::sync::Mutex;
 use super::hosts::{Served, endpoints, first_ok};
 use super::progress::ImageProgress;
 use super::session::Session;
-use super::{PullError, Shared, join_all};
+use super::unpack::{Marks, Unpacking, plan_layers, unpack_image};
+use super::{PullError, Shared, join_all, on_store};
 use crate::config::ImageRequest;
-use crate::layers::{LayerPlan, LayerTarget, Lowers, UnpackError};
-use crate::oci;
+use crate::layers::{LayerPlan, LayerTarget, Lowers};
 use crate::oci::Digest;
-use crate::oci::config::MAX_CONFIG;
 use crate::oci::manifest::{self, Descriptor, Document};
 use crate::oci::platform;
-use crate::report::LayerReport;
 use crate::report::Status;
-use crate::store::{REF_NAME, RESOLVED, Store};
-
-/// Runs file work on the store on a blocking thread: an fsync there stalls no download.
-async fn on_store<T: Send + 'static>(
-    shared: &Shared,
-    f: impl FnOnce(&Store) -> T + Send + 'static,
-) -> Result<T, PullError> {
-    let store: Arc<Store> = shared.store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| PullError::new(format!("a store task failed: {e}")))
-}
+use crate::store::{REF_NAME, RESOLVED};
 
 fn resolved_of(d: &Descriptor) -> Option<&str> {
     d.annotations.as_ref()?.get(RESOLVED)?.as_str()
+}
+
+/// What the registry says the image is: its manifest (chosen from an index for the
+/// platform), the index it came from, its config and layers, and the hosts to fetch from.
+struct Resolved {
+    /// The digest the reference resolved to (the index's for a multi-platform image).
+    top_digest: Digest,
+    /// The manifest, and its descriptor as the store's index entry will hold it.
+    manifest: Vec<u8>,
+    desc: Descriptor,
+    /// The index it was chosen from, stored with it.
+    index: Option<Vec<u8>>,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    /// The hosts that may serve its content (mirrors, then the origin).
+    hosts: Arc<Vec<Arc<Session>>>,
 }
 
 pub(super) async fn pull_image(
@@ -47,9 +50,7 @@ pub(super) async fn pull_image(
     prog: &ImageProgress,
     marks: &Marks,
 ) -> Result<(Status, Digest, Option<Unpacking>), PullError> {
-    let r = &req.reference;
-    let name = r.to_string();
-    let store = &shared.store;
+    let name = req.reference.to_string();
     let (stored, complete) = on_store(shared, {
         let name = name.clone();
         move |store| {
@@ -71,45 +72,91 @@ pub(super) async fn pull_image(
             && (d.platform.is_none()
                 || platform::choose(std::slice::from_ref(*d), &shared.platform).is_some())
     });
-
     // Pinned by digest and already complete: nothing to ask the registry.
-    if let (Some(d), Some(s)) = (&r.digest, stored_ok)
+    if let (Some(d), Some(s)) = (&req.reference.digest, stored_ok)
         && resolved_of(s) == Some(d.as_str())
     {
-        marks.manifest();
-        let layers = unpack_image(shared, &s.digest).await?;
-        marks.committed(layers.is_some());
-        return Ok((Status::Present, s.digest.clone(), layers));
+        return present(shared, s, marks).await;
     }
-    let all = endpoints(shared, &r.registry).await?;
-    // Tags are resolved only by hosts allowed to; content addressed by digest comes from any.
-    let resolvers: Vec<Arc<Session>> = all
+    let hosts = endpoints(shared, &req.reference.registry).await?;
+    // A tag whose registry digest is the one stored: present.
+    if req.reference.digest.is_none()
+        && let Some(s) = stored_ok
+        && let Some(head) = head_digest(req, &hosts).await
+        && Some(head.as_str()) == resolved_of(s)
+    {
+        return present(shared, s, marks).await;
+    }
+    let r = resolve(shared, req, hosts, bytes, served).await?;
+    marks.manifest();
+    fetch(shared, req, &r, bytes, served, prog).await?;
+    marks.last_byte();
+    let status = match &stored {
+        Some(s) if s.digest == r.desc.digest => Status::Present,
+        _ => Status::Pulled,
+    };
+    let (digest, layers) = commit(shared, &name, r, marks).await?;
+    Ok((status, digest, layers))
+}
+
+/// An image found present: its layers unpacked if they are not.
+async fn present(
+    shared: &Shared,
+    d: &Descriptor,
+    marks: &Marks,
+) -> Result<(Status, Digest, Option<Unpacking>), PullError> {
+    marks.manifest();
+    let layers = unpack_image(shared, &d.digest).await?;
+    marks.committed(layers.is_some());
+    Ok((Status::Present, d.digest.clone(), layers))
+}
+
+/// The digest the registry gives for the reference's tag (a HEAD), if any host says one.
+async fn head_digest(req: &ImageRequest, hosts: &[Arc<Session>]) -> Option<Digest> {
+    let resolvers: Vec<Arc<Session>> = hosts
         .iter()
         .filter(|s| s.endpoint.resolves())
         .cloned()
         .collect();
+    let tag = req.reference.tag.clone().unwrap_or_else(|| "latest".into());
+    let r = &req.reference;
+    match first_ok(&resolvers, "HEAD manifest", async |e: &Session| {
+        e.head_manifest(&r.repository, &tag).await
+    })
+    .await
+    {
+        Ok((Some(head), _)) => Some(head),
+        _ => None,
+    }
+}
+
+/// Fetches the reference's manifest (and, for an index, the one for the platform), each
+/// verified, from the hosts allowed to resolve it.
+async fn resolve(
+    shared: &Shared,
+    req: &ImageRequest,
+    hosts: Arc<Vec<Arc<Session>>>,
+    bytes: &AtomicU64,
+    served: &Mutex<Served>,
+) -> Result<Resolved, PullError> {
+    let r = &req.reference;
     let tag_or_digest = r
         .digest
         .as_ref()
         .map(Digest::to_string)
         .or_else(|| r.tag.clone())
         .unwrap_or_else(|| "latest".into());
-    if r.digest.is_none()
-        && let Some(s) = stored_ok
-        && let Ok((Some(head), _)) = first_ok(&resolvers, "HEAD manifest", async |e: &Session| {
-            e.head_manifest(&r.repository, &tag_or_digest).await
-        })
-        .await
-        && Some(head.as_str()) == resolved_of(s)
-    {
-        marks.manifest();
-        let layers = unpack_image(shared, &s.digest).await?;
-        marks.committed(layers.is_some());
-        return Ok((Status::Present, s.digest.clone(), layers));
-    }
-
-    let list: &[Arc<Session>] = if r.digest.is_some() { &all } else { &resolvers };
-    let ((top, ct), top_from) = first_ok(list, "manifest", async |e: &Session| {
+    // Tags are resolved only by hosts allowed to; content addressed by digest comes from any.
+    let resolvers: Vec<Arc<Session>> = if r.digest.is_some() {
+        hosts.to_vec()
+    } else {
+        hosts
+            .iter()
+            .filter(|s| s.endpoint.resolves())
+            .cloned()
+            .collect()
+    };
+    let ((top, ct), top_from) = first_ok(&resolvers, "manifest", async |e: &Session| {
         let (top, ct) = e.get_manifest(&r.repository, &tag_or_digest).await?;
         if let Some(d) = &r.digest
             && let Err(actual) = d.verify(&top)
@@ -128,20 +175,28 @@ pub(super) async fn pull_image(
         Some(d) => d.clone(),
         None => Digest::sha256(&top),
     };
-    let doc = manifest::parse(&top, ct.as_deref()).map_err(|e| PullError::new(e.to_string()))?;
-    let (manifest_bytes, mut desc, index_bytes) = match doc {
-        Document::Manifest { ref media_type, .. } => (
-            top.clone(),
-            Descriptor {
-                media_type: media_type.clone(),
+    // Each document is parsed once.
+    match manifest::parse(&top, ct.as_deref()).map_err(|e| PullError::new(e.to_string()))? {
+        Document::Manifest {
+            media_type,
+            config,
+            layers,
+        } => Ok(Resolved {
+            desc: Descriptor {
+                media_type,
                 digest: top_digest.clone(),
                 size: top.len() as u64,
                 platform: None,
                 annotations: None,
                 urls: None,
             },
-            None,
-        ),
+            top_digest,
+            manifest: top,
+            index: None,
+            config: *config,
+            layers,
+            hosts,
+        }),
         Document::Index { manifests, .. } => {
             let chosen =
                 platform::choose(&manifests, &shared.platform).ok_or_else(|| PullError {
@@ -152,7 +207,7 @@ pub(super) async fn pull_image(
                     ),
                     hint: Some("choose another platform with --platform, or another image".into()),
                 })?;
-            let ((child, _), from) = first_ok(&all, "manifest", async |e: &Session| {
+            let ((child, _), from) = first_ok(&hosts, "manifest", async |e: &Session| {
                 let (child, ct) = e
                     .get_manifest(&r.repository, chosen.digest.as_str())
                     .await?;
@@ -174,33 +229,47 @@ pub(super) async fn pull_image(
             .await?;
             bytes.fetch_add(child.len() as u64, Ordering::Relaxed);
             served.lock().await.add(&from.label, child.len() as u64);
+            let (config, layers) = match manifest::parse(&child, Some(&chosen.media_type))
+                .map_err(|e| PullError::new(e.to_string()))?
+            {
+                Document::Manifest { config, layers, .. } => (*config, layers),
+                Document::Index { .. } => {
+                    return Err(PullError::new(
+                        "an index points to another index; nested indexes are not supported",
+                    ));
+                }
+            };
             // The index entry (with its platform) becomes the store's descriptor; its
-            // annotations, written for the index, give way to ours below.
-            let mut d = chosen.clone();
-            d.annotations = None;
-            (child, d, Some(top.clone()))
+            // annotations, written for the index, give way to ours.
+            let mut desc = chosen.clone();
+            desc.annotations = None;
+            Ok(Resolved {
+                top_digest,
+                manifest: child,
+                desc,
+                index: Some(top),
+                config,
+                layers,
+                hosts,
+            })
         }
-    };
-    marks.manifest();
-    let child_ct = if index_bytes.is_some() {
-        Some(desc.media_type.as_str())
-    } else {
-        ct.as_deref()
-    };
-    let (config, layers) = match manifest::parse(&manifest_bytes, child_ct)
-        .map_err(|e| PullError::new(e.to_string()))?
-    {
-        Document::Manifest { config, layers, .. } => (config, layers),
-        Document::Index { .. } => {
-            return Err(PullError::new(
-                "an index points to another index; nested indexes are not supported",
-            ));
-        }
-    };
+    }
+}
 
-    // Blobs: concurrently, each once.
-    let needed: u64 = std::iter::once(config.as_ref())
-        .chain(&layers)
+/// Fetches the config and every blob not in the store (each once per run), the layers
+/// unpacking while they download.
+async fn fetch(
+    shared: &Shared,
+    req: &ImageRequest,
+    r: &Resolved,
+    bytes: &AtomicU64,
+    served: &Mutex<Served>,
+    prog: &ImageProgress,
+) -> Result<(), PullError> {
+    let repo = &req.reference.repository;
+    let store = &shared.store;
+    let needed: u64 = std::iter::once(&r.config)
+        .chain(&r.layers)
         .filter(|b| !store.has_blob(&b.digest, b.size))
         .map(|b| b.size)
         .sum();
@@ -210,9 +279,9 @@ pub(super) async fn pull_image(
     let plans = match &shared.layers {
         None => None,
         Some(_) => {
-            let n = fetch_shared(shared, &all, &r.repository, &config, served, prog, None).await?;
+            let n = fetch_shared(shared, &r.hosts, repo, &r.config, served, prog, None).await?;
             bytes.fetch_add(n, Ordering::Relaxed);
-            let plans = plan_layers(shared, &config, layers.len()).await?;
+            let plans = plan_layers(shared, &r.config, r.layers.len()).await?;
             // Only for a bar: each check reads a layer.json.
             if let Some(store) = shared.layers.as_ref().filter(|_| prog.shown()) {
                 let missing = plans
@@ -226,11 +295,12 @@ pub(super) async fn pull_image(
         }
     };
     let mut blobs: Vec<(Descriptor, Option<LayerPlan>)> = Vec::new();
-    let planned = layers
+    let planned = r
+        .layers
         .iter()
         .enumerate()
         .map(|(i, d)| (d.clone(), plans.as_ref().map(|p| p[i].clone())));
-    for (d, plan) in std::iter::once((*config, None)).chain(planned) {
+    for (d, plan) in std::iter::once((r.config.clone(), None)).chain(planned) {
         if !blobs.iter().any(|(b, _)| b.digest == d.digest) {
             blobs.push((d, plan));
         }
@@ -238,24 +308,30 @@ pub(super) async fn pull_image(
     let results = join_all(
         blobs
             .iter()
-            .map(|(d, plan)| {
-                fetch_shared(shared, &all, &r.repository, d, served, prog, plan.clone())
-            })
+            .map(|(d, plan)| fetch_shared(shared, &r.hosts, repo, d, served, prog, plan.clone()))
             .collect(),
     )
     .await;
-    for r in results {
-        bytes.fetch_add(r?, Ordering::Relaxed);
+    for n in results {
+        bytes.fetch_add(n?, Ordering::Relaxed);
     }
-    marks.last_byte();
+    Ok(())
+}
 
-    // Manifests, then the index entry that makes the image visible.
+/// Stores the manifests, waits for what did not unpack while downloading (a blob already
+/// stored, a restarted download), then makes the image visible in `index.json`.
+async fn commit(
+    shared: &Shared,
+    name: &str,
+    r: Resolved,
+    marks: &Marks,
+) -> Result<(Digest, Option<Unpacking>), PullError> {
     let hint = Some(format!(
         "check free space and permissions of {}",
-        store.root().display()
+        shared.store.root().display()
     ));
-    let manifests: Vec<(Digest, Vec<u8>)> = std::iter::once((desc.digest.clone(), manifest_bytes))
-        .chain(index_bytes.map(|ib| (top_digest.clone(), ib)))
+    let manifests: Vec<(Digest, Vec<u8>)> = std::iter::once((r.desc.digest.clone(), r.manifest))
+        .chain(r.index.map(|ib| (r.top_digest.clone(), ib)))
         .collect();
     on_store(shared, move |store| {
         for (d, b) in &manifests {
@@ -272,16 +348,11 @@ pub(super) async fn pull_image(
         message,
         hint: hint.clone(),
     })?;
+    let mut desc = r.desc;
     let mut ann = serde_json::Map::new();
-    ann.insert(REF_NAME.into(), Value::from(name.clone()));
-    ann.insert(RESOLVED.into(), Value::from(top_digest.to_string()));
+    ann.insert(REF_NAME.into(), Value::from(name.to_string()));
+    ann.insert(RESOLVED.into(), Value::from(r.top_digest.to_string()));
     desc.annotations = Some(ann);
-    let status = match &stored {
-        Some(s) if s.digest == desc.digest => Status::Present,
-        _ => Status::Pulled,
-    };
-    // What did not unpack while downloading (a blob already stored, a restarted download);
-    // the image becomes visible in index.json only once its layers are ready.
     let layers = unpack_image(shared, &desc.digest).await?;
     marks.committed(layers.is_some());
     {
@@ -296,41 +367,7 @@ pub(super) async fn pull_image(
             hint,
         })?;
     }
-    Ok((status, desc.digest, layers))
-}
-
-/// When an image reached its milestones, in seconds from its start (the report's
-/// `seconds_to_manifest`, `seconds_to_last_byte`, `seconds_to_committed`).
-pub(super) struct Marks {
-    started: std::time::Instant,
-    at: std::sync::Mutex<[Option<f64>; 3]>,
-}
-
-impl Marks {
-    pub(super) fn new(started: std::time::Instant) -> Marks {
-        Marks {
-            started,
-            at: std::sync::Mutex::new([None; 3]),
-        }
-    }
-    fn mark(&self, i: usize) {
-        self.at.lock().expect("poisoned")[i] = Some(self.started.elapsed().as_secs_f64());
-    }
-    fn manifest(&self) {
-        self.mark(0);
-    }
-    fn last_byte(&self) {
-        self.mark(1);
-    }
-    fn committed(&self, unpacked: bool) {
-        if unpacked {
-            self.mark(2);
-        }
-    }
-    /// (manifest, last byte, last layer committed).
-    pub(super) fn get(&self) -> [Option<f64>; 3] {
-        *self.at.lock().expect("poisoned")
-    }
+    Ok((desc.digest, layers))
 }
 
 /// Fetches a blob unless it is present, from the first endpoint that delivers it intact;
@@ -390,155 +427,4 @@ async fn fetch_shared(
     })
     .await?;
     Ok(fetched.load(Ordering::Relaxed))
-}
-
-/// What unpacking gave an image: its layers (bottom first) and the bytes unpacked now.
-pub(super) struct Unpacking {
-    pub layers: Vec<LayerReport>,
-    pub unpacked_bytes: u64,
-}
-
-/// The layer plans of an image from its stored config: diff_ids and chain IDs.
-async fn plan_layers(
-    shared: &Shared,
-    config: &Descriptor,
-    layers: usize,
-) -> Result<Vec<LayerPlan>, PullError> {
-    let digest = config.digest.clone();
-    let bytes = on_store(shared, move |store| store.read_blob(&digest, MAX_CONFIG))
-        .await?
-        .map_err(|e| PullError::new(format!("cannot read the image config: {e}")))?;
-    let diff_ids = oci::config::diff_ids(&bytes, layers).map_err(|e| PullError {
-        message: e.to_string(),
-        hint: Some("the image's config does not describe its layers; push it again".into()),
-    })?;
-    let chains = oci::config::chain_ids(&diff_ids);
-    Ok(diff_ids
-        .into_iter()
-        .zip(&chains)
-        .enumerate()
-        .map(|(i, (diff_id, chain))| LayerPlan {
-            chain_id: chain.clone(),
-            parent: i.checked_sub(1).map(|p| chains[p].clone()),
-            diff_id,
-            below: chains[..i].iter().rev().cloned().collect(),
-        })
-        .collect())
-}
-
-/// Makes sure every layer of the stored image `manifest` is in the layer store, unpacking
-/// from the stored blobs what is not (each chain ID once per run, on a blocking thread), and
-/// reports the image's layers. `None` with `--no-unpack`.
-async fn unpack_image(shared: &Shared, manifest: &Digest) -> Result<Option<Unpacking>, PullError> {
-    let Some(layer_store) = &shared.layers else {
-        return Ok(None);
-    };
-    let digest = manifest.clone();
-    let blobs = on_store(shared, move |store| store.manifest_blobs(&digest))
-        .await?
-        .ok_or_else(|| PullError::new(format!("the stored manifest {manifest} is unreadable")))?;
-    let (config, layers) = blobs.split_first().expect("a manifest has a config");
-    let plans = plan_layers(shared, config, layers.len()).await?;
-    for (i, (desc, plan)) in layers.iter().zip(&plans).enumerate() {
-        // Bottom-up: every layer below is committed by now.
-        let lowers: Vec<std::path::PathBuf> = plans[..i]
-            .iter()
-            .rev()
-            .map(|p| layer_store.layer_dir(&p.chain_id).join("fs"))
-            .collect();
-        if layer_store.get(&plan.chain_id).is_some() {
-            continue;
-        }
-        let cell = {
-            let mut map = shared.unpacking.lock().expect("poisoned");
-            map.entry(plan.chain_id.clone()).or_default().clone()
-        };
-        cell.get_or_try_init(|| async {
-            let (store, layers, desc, plan) = (
-                shared.store.clone(),
-                layer_store.clone(),
-                desc.clone(),
-                plan.clone(),
-            );
-            let max_size = shared.max_layer_size;
-            let committed = shared.committed.clone();
-            let shown = desc.digest.clone();
-            let staged = shared.staged.clone();
-            tokio::task::spawn_blocking(move || {
-                if layers.get(&plan.chain_id).is_some() {
-                    return Ok(());
-                }
-                // Streamed in before the layers below it were committed: settled now.
-                let waiting = staged.lock().expect("poisoned").remove(&plan.chain_id);
-                let target = LayerTarget {
-                    layers: &layers,
-                    plan,
-                    max_size,
-                    lowers: Lowers::Known(lowers),
-                    committed: &committed,
-                    staged: &staged,
-                };
-                if let Some(s) = waiting
-                    && target.settle_staged(s)?
-                {
-                    return Ok(());
-                }
-                let blob = store
-                    .open_blob(&desc.digest)
-                    .map_err(UnpackError::Decompress)?;
-                target.unpack_blob(&desc, std::io::BufReader::with_capacity(1 << 20, blob))
-            })
-            .await
-            .map_err(|e| PullError::new(format!("an unpack task failed: {e}")))?
-            .map_err(|e| layer_error(&shown, &e))
-        })
-        .await?;
-    }
-    let committed = shared.committed.lock().expect("poisoned").clone();
-    let mut out = Unpacking {
-        layers: Vec::new(),
-        unpacked_bytes: 0,
-    };
-    for plan in &plans {
-        let json = layer_store.get(&plan.chain_id).ok_or_else(|| {
-            PullError::new(format!(
-                "layer {} is missing from the layer store",
-                plan.chain_id
-            ))
-        })?;
-        let unpacked = committed.contains(&plan.chain_id);
-        if unpacked {
-            out.unpacked_bytes += json.size;
-        }
-        out.layers.push(LayerReport {
-            digest: json.digest.to_string(),
-            diff_id: json.diff_id.to_string(),
-            chain_id: json.chain_id.to_string(),
-            size: json.size,
-            unpacked,
-        });
-    }
-    Ok(Some(out))
-}
-
-/// A layer that could not be unpacked, explained.
-pub(super) fn layer_error(digest: &Digest, e: &UnpackError) -> PullError {
-    let hint = match e {
-        UnpackError::DiffId { .. } => {
-            "the image's config and this layer disagree: the image is broken at the registry; \
-             push it again"
-        }
-        UnpackError::MediaType(_) => "rebuild the image with tar, tar+gzip or tar+zstd layers",
-        UnpackError::Extract(_) => {
-            "the layer holds an entry that cannot be unpacked safely; nothing of it was kept"
-        }
-        UnpackError::Decompress(_) => {
-            "the layer is corrupt or too large (--max-layer-size), or the layer store's disk \
-             is full"
-        }
-    };
-    PullError {
-        message: format!("layer {digest}: {e}"),
-        hint: Some(hint.into()),
-    }
 }

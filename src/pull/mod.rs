@@ -12,6 +12,7 @@ pub mod retry;
 pub mod session;
 pub mod speed;
 pub mod stop;
+mod unpack;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -236,6 +237,17 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     shared.progress.tick_until(all).await
 }
 
+/// Runs file work on the store on a blocking thread: an fsync there stalls no download.
+async fn on_store<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&Store) -> T + Send + 'static,
+) -> Result<T, PullError> {
+    let store: Arc<Store> = shared.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| PullError::new(format!("a store task failed: {e}")))
+}
+
 /// A report for `req` that has not succeeded (yet).
 fn new_report(policy: &Policy, req: &ImageRequest) -> ImageReport {
     let route = policy.route(&req.reference.registry);
@@ -287,7 +299,7 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
     let served = Mutex::new(Served::default());
     let has_mirrors = !shared.mirrors(&req.reference.registry).is_empty();
     let prog = shared.progress.image(&req.image);
-    let marks = image::Marks::new(started);
+    let marks = unpack::Marks::new(started);
     let work = async {
         match shared.deadline {
             None => pull_image(shared, req, &bytes, &served, &prog, &marks).await,
