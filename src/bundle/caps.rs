@@ -4,8 +4,11 @@
 
 use oci_spec::runtime::{Capability, LinuxCapabilities};
 
-use super::spec::SpecError;
 use crate::config::pod::PodContainer;
+
+/// A name in `capabilities.add`/`drop` that is not a Linux capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCapability(pub String);
 
 /// The capabilities a container gets by default: containerd's (`oci/spec.go`).
 pub const DEFAULT_CAPS: [&str; 14] = [
@@ -90,18 +93,18 @@ fn held_caps() -> Vec<&'static str> {
 /// The capabilities of container `c`, in kernel order: containerd's defaults, then
 /// `capabilities.add` and `.drop` as the CRI applies them (`ALL` first, then the names); all
 /// the agent holds when `privileged`.
-pub fn capabilities(c: &PodContainer) -> Result<Vec<&'static str>, SpecError> {
+pub fn capabilities(c: &PodContainer) -> Result<Vec<&'static str>, UnknownCapability> {
     if c.privileged {
         return Ok(held_caps());
     }
-    let name = |n: &str| -> Result<&'static str, SpecError> {
+    let name = |n: &str| -> Result<&'static str, UnknownCapability> {
         let up = n.to_ascii_uppercase();
         let bare = up.strip_prefix("CAP_").unwrap_or(&up);
         ALL_CAPS
             .iter()
             .find(|c| **c == bare)
             .copied()
-            .ok_or_else(|| SpecError::Capability(n.to_string()))
+            .ok_or_else(|| UnknownCapability(n.to_string()))
     };
     let is_all = |n: &String| n.eq_ignore_ascii_case("ALL");
     let mut caps: Vec<&'static str> = DEFAULT_CAPS.to_vec();

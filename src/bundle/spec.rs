@@ -23,6 +23,12 @@ pub enum SpecError {
     Capability(String),
 }
 
+impl From<super::caps::UnknownCapability> for SpecError {
+    fn from(e: super::caps::UnknownCapability) -> SpecError {
+        SpecError::Capability(e.0)
+    }
+}
+
 /// containerd's masked and read-only `/proc` and `/sys` paths for a container that is not
 /// privileged.
 pub const MASKED_PATHS: [&str; 11] = [

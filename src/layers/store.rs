@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::unflushed::{boot_id, drop_unflushed};
+use super::unflushed::{self, boot_id, drop_unflushed};
 use crate::fsutil;
 use crate::oci::Digest;
 
@@ -57,7 +57,7 @@ pub enum LayerSync {
 /// The `layer.json` of the layer directory `name` under `sha256/`, if it is there and parses.
 /// A layer committed by an earlier version with `impliedDirs` still to fix (directories whose
 /// attributes were to come from the layers below) counts as missing: it is unpacked again.
-pub(super) fn read_layer_json(sha256: &OwnedFd, name: &str, shown: &Path) -> Option<LayerJson> {
+fn read_layer_json(sha256: &OwnedFd, name: &str, shown: &Path) -> Option<LayerJson> {
     let dir = fsutil::open_subdir(sha256.as_fd(), name, false, shown).ok()?;
     let bytes = fsutil::read_file(
         dir.as_fd(),
@@ -158,7 +158,9 @@ impl LayerStore {
         lock.lock()?;
         let sha256 = fsutil::open_subdir(root_fd.as_fd(), "sha256", true, &root.join("sha256"))?;
         let ingest = fsutil::open_subdir(root_fd.as_fd(), "ingest", true, &root.join("ingest"))?;
-        drop_unflushed(&root_fd, &sha256, &ingest)?;
+        drop_unflushed(&root_fd, &sha256, &ingest, |name| {
+            read_layer_json(&sha256, name, Path::new(name)).map(|j| j.unflushed_boot)
+        })?;
         for (name, _) in fsutil::list(ingest.as_fd())? {
             let _ = std::fs::remove_dir_all(root.join("ingest").join(&name))
                 .or_else(|_| fsutil::remove(ingest.as_fd(), &name));
@@ -210,6 +212,28 @@ impl LayerStore {
     /// When layers' files are flushed to disk (deferred by default).
     pub fn set_sync(&mut self, sync: LayerSync) {
         self.sync = sync;
+    }
+
+    /// Flushes the store's file system and removes this boot's `unflushed` marker: every layer
+    /// committed so far is durable. Returns whether there was anything to flush.
+    pub fn flush(&self) -> io::Result<bool> {
+        let flushed = unflushed::flush(&self.root_fd)?;
+        if flushed {
+            self.marked
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(flushed)
+    }
+
+    /// Makes sure this boot's marker is on disk before a layer is committed unflushed.
+    fn mark(&self, boot: &str) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.marked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        unflushed::mark(&self.root_fd, &self.root, boot)?;
+        self.marked.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {

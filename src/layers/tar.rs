@@ -19,15 +19,13 @@
 use std::io::{self, Read};
 
 use super::tarfields::{
-    Format, Raw, cstr, numeric, padding, parse_pax, pax_int, pax_time, read_block_or_eof,
-    read_full, skip,
+    BLOCK, Format, Raw, bad, cstr, numeric, padding, parse_pax, pax_int, pax_time,
+    read_block_or_eof, read_full, skip,
 };
 
 /// The most bytes a meta header (a long name, PAX records, a sparse map) may hold: Go's
 /// `maxSpecialFileSize`.
 pub const MAX_META: u64 = 1 << 20;
-
-pub(super) const BLOCK: usize = 512;
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +69,6 @@ pub struct Header {
     pub sparse: Option<Sparse>,
     /// Bytes of data that follow the header (for a sparse file: the segments' bytes).
     pub size: u64,
-}
-
-pub(super) fn bad(why: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
 /// A reader that counts the bytes read through it.

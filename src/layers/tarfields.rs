@@ -4,7 +4,11 @@
 
 use std::io::{self, Read};
 
-use super::tar::{BLOCK, bad};
+pub(super) const BLOCK: usize = 512;
+
+pub(super) fn bad(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Format {

@@ -1,13 +1,12 @@
 //! Layers committed before their files reach the disk (`--layer-sync deferred`, SPEC §8):
-//! a durable `unflushed.<boot id>` marker while they are not flushed, [`LayerStore::flush`]
-//! to make them durable, and at open the layers of an earlier boot that never flushed
+//! a durable `unflushed.<boot id>` marker while they are not flushed, a flush to make them
+//! durable, and at open the layers of an earlier boot that never flushed
 //! dropped (their files' data may be lost to a crash).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use super::store::{LayerJson, LayerStore, read_layer_json};
 use crate::fsutil;
 
 pub(super) const MARKER: &str = "unflushed.";
@@ -25,74 +24,68 @@ pub(super) fn boot_id() -> Option<&'static str> {
     .as_deref()
 }
 
-impl LayerStore {
-    /// Flushes the store's file system and removes this boot's `unflushed` marker: every layer
-    /// committed so far is durable. Returns whether there was anything to flush.
-    pub fn flush(&self) -> io::Result<bool> {
-        let Some(boot) = boot_id() else {
-            return Ok(false);
-        };
-        let name = format!("{MARKER}{boot}");
-        match rustix::fs::statat(
-            &self.root_fd,
-            name.as_str(),
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        ) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-        rustix::fs::syncfs(&self.root_fd).map_err(io::Error::from)?;
-        fsutil::remove(self.root_fd.as_fd(), &name)?;
-        fsutil::sync_dir(self.root_fd.as_fd())?;
-        self.marked
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        Ok(true)
+/// Flushes the file system of the store at `root` and removes this boot's marker: every
+/// layer committed so far is durable. Returns whether there was anything to flush.
+pub(super) fn flush(root: &OwnedFd) -> io::Result<bool> {
+    let Some(boot) = boot_id() else {
+        return Ok(false);
+    };
+    let name = format!("{MARKER}{boot}");
+    match rustix::fs::statat(root, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
     }
+    rustix::fs::syncfs(root).map_err(io::Error::from)?;
+    fsutil::remove(root.as_fd(), &name)?;
+    fsutil::sync_dir(root.as_fd())?;
+    Ok(true)
+}
 
-    /// Makes sure this boot's marker is on disk before a layer is committed unflushed.
-    pub(super) fn mark(&self, boot: &str) -> io::Result<()> {
-        use std::sync::atomic::Ordering;
-        if self.marked.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let name = format!("{MARKER}{boot}");
-        let refused = |why: String| {
-            io::Error::other(format!(
-                "cannot make the marker {}: {why}; remove it and rerun",
-                self.root.join(&name).display()
-            ))
-        };
-        // Its name is predictable (the boot id is public): what is there already is never
-        // followed (a link), nor waited on (a FIFO would block a plain open for writing).
-        let fd = rustix::fs::openat(
-            &self.root_fd,
-            name.as_str(),
-            rustix::fs::OFlags::WRONLY
-                | rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::NONBLOCK
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| refused(e.to_string()))?;
-        let kind = rustix::fs::FileType::from_raw_mode(
-            rustix::fs::fstat(&fd).map_err(io::Error::from)?.st_mode,
-        );
-        if kind != rustix::fs::FileType::RegularFile {
-            return Err(refused(format!("it is a {kind:?}, not a regular file")));
-        }
-        drop(fd);
-        fsutil::sync_dir(self.root_fd.as_fd())?;
-        self.marked.store(true, Ordering::Relaxed);
-        Ok(())
+/// Puts this boot's marker on disk (before a layer is committed unflushed). `shown` is the
+/// store's path, for the error.
+pub(super) fn mark(root: &OwnedFd, shown: &Path, boot: &str) -> io::Result<()> {
+    let name = format!("{MARKER}{boot}");
+    let refused = |why: String| {
+        io::Error::other(format!(
+            "cannot make the marker {}: {why}; remove it and rerun",
+            shown.join(&name).display()
+        ))
+    };
+    // Its name is predictable (the boot id is public): what is there already is never
+    // followed (a link), nor waited on (a FIFO would block a plain open for writing).
+    let fd = rustix::fs::openat(
+        root,
+        name.as_str(),
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| refused(e.to_string()))?;
+    let kind = rustix::fs::FileType::from_raw_mode(
+        rustix::fs::fstat(&fd).map_err(io::Error::from)?.st_mode,
+    );
+    if kind != rustix::fs::FileType::RegularFile {
+        return Err(refused(format!("it is a {kind:?}, not a regular file")));
     }
+    drop(fd);
+    fsutil::sync_dir(root.as_fd())
 }
 
 /// At open: the markers of earlier boots mean layers committed unflushed in those boots may
 /// have lost their files' data to a crash; those layers are moved to `ingest/` (removed with
 /// the other leftovers there), then the marker goes.
-pub(super) fn drop_unflushed(root: &OwnedFd, sha256: &OwnedFd, ingest: &OwnedFd) -> io::Result<()> {
+/// `unflushed_boot(name)` is the boot recorded in layer `name`'s `layer.json` (`None` when it
+/// cannot be read: one that never reached the disk).
+pub(super) fn drop_unflushed(
+    root: &OwnedFd,
+    sha256: &OwnedFd,
+    ingest: &OwnedFd,
+    unflushed_boot: impl Fn(&str) -> Option<Option<String>>,
+) -> io::Result<()> {
     let stale: Vec<String> = fsutil::list(root.as_fd())?
         .into_iter()
         // Only the regular files we make: anything else under such a name is not ours, and
@@ -106,14 +99,10 @@ pub(super) fn drop_unflushed(root: &OwnedFd, sha256: &OwnedFd, ingest: &OwnedFd)
     }
     let mut dropped = 0;
     for (name, _) in fsutil::list(sha256.as_fd())? {
-        let json = read_layer_json(sha256, &name, Path::new(&name));
         // An unreadable layer.json after such a crash is one that never reached the disk.
-        let lost = match json {
-            Some(LayerJson {
-                unflushed_boot: Some(b),
-                ..
-            }) => stale.contains(&b),
-            Some(_) => false,
+        let lost = match unflushed_boot(&name) {
+            Some(Some(b)) => stale.contains(&b),
+            Some(None) => false,
             None => true,
         };
         if lost {
