@@ -174,7 +174,15 @@ fn apply<R: Read>(
     xattrs: &[(Vec<u8>, Vec<u8>)],
     limits: &Limits,
 ) -> Result<(), ExtractError> {
-    let (uid, gid) = (h.uid as u32, h.gid as u32);
+    // An owner no file can have (negative, beyond 32 bits, or -1, which chown reads as "leave
+    // it") is refused, never truncated into another one (root, say).
+    let id = |v: i64, what: &str| {
+        u32::try_from(v)
+            .ok()
+            .filter(|id| *id != u32::MAX)
+            .ok_or_else(|| refused(name, format!("{what} {v} is not a valid owner")))
+    };
+    let (uid, gid) = (id(h.uid, "uid")?, id(h.gid, "gid")?);
     let parts = components(&h.path);
     let err = io_err(name);
     let walk_err = |e: Errno| match e {

@@ -908,3 +908,35 @@ fn many_unlisted_directories_are_settled_from_the_lower_layers() {
     let m = st.top().join("site/p1999/mod1999").metadata().unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid()), (0o755, 0));
 }
+
+/// An owner beyond 32 bits, negative, or -1 (which chown reads as "leave it", so root would
+/// stay the owner) is refused, never truncated; the largest real id is kept.
+#[test]
+fn owners_that_no_file_can_have_are_refused_not_truncated() {
+    for (key, value) in [
+        ("uid", "4294967296"),
+        ("gid", "4294967296"),
+        ("uid", "4294967295"),
+        ("uid", "-1"),
+        ("gid", "68719476736"),
+    ] {
+        let s = Sandbox::new();
+        let e = s
+            .run(&[pax(&[(key, value.as_bytes())]), file("f", b"x")])
+            .unwrap_err();
+        assert!(
+            matches!(&e, ExtractError::Refused { name, .. } if name.contains('f')),
+            "{key}={value}: {e}"
+        );
+        assert!(e.to_string().contains("not a valid owner"), "{e}");
+        assert!(!s.fs().join("f").exists());
+    }
+    let s = Sandbox::new();
+    s.run(&[
+        pax(&[("uid", b"4294967294"), ("gid", b"65534")]),
+        file("f", b"x"),
+    ])
+    .unwrap();
+    let m = std::fs::metadata(s.fs().join("f")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (4294967294, 65534));
+}
