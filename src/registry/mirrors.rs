@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+
 use reqwest::Url;
 
 use super::host::RegistryHost;
@@ -90,27 +92,67 @@ pub fn load(
     Ok(None)
 }
 
-fn strings(v: &toml::Value, what: &str) -> Result<Vec<String>, String> {
-    match v {
-        toml::Value::String(s) => Ok(vec![s.clone()]),
-        toml::Value::Array(a) => a
-            .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("{what} must be strings"))
-            })
-            .collect(),
-        _ => Err(format!("{what} must be a string or an array of strings")),
+/// A hosts.toml as containerd reads it, in the keys the agent honours; anything else is
+/// refused by name (`client`, `dial_timeout`: not supported; other keys: unknown).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostsFile {
+    server: Option<String>,
+    /// `[host."URL"]` tables, in file order.
+    host: Option<toml::map::Map<String, toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostTable {
+    capabilities: Option<OneOrMany>,
+    skip_verify: Option<bool>,
+    ca: Option<OneOrMany>,
+    override_path: Option<bool>,
+    header: Option<toml::map::Map<String, toml::Value>>,
+}
+
+/// A string, or an array of strings (containerd accepts both).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn list(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
     }
+}
+
+/// What serde says of a hosts.toml, as the agent says it: a key it does not know by name.
+fn toml_error(e: toml::de::Error, at: &str) -> String {
+    let msg = e.message().to_string();
+    if let Some(key) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        if matches!(key, "client" | "dial_timeout") {
+            return format!("{at}{key} is not supported by kci-pull-agent; remove it");
+        }
+        return format!(
+            "{at}unknown key {key:?} (expected server and [host.\"URL\"] tables of \
+             capabilities, skip_verify, ca, override_path, header)"
+        );
+    }
+    format!("{at}invalid TOML: {}", msg.trim())
 }
 
 /// `server` may only name the registry itself (its host and port, or Docker Hub's API host for
 /// `docker.io`): the origin is reached as the pod's annotation lists say, so another server is
 /// refused rather than silently ignored. A `_default` file's `server` is not checked.
 fn check_server(text: &str, registry: &RegistryHost) -> Result<(), String> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
-    let Some(server) = table.get("server").and_then(|v| v.as_str()) else {
+    let file: HostsFile = toml::from_str(text).map_err(|e| toml_error(e, ""))?;
+    let Some(server) = file.server.as_deref() else {
         return Ok(());
     };
     let url = Url::parse(server).map_err(|e| format!("server {server:?}: not a URL ({e})"))?;
@@ -140,30 +182,13 @@ fn check_server(text: &str, registry: &RegistryHost) -> Result<(), String> {
 
 /// Parses a hosts file; relative `ca` paths are relative to `dir`.
 pub fn parse(text: &str, dir: &Path) -> Result<Vec<Mirror>, String> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
-    for key in table.keys() {
-        if key != "server" && key != "host" {
-            return Err(format!(
-                "unknown key {key:?} (expected server and [host.\"URL\"] tables)"
-            ));
-        }
-    }
-    if let Some(s) = table.get("server") {
-        s.as_str().ok_or("server must be a string")?;
-    }
+    let file: HostsFile = toml::from_str(text).map_err(|e| toml_error(e, ""))?;
     let mut out = Vec::new();
-    let Some(hosts) = table.get("host") else {
-        return Ok(out);
-    };
-    let hosts = hosts
-        .as_table()
-        .ok_or("host must be a table of [host.\"URL\"] entries")?;
-    for (url_text, cfg) in hosts {
-        let cfg = cfg
-            .as_table()
-            .ok_or_else(|| format!("[host.{url_text:?}] must be a table"))?;
+    for (url_text, cfg) in file.host.unwrap_or_default() {
+        let at = format!("host {url_text:?}: ");
+        let cfg: HostTable = cfg.try_into().map_err(|e| toml_error(e, &at))?;
         let url =
-            Url::parse(url_text).map_err(|e| format!("host {url_text:?}: not a URL ({e})"))?;
+            Url::parse(&url_text).map_err(|e| format!("host {url_text:?}: not a URL ({e})"))?;
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(format!(
                 "host {url_text:?}: the scheme must be http or https"
@@ -174,78 +199,52 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<Mirror>, String> {
                 "host {url_text:?}: expected scheme://host[:port][/path]"
             ));
         }
-        let mut m = Mirror {
-            written_port: written_port(url_text),
-            url: url.clone(),
-            api_prefix: String::new(),
-            resolve: true,
-            pull: true,
-            skip_verify: false,
-            ca: Vec::new(),
-            override_path: false,
-            headers: Vec::new(),
-        };
-        for (k, v) in cfg {
-            match k.as_str() {
-                "capabilities" => {
-                    let caps = strings(v, "capabilities")?;
-                    for c in &caps {
-                        if !matches!(c.as_str(), "pull" | "resolve" | "push") {
-                            return Err(format!("host {url_text:?}: unknown capability {c:?}"));
-                        }
-                    }
-                    m.pull = caps.iter().any(|c| c == "pull");
-                    m.resolve = caps.iter().any(|c| c == "resolve");
-                }
-                "skip_verify" => {
-                    m.skip_verify = v.as_bool().ok_or_else(|| {
-                        format!("host {url_text:?}: skip_verify must be true or false")
-                    })?;
-                }
-                "ca" => {
-                    m.ca = strings(v, "ca")?
-                        .into_iter()
-                        .map(|p| {
-                            let p = PathBuf::from(p);
-                            if p.is_absolute() { p } else { dir.join(p) }
-                        })
-                        .collect();
-                }
-                "override_path" => {
-                    m.override_path = v.as_bool().ok_or_else(|| {
-                        format!("host {url_text:?}: override_path must be true or false")
-                    })?;
-                }
-                "header" => {
-                    let t = v
-                        .as_table()
-                        .ok_or_else(|| format!("host {url_text:?}: header must be a table"))?;
-                    for (name, value) in t {
-                        let valid_name = !name.is_empty()
-                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-                        if !valid_name || name.eq_ignore_ascii_case("authorization") {
-                            return Err(format!(
-                                "host {url_text:?}: header {name:?} is not allowed"
-                            ));
-                        }
-                        for value in strings(value, "header values")? {
-                            if value.chars().any(|c| c.is_control()) {
-                                return Err(format!(
-                                    "host {url_text:?}: header {name} has a control character"
-                                ));
-                            }
-                            m.headers.push((name.clone(), value));
-                        }
-                    }
-                }
-                "client" | "dial_timeout" => {
-                    return Err(format!(
-                        "host {url_text:?}: {k} is not supported by kci-pull-agent; remove it"
-                    ));
-                }
-                other => return Err(format!("host {url_text:?}: unknown key {other:?}")),
+        let caps = cfg.capabilities.map(OneOrMany::list);
+        for c in caps.iter().flatten() {
+            if !matches!(c.as_str(), "pull" | "resolve" | "push") {
+                return Err(format!("host {url_text:?}: unknown capability {c:?}"));
             }
         }
+        let has = |c: &str| caps.as_ref().is_none_or(|cs| cs.iter().any(|x| x == c));
+        let mut headers = Vec::new();
+        for (name, values) in cfg.header.unwrap_or_default() {
+            let valid_name =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !valid_name || name.eq_ignore_ascii_case("authorization") {
+                return Err(format!("host {url_text:?}: header {name:?} is not allowed"));
+            }
+            let values: OneOrMany = values
+                .try_into()
+                .map_err(|_| format!("host {url_text:?}: header values must be strings"))?;
+            for value in values.list() {
+                if value.chars().any(|c| c.is_control()) {
+                    return Err(format!(
+                        "host {url_text:?}: header {name} has a control character"
+                    ));
+                }
+                headers.push((name.clone(), value));
+            }
+        }
+        let m = Mirror {
+            written_port: written_port(&url_text),
+            url: url.clone(),
+            api_prefix: String::new(),
+            resolve: has("resolve"),
+            pull: has("pull"),
+            skip_verify: cfg.skip_verify.unwrap_or(false),
+            ca: cfg
+                .ca
+                .map(OneOrMany::list)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    let p = PathBuf::from(p);
+                    if p.is_absolute() { p } else { dir.join(p) }
+                })
+                .collect(),
+            override_path: cfg.override_path.unwrap_or(false),
+            headers,
+        };
         if m.skip_verify && url.scheme() == "http" {
             return Err(format!(
                 "host {url_text:?}: skip_verify makes no sense for http://"
