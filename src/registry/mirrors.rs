@@ -95,21 +95,24 @@ pub fn load(
 /// A hosts.toml as containerd reads it, in the keys the agent honours; anything else is
 /// refused by name (`client`, `dial_timeout`: not supported; other keys: unknown).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct HostsFile {
     server: Option<String>,
     /// `[host."URL"]` tables, in file order.
     host: Option<toml::map::Map<String, toml::Value>>,
+    /// Keys the agent does not know: refused by name.
+    #[serde(flatten)]
+    other: toml::map::Map<String, toml::Value>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct HostTable {
     capabilities: Option<OneOrMany>,
     skip_verify: Option<bool>,
     ca: Option<OneOrMany>,
     override_path: Option<bool>,
     header: Option<toml::map::Map<String, toml::Value>>,
+    #[serde(flatten)]
+    other: toml::map::Map<String, toml::Value>,
 }
 
 /// A string, or an array of strings (containerd accepts both).
@@ -129,22 +132,23 @@ impl OneOrMany {
     }
 }
 
-/// What serde says of a hosts.toml, as the agent says it: a key it does not know by name.
-fn toml_error(e: toml::de::Error, at: &str) -> String {
-    let msg = e.message().to_string();
-    if let Some(key) = msg
-        .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next())
-    {
-        if matches!(key, "client" | "dial_timeout") {
-            return format!("{at}{key} is not supported by kci-pull-agent; remove it");
-        }
-        return format!(
+/// A key the agent does not honour, refused by name (`at`: where it is).
+fn unknown_key(other: &toml::map::Map<String, toml::Value>, at: &str) -> Result<(), String> {
+    match other.keys().next().map(String::as_str) {
+        None => Ok(()),
+        Some(key @ ("client" | "dial_timeout")) => Err(format!(
+            "{at}{key} is not supported by kci-pull-agent; remove it"
+        )),
+        Some(key) => Err(format!(
             "{at}unknown key {key:?} (expected server and [host.\"URL\"] tables of \
              capabilities, skip_verify, ca, override_path, header)"
-        );
+        )),
     }
-    format!("{at}invalid TOML: {}", msg.trim())
+}
+
+/// A file that is not TOML, or a value of the wrong type.
+fn toml_error(e: toml::de::Error, at: &str) -> String {
+    format!("{at}invalid TOML: {}", e.message().trim())
 }
 
 /// `server` may only name the registry itself (its host and port, or Docker Hub's API host for
@@ -183,10 +187,12 @@ fn check_server(text: &str, registry: &RegistryHost) -> Result<(), String> {
 /// Parses a hosts file; relative `ca` paths are relative to `dir`.
 pub fn parse(text: &str, dir: &Path) -> Result<Vec<Mirror>, String> {
     let file: HostsFile = toml::from_str(text).map_err(|e| toml_error(e, ""))?;
+    unknown_key(&file.other, "")?;
     let mut out = Vec::new();
     for (url_text, cfg) in file.host.unwrap_or_default() {
         let at = format!("host {url_text:?}: ");
         let cfg: HostTable = cfg.try_into().map_err(|e| toml_error(e, &at))?;
+        unknown_key(&cfg.other, &at)?;
         let url =
             Url::parse(&url_text).map_err(|e| format!("host {url_text:?}: not a URL ({e})"))?;
         if url.scheme() != "http" && url.scheme() != "https" {
