@@ -207,12 +207,8 @@ pub enum Command {
     /// prepared bundles that use it.
     #[command(after_help = "Example:\n  kci-pull-agent images --output json | jq -r .reference")]
     Images {
-        /// The layer store (default <root>/var/lib/kci/layers).
-        #[arg(long, value_name = "DIR")]
-        layers: Option<std::path::PathBuf>,
-        /// text, or json (one object per image per line).
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        output: OutputFormat,
+        #[command(flatten)]
+        view: StoreView,
     },
     /// Remove image references from the store (their blobs and layers go with the next
     /// `prune`, unless another image or a prepared bundle uses them).
@@ -229,22 +225,14 @@ pub enum Command {
         after_help = "Example:\n  kci-pull-agent rmi old.corp/app:v1 && kci-pull-agent prune"
     )]
     Prune {
-        /// The layer store (default <root>/var/lib/kci/layers).
-        #[arg(long, value_name = "DIR")]
-        layers: Option<std::path::PathBuf>,
-        /// text, or json (one object).
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        output: OutputFormat,
+        #[command(flatten)]
+        view: StoreView,
     },
     /// Show the space the image store and the layer store take, and what `prune` would free.
     #[command(after_help = "Example:\n  kci-pull-agent df --output json")]
     Df {
-        /// The layer store (default <root>/var/lib/kci/layers).
-        #[arg(long, value_name = "DIR")]
-        layers: Option<std::path::PathBuf>,
-        /// text, or json (one object).
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        output: OutputFormat,
+        #[command(flatten)]
+        view: StoreView,
     },
     /// Print a completion script for a shell (e.g. `kci-pull-agent completions bash >
     /// /etc/bash_completion.d/kci-pull-agent`).
@@ -268,6 +256,17 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+}
+
+/// Which stores `images`, `prune` and `df` look at, and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct StoreView {
+    /// The layer store (default <root>/var/lib/kci/layers).
+    #[arg(long, value_name = "DIR")]
+    pub layers: Option<std::path::PathBuf>,
+    /// text, or json (`images`: one object per image per line; `prune`, `df`: one object).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// How bundles are prepared.

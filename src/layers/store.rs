@@ -165,7 +165,17 @@ impl LayerStore {
             let _ = std::fs::remove_dir_all(root.join("ingest").join(&name))
                 .or_else(|_| fsutil::remove(ingest.as_fd(), &name));
         }
-        Ok(LayerStore {
+        Ok(LayerStore::with(root, root_fd, sha256, ingest, lock))
+    }
+
+    fn with(
+        root: &Path,
+        root_fd: OwnedFd,
+        sha256: OwnedFd,
+        ingest: OwnedFd,
+        lock: File,
+    ) -> LayerStore {
+        LayerStore {
             root: root.to_path_buf(),
             sha256,
             ingest,
@@ -173,7 +183,7 @@ impl LayerStore {
             root_fd,
             sync: LayerSync::default(),
             marked: Default::default(),
-        })
+        }
     }
 
     /// Opens an existing layer store for `store-check`, changing nothing (`None` if there
@@ -198,15 +208,7 @@ impl LayerStore {
         lock.lock()?;
         let sha256 = fsutil::open_subdir(root_fd.as_fd(), "sha256", false, &root.join("sha256"))?;
         let ingest = fsutil::open_subdir(root_fd.as_fd(), "ingest", false, &root.join("ingest"))?;
-        Ok(Some(LayerStore {
-            root: root.to_path_buf(),
-            sha256,
-            ingest,
-            _lock: lock,
-            root_fd,
-            sync: LayerSync::default(),
-            marked: Default::default(),
-        }))
+        Ok(Some(LayerStore::with(root, root_fd, sha256, ingest, lock)))
     }
 
     /// When layers' files are flushed to disk (deferred by default).

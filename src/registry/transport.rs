@@ -279,7 +279,6 @@ impl Transports {
                 .with_custom_certificate_verifier(Arc::new(super::pinned::PinnedOrWebPki {
                     webpki,
                     anchors,
-                    provider: p,
                 }))
                 .with_no_client_auth();
             c.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -91,15 +91,13 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             clap_complete::generate(*shell, &mut cmd, "kci-pull-agent", &mut std::io::stdout());
             return Ok(());
         }
-        Command::Images { layers, output }
-        | Command::Prune { layers, output }
-        | Command::Df { layers, output } => {
+        Command::Images { view } | Command::Prune { view } | Command::Df { view } => {
             return crate::manage::command(
                 &cli.command,
                 &paths.store,
-                &paths.layers(layers),
+                &paths.layers(&view.layers),
                 &crate::bundle::Paths::under(&paths.root, false),
-                *output,
+                view.output,
             );
         }
         Command::Rmi { .. } => {
