@@ -127,3 +127,12 @@ pub(super) fn components(raw: &[u8]) -> Vec<&[u8]> {
     }
     out
 }
+
+/// What a panicked thread said, for the error that replaces it (every thread of the unpack
+/// ends in an error, never in a panic re-raised elsewhere).
+pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}

@@ -74,7 +74,10 @@ where
             (Ok(_), None) => Err(io::Error::other("cannot start the inflate thread")),
             (Ok(_), Some(Ok(Some(d)))) => Ok(d),
             (Ok(_), Some(Ok(None))) => Err(io::Error::other("the inflate thread stopped early")),
-            (Ok(_), Some(Err(panic))) => std::panic::resume_unwind(panic),
+            (Ok(_), Some(Err(panic))) => Err(io::Error::other(format!(
+                "the inflate thread panicked ({}); this is a bug, please report it",
+                super::outcome::panic_message(&*panic)
+            ))),
         };
         Ok((out, digest))
     })

@@ -87,7 +87,11 @@ impl StreamUnpack {
         self.tx = None;
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
-            _ => Err(UnpackError::Decompress(io::Error::other(
+            Some(Err(panic)) => Err(UnpackError::Decompress(io::Error::other(format!(
+                "the unpack thread panicked ({}); this is a bug, please report it",
+                super::outcome::panic_message(&*panic)
+            )))),
+            None => Err(UnpackError::Decompress(io::Error::other(
                 "the unpack thread stopped",
             ))),
         }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::PullError;
 use super::retry::{Failure, redact};
 use super::session::Session;
+use crate::layers::store::Staging;
 use crate::layers::stream::StreamUnpack;
 use crate::layers::{LayerTarget, Limits, UnpackError, Unpacked};
 use crate::oci::Digest;
@@ -50,7 +51,7 @@ impl Session {
                 })?;
             // The layer unpacks while it downloads, into a staging directory that is
             // committed only once the blob and the diff_id are verified (dropped otherwise).
-            let (staging, sink) = match target {
+            let unpack = match target {
                 Some(t) => {
                     let staging = t.layers.stage().map_err(|e| PullError {
                         message: format!("cannot stage layer {}: {e}", desc.digest),
@@ -66,12 +67,12 @@ impl Session {
                         Limits::default(),
                     )
                     .map_err(|e| PullError::new(format!("cannot start unpacking: {e}")))?;
-                    (Some(staging), Some(sink))
+                    Some((staging, sink))
                 }
-                None => (None, None),
+                None => None,
             };
             match self
-                .fetch_blob_once(repo, desc, file, progress, slots, sink)
+                .fetch_blob_once(repo, desc, file, progress, slots, unpack)
                 .await
             {
                 Ok((net, unpacked)) => {
@@ -79,7 +80,7 @@ impl Session {
                         message: e.to_string(),
                         hint: store_hint(),
                     })?;
-                    if let (Some(t), Some(staging), Some(result)) = (target, staging, unpacked) {
+                    if let (Some(t), Some((staging, result))) = (target, unpacked) {
                         t.commit(desc, staging, result)
                             .map_err(|e| super::unpack::layer_error(&desc.digest, &e))?;
                     }
@@ -104,8 +105,8 @@ impl Session {
         mut f: crate::store::IngestFile,
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
-        mut sink: Option<StreamUnpack>,
-    ) -> Result<(u64, Option<Result<Unpacked, UnpackError>>), (PullError, bool)> {
+        unpack: Option<(Staging, StreamUnpack)>,
+    ) -> Result<(u64, Option<(Staging, Result<Unpacked, UnpackError>)>), (PullError, bool)> {
         let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         // A download slot is held while bytes flow, not while the writer syncs the file:
         // the next download starts during this one's fsync.
@@ -143,8 +144,18 @@ impl Session {
             tracing::info!(digest = %desc.digest, "resuming at {resumed} of {size} bytes (kept by a stopped run)");
             progress.fetch_add(resumed, Ordering::Relaxed);
         }
-        type Written = ((Digest, u64), Option<Result<Unpacked, UnpackError>>);
+        type Written = (
+            (Digest, u64),
+            Option<(Staging, Result<Unpacked, UnpackError>)>,
+        );
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
+            // The staging directory belongs to the unpack: declared first, it is dropped
+            // (removed) only after the unpack thread ended, whatever ends this job (the
+            // download dropped by a deadline or a signal, an error).
+            let (staging, mut sink) = match unpack {
+                Some((staging, sink)) => (Some(staging), Some(sink)),
+                None => (None, None),
+            };
             if !f.is_empty() {
                 f.replay(|chunk| {
                     if let Some(s) = sink.as_mut() {
@@ -169,7 +180,8 @@ impl Session {
                 }
             }
             let written = f.finish()?;
-            Ok((written, sink.map(StreamUnpack::finish)))
+            let unpacked = sink.map(StreamUnpack::finish);
+            Ok((written, staging.zip(unpacked)))
         });
         let mut received: u64 = resumed;
         let mut network: u64 = 0;

@@ -61,13 +61,32 @@ fn prepare_bundles(
     }
 }
 
-/// The async runtime for pulls: two workers (the instances are small).
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(Error::Engine)
+/// The async runtime for pulls: two workers (the instances are small). When it ends, its
+/// blocking work (blob writers, unpacks: stopped at their next entry by a deadline or a
+/// signal) gets 5 s to finish; the run never waits longer for it.
+struct Engine(Option<tokio::runtime::Runtime>);
+
+impl Engine {
+    fn start() -> Result<Engine, Error> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map(|rt| Engine(Some(rt)))
+            .map_err(Error::Engine)
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
 }
 
 /// Pulls the configured images, writes the report (with `extra` sections), logs the summary,
@@ -122,7 +141,8 @@ pub(super) fn pull_and_report(
     let started = Instant::now();
     // The runtime lives until the report is written: its signal listener turns SIGINT and
     // SIGTERM into a clean stop (SPEC §11) for the whole of it.
-    let rt = runtime()?;
+    let engine = Engine::start()?;
+    let rt = engine.rt();
     let _entered = rt.enter();
     if let Err(e) = pull::stop::listen() {
         tracing::warn!("cannot listen for SIGINT and SIGTERM ({e}): they end the run at once");
