@@ -8,10 +8,10 @@ use base64::Engine as _;
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 
-use super::PullError;
 use super::body::{log_request, read_capped};
 use super::conn::Conn;
 use super::retry::{Failure, redact, redact_str};
+use super::{PullError, Why};
 use crate::config::auth::Credentials;
 use crate::registry::endpoints::Role;
 use crate::registry::policy::Transport;
@@ -80,10 +80,10 @@ impl Auth {
             return Ok(c.clone());
         }
         if let Some(why) = conn.unreachable.get() {
-            return Err(Failure::Fatal(PullError {
+            return Err(Failure::Fatal(PullError::Registry(Why {
                 message: format!("{} is unreachable ({why})", conn.label),
                 hint: None,
-            }));
+            })));
         }
         let resp = match conn
             .send(Method::GET, conn.url("/"), HeaderMap::new(), None)
@@ -102,10 +102,10 @@ impl Auth {
                             conn.label
                         );
                     }
-                    return Err(Failure::Fatal(PullError {
+                    return Err(Failure::Fatal(PullError::Registry(Why {
                         message: format!("{} is unreachable ({message})", conn.label),
                         hint: None,
-                    }));
+                    })));
                 }
                 return Err(Failure::Retry { message, after });
             }
@@ -115,7 +115,7 @@ impl Auth {
             s if s.is_success() => Challenge::Anonymous,
             // Only the registry's own origin may name a token realm (SPEC §9).
             StatusCode::UNAUTHORIZED if !conn.same_origin(resp.url()) => {
-                return Err(Failure::Fatal(PullError {
+                return Err(Failure::Fatal(PullError::Registry(Why {
                     message: format!(
                         "{} redirected GET /v2/ to {}, which asks for authentication; \
                          credentials are only sent to the registry itself",
@@ -123,16 +123,16 @@ impl Auth {
                         redact(resp.url())
                     ),
                     hint: Some(format!("fix the configuration of {}", conn.label)),
-                }));
+                })));
             }
             StatusCode::UNAUTHORIZED => parse_challenge(resp.headers()).ok_or_else(|| {
-                Failure::Fatal(PullError {
+                Failure::Fatal(PullError::Registry(Why {
                     message: format!(
                         "{} answered 401 without a usable WWW-Authenticate challenge",
                         conn.route().registry
                     ),
                     hint: None,
-                })
+                }))
             })?,
             _ => {
                 let what = format!("GET {}", redact(&conn.url("/")));
@@ -189,10 +189,10 @@ impl Auth {
         scope: &str,
     ) -> Result<String, Failure> {
         let fatal = |m: String, h: Option<String>| {
-            Failure::Fatal(PullError {
+            Failure::Fatal(PullError::Registry(Why {
                 message: m,
                 hint: h,
-            })
+            }))
         };
         let mut url = Url::parse(realm)
             .map_err(|e| fatal(format!("invalid token realm {realm:?}: {e}"), None))?;

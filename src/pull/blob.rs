@@ -8,9 +8,9 @@ use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
-use super::PullError;
 use super::retry::{Failure, redact};
 use super::session::Session;
+use super::{PullError, Why};
 use crate::layers::store::Staging;
 use crate::layers::stream::StreamUnpack;
 use crate::layers::{LayerTarget, Limits, UnpackError, Unpacked};
@@ -45,20 +45,24 @@ impl Session {
             // Dropped uncommitted (an error, a retry, a deadline), the partial file goes.
             let (file, pending) = store
                 .begin_ingest(&desc.digest, store.direct_for(desc.size))
-                .map_err(|e| PullError {
-                    message: e.to_string(),
-                    hint: store_hint(),
+                .map_err(|e| {
+                    PullError::Store(Why {
+                        message: e.to_string(),
+                        hint: store_hint(),
+                    })
                 })?;
             // The layer unpacks while it downloads, into a staging directory that is
             // committed only once the blob and the diff_id are verified (dropped otherwise).
             let unpack = match target {
                 Some(t) => {
-                    let staging = t.layers.stage().map_err(|e| PullError {
-                        message: format!("cannot stage layer {}: {e}", desc.digest),
-                        hint: Some(format!(
-                            "check free space and permissions of {}",
-                            t.layers.root().display()
-                        )),
+                    let staging = t.layers.stage().map_err(|e| {
+                        PullError::Store(Why {
+                            message: format!("cannot stage layer {}: {e}", desc.digest),
+                            hint: Some(format!(
+                                "check free space and permissions of {}",
+                                t.layers.root().display()
+                            )),
+                        })
                     })?;
                     let sink = StreamUnpack::start(
                         desc.media_type.clone(),
@@ -66,7 +70,12 @@ impl Session {
                         t.max_size,
                         Limits::default(),
                     )
-                    .map_err(|e| PullError::new(format!("cannot start unpacking: {e}")))?;
+                    .map_err(|e| {
+                        PullError::Layer(Why {
+                            message: format!("cannot start unpacking: {e}"),
+                            hint: None,
+                        })
+                    })?;
                     Some((staging, sink))
                 }
                 None => None,
@@ -76,9 +85,11 @@ impl Session {
                 .await
             {
                 Ok((net, unpacked)) => {
-                    pending.commit(&desc.digest).map_err(|e| PullError {
-                        message: e.to_string(),
-                        hint: store_hint(),
+                    pending.commit(&desc.digest).map_err(|e| {
+                        PullError::Store(Why {
+                            message: e.to_string(),
+                            hint: store_hint(),
+                        })
                     })?;
                     if let (Some(t), Some((staging, result))) = (target, unpacked) {
                         t.commit(desc, staging, result)
@@ -86,10 +97,10 @@ impl Session {
                     }
                     return Ok(net);
                 }
-                Err((e, mismatch)) => {
-                    if mismatch && fresh_start_left > 0 {
+                Err(e) => {
+                    if matches!(e, PullError::Mismatch(_)) && fresh_start_left > 0 {
                         fresh_start_left -= 1;
-                        tracing::warn!(digest = %desc.digest, "{}; downloading it again", e.message);
+                        tracing::warn!(digest = %desc.digest, "{}; downloading it again", e.message());
                         continue;
                     }
                     return Err(e);
@@ -106,18 +117,15 @@ impl Session {
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
         unpack: Option<(Staging, StreamUnpack)>,
-    ) -> Result<(u64, Option<(Staging, Result<Unpacked, UnpackError>)>), (PullError, bool)> {
+    ) -> Result<(u64, Option<(Staging, Result<Unpacked, UnpackError>)>), PullError> {
         let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         // A download slot is held while bytes flow, not while the writer syncs the file:
         // the next download starts during this one's fsync.
         let slot = slots.acquire().await.map_err(|e| {
-            (
-                PullError {
-                    message: e.to_string(),
-                    hint: None,
-                },
-                false,
-            )
+            PullError::Registry(Why {
+                message: e.to_string(),
+                hint: None,
+            })
         })?;
         enum Msg {
             /// Consecutive chunks, sent together: one wake-up of the writer per batch.
@@ -133,10 +141,10 @@ impl Session {
         // then continued with `Range`. More than the blob's size is not a prefix of it.
         if f.len() > size {
             f.reset().map_err(|e| {
-                (
-                    PullError::new(format!("cannot restart blob {}: {e}", desc.digest)),
-                    false,
-                )
+                PullError::Store(Why {
+                    message: format!("cannot restart blob {}: {e}", desc.digest),
+                    hint: None,
+                })
             })?;
         }
         let resumed = f.len();
@@ -186,10 +194,10 @@ impl Session {
         let mut received: u64 = resumed;
         let mut network: u64 = 0;
         let writer_gone = || {
-            Failure::Fatal(PullError {
+            Failure::Fatal(PullError::Registry(Why {
                 message: "the blob writer stopped".into(),
                 hint: None,
-            })
+            }))
         };
         let streamed = self
             .retrying(&format!("blob {}", desc.digest), async || {
@@ -231,10 +239,10 @@ impl Session {
                     match speed.chunk(&mut resp).await {
                         Ok(Some(b)) => {
                             if received + b.len() as u64 > size {
-                                return Err(Failure::Fatal(PullError {
+                                return Err(Failure::Fatal(PullError::WrongContent(Why {
                                     message: format!("blob {} is larger than its declared size of {size} bytes; the download was stopped at the limit", desc.digest),
                                     hint: Some("the registry serves content that does not match the manifest".into()),
-                                }));
+                                })));
                             }
                             received += b.len() as u64;
                             progress.fetch_add(b.len() as u64, Ordering::Relaxed);
@@ -268,41 +276,32 @@ impl Session {
         drop(tx);
         drop(slot);
         let written = writer.await.map_err(|e| {
-            (
-                PullError {
-                    message: format!("blob writer failed: {e}"),
-                    hint: None,
-                },
-                false,
-            )
+            PullError::Store(Why {
+                message: format!("blob writer failed: {e}"),
+                hint: None,
+            })
         })?;
         let ((digest, n), unpacked) = match (streamed, written) {
             (Ok(()), Ok(v)) => v,
             (_, Err(io)) => {
-                return Err((
-                    PullError {
-                        message: format!("cannot write blob {}: {io}", desc.digest),
-                        hint: Some("check free space and permissions of the store".into()),
-                    },
-                    false,
-                ));
+                return Err(PullError::Store(Why {
+                    message: format!("cannot write blob {}: {io}", desc.digest),
+                    hint: Some("check free space and permissions of the store".into()),
+                }));
             }
-            (Err(e), Ok(_)) => return Err((e, false)),
+            (Err(e), Ok(_)) => return Err(e),
         };
         if digest != desc.digest || n != size {
-            return Err((
-                PullError {
-                    message: format!(
-                        "blob content does not match: expected {} ({size} bytes), got {digest} ({n} bytes)",
-                        desc.digest
-                    ),
-                    hint: Some(format!(
-                        "{} or something in between served wrong bytes; nothing was stored",
-                        self.route().registry
-                    )),
-                },
-                true,
-            ));
+            return Err(PullError::Mismatch(Why {
+                message: format!(
+                    "blob content does not match: expected {} ({size} bytes), got {digest} ({n} bytes)",
+                    desc.digest
+                ),
+                hint: Some(format!(
+                    "{} or something in between served wrong bytes; nothing was stored",
+                    self.route().registry
+                )),
+            }));
         }
         Ok((network, unpacked))
     }

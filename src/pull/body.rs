@@ -3,9 +3,9 @@
 
 use reqwest::{Method, Response, Url};
 
-use super::PullError;
 use super::retry::{Failure, describe, redact};
 use super::speed::LowSpeed;
+use super::{PullError, Why};
 
 /// Reads a body that is kept in memory, refusing more than `max` bytes (by its
 /// `Content-Length`, or as soon as more arrives).
@@ -16,13 +16,13 @@ pub(super) async fn read_capped(
     mut speed: LowSpeed,
 ) -> Result<Vec<u8>, Failure> {
     let too_large = || {
-        Failure::Fatal(PullError {
+        Failure::Fatal(PullError::WrongContent(Why {
             message: format!("{what} is larger than {max} bytes; it was not read"),
             hint: Some(
                 "the server sends far more than such a response can be; check which server this is"
                     .into(),
             ),
-        })
+        }))
     };
     if resp.content_length().is_some_and(|n| n > max) {
         return Err(too_large());

@@ -9,13 +9,13 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, LOCATION};
 use reqwest::{Client, Method, Response, Url};
 
-use super::PullError;
 use super::body::{log_request, read_capped};
 use super::retry::{
     Failure, MIRROR_RETRIES, RETRIES, TransportKind, backoff, describe, redact, registry_says,
     status_failure, transport_kind,
 };
 use super::speed::LowSpeed;
+use super::{PullError, Why};
 use crate::registry::endpoints::{Endpoint, Refused, Role, onward, same_origin};
 use crate::registry::policy::{Route, Transport};
 use crate::registry::transport::{TransportError, Transports};
@@ -54,17 +54,19 @@ impl Conn {
     /// The connection to one endpoint, over the client its transport calls for.
     pub fn new(endpoint: Endpoint, transports: Arc<Transports>) -> Result<Conn, PullError> {
         let origin = endpoint.role == Role::Origin;
-        let fail = |e: String| PullError {
-            message: if origin {
-                e
-            } else {
-                format!("mirror {}: {e}", endpoint.base)
-            },
-            hint: Some(match (&endpoint.ca_dir, origin) {
-                (_, false) => "fix the mirror's entry in hosts.toml".to_string(),
-                (Some(dir), true) => format!("fix or remove the CA files in {}", dir.display()),
-                (None, true) => "see the error above".to_string(),
-            }),
+        let fail = |e: String| {
+            PullError::Registry(Why {
+                message: if origin {
+                    e
+                } else {
+                    format!("mirror {}: {e}", endpoint.base)
+                },
+                hint: Some(match (&endpoint.ca_dir, origin) {
+                    (_, false) => "fix the mirror's entry in hosts.toml".to_string(),
+                    (Some(dir), true) => format!("fix or remove the CA files in {}", dir.display()),
+                    (None, true) => "see the error above".to_string(),
+                }),
+            })
         };
         let client = transports
             .for_endpoint(&endpoint)
@@ -122,8 +124,8 @@ impl Conn {
         let what = what.as_str();
         match status_failure(resp.status(), resp.headers(), what, self.route()) {
             Failure::Fatal(mut e) => {
-                if redirected {
-                    e.hint = Some(format!(
+                if redirected && let Some(w) = e.why_mut() {
+                    w.hint = Some(format!(
                         "the storage that {} redirects to refused the request: check the \
                          registry's storage configuration (its credentials are the registry's \
                          business, never the auth file's)",
@@ -137,8 +139,9 @@ impl Conn {
                 .await;
                 if let Ok(Ok(body)) = body
                     && let Some(said) = registry_says(&body)
+                    && let Some(w) = e.why_mut()
                 {
-                    e.message.push_str(&format!(" (the registry says: {said})"));
+                    w.message.push_str(&format!(" (the registry says: {said})"));
                 }
                 Failure::Fatal(e)
             }
@@ -189,7 +192,7 @@ impl Conn {
         };
         let kind = transport_kind(e);
         if kind == TransportKind::Certificate {
-            return Failure::Fatal(PullError {
+            return Failure::Fatal(PullError::Certificate(Why {
                 message: format!(
                     "TLS certificate of {} not accepted: {text}",
                     url.authority()
@@ -200,27 +203,27 @@ impl Conn {
                      (or --insecure-registry).{near}",
                     certs.display()
                 )),
-            });
+            }));
         }
         if kind == TransportKind::NotTls && url.scheme() == "https" {
-            return Failure::Fatal(PullError {
+            return Failure::Fatal(PullError::Registry(Why {
                 message: format!("TLS handshake with {} failed: {text}", url.authority()),
                 hint: Some(format!(
                     "the registry seems to speak plain HTTP; if that is intended, list exactly \
                      {reg} in k8s.ksyun.com/kci-http-registry (the agent never falls back to \
                      HTTP by itself).{near}"
                 )),
-            });
+            }));
         }
         if kind == TransportKind::Resolve {
-            return Failure::Fatal(PullError {
+            return Failure::Fatal(PullError::Resolve(Why {
                 message: format!("cannot resolve {}: {text}", url.host_str().unwrap_or("")),
                 hint: Some(
                     "add a host alias for it (--host-aliases, the k8s.ksyun.com/kci-host-aliases \
                      annotation or KCI_HOST_ALIASES) or a DNS config that resolves it"
                         .into(),
                 ),
-            });
+            }));
         }
         Failure::Retry {
             message: format!(
@@ -272,16 +275,16 @@ impl Conn {
                 return Ok(resp);
             };
             let next = url.join(loc).map_err(|e| {
-                Failure::Fatal(PullError {
+                Failure::Fatal(PullError::Registry(Why {
                     message: format!(
                         "{url} redirected to an invalid location {loc:?}: {e}",
                         url = redact(&url)
                     ),
                     hint: None,
-                })
+                }))
             })?;
             let (next_client, next_transport) = self.onward_client(hop, &next).map_err(|why| {
-                Failure::Fatal(PullError {
+                Failure::Fatal(PullError::Registry(Why {
                     message: format!(
                         "refused a redirect from {} ({url}) to {next}: {why}",
                         hop.scheme().to_ascii_uppercase(),
@@ -294,17 +297,17 @@ impl Conn {
                          configuration"
                             .into(),
                     ),
-                })
+                }))
             })?;
             client = next_client;
             hop = next_transport;
             tracing::debug!(from = %redact(&url), to = %redact(&next), "following redirect");
             url = next;
         }
-        Err(Failure::Fatal(PullError {
+        Err(Failure::Fatal(PullError::Registry(Why {
             message: format!("too many redirects from {url}", url = redact(&url)),
             hint: None,
-        }))
+        })))
     }
 
     /// Runs `op` with retries on transient failures.
@@ -321,7 +324,7 @@ impl Conn {
                 Err(Failure::Retry { message, after }) => {
                     attempt += 1;
                     if attempt > self.retries {
-                        return Err(PullError {
+                        return Err(PullError::Registry(Why {
                             message: format!(
                                 "{what}: {message} (gave up after {} attempts)",
                                 attempt
@@ -330,7 +333,7 @@ impl Conn {
                                 "check that {} is reachable and healthy, then rerun",
                                 self.route().registry
                             )),
-                        });
+                        }));
                     }
                     let wait = backoff(attempt, after);
                     tracing::warn!(registry = %self.route().registry, "{what}: {message}; retrying in {} ms", wait.as_millis());

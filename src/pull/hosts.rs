@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::session::Session;
-use super::{PullError, Shared};
+use super::{PullError, Shared, Why};
 use crate::registry::host::RegistryHost;
 
 /// The endpoints of a registry in the order they are tried: the mirrors of its hosts.toml,
@@ -20,9 +20,11 @@ pub(super) async fn endpoints(
     let route = shared.policy.route(registry);
     let planned =
         crate::registry::endpoints::endpoints(&shared.root, &route, &shared.mirrors(registry))
-            .map_err(|e| PullError {
-                message: e.to_string(),
-                hint: Some("fix the registry's hosts.toml".into()),
+            .map_err(|e| {
+                PullError::Registry(Why {
+                    message: e.to_string(),
+                    hint: Some("fix the registry's hosts.toml".into()),
+                })
             })?;
     let mut list = Vec::with_capacity(planned.len());
     for endpoint in planned {

@@ -13,7 +13,7 @@ use super::hosts::{Served, endpoints, first_ok};
 use super::progress::ImageProgress;
 use super::session::Session;
 use super::unpack::{Marks, Unpacking, plan_layers, unpack_image};
-use super::{PullError, Shared, join_all, on_store};
+use super::{PullError, Shared, Why, join_all, on_store};
 use crate::config::ImageRequest;
 use crate::layers::{LayerPlan, LayerTarget, Lowers};
 use crate::oci::Digest;
@@ -62,9 +62,11 @@ pub(super) async fn pull_image(
         }
     })
     .await?
-    .map_err(|e| PullError {
-        message: format!("cannot read the store's index: {e}"),
-        hint: Some("run the store check, or move index.json aside".into()),
+    .map_err(|e| {
+        PullError::Store(Why {
+            message: format!("cannot read the store's index: {e}"),
+            hint: Some("run the store check, or move index.json aside".into()),
+        })
     })?;
     // Usable as is: complete, and (for an image picked from an index) of the platform asked for.
     let stored_ok = stored.as_ref().filter(|d| {
@@ -161,10 +163,10 @@ async fn resolve(
         if let Some(d) = &r.digest
             && let Err(actual) = d.verify(&top)
         {
-            return Err(PullError {
+            return Err(PullError::WrongContent(Why {
                 message: format!("{} served {actual} for the manifest {d}", e.label),
                 hint: Some("it served wrong content; nothing was stored".into()),
-            });
+            }));
         }
         Ok((top, ct))
     })
@@ -176,7 +178,12 @@ async fn resolve(
         None => Digest::sha256(&top),
     };
     // Each document is parsed once.
-    match manifest::parse(&top, ct.as_deref()).map_err(|e| PullError::new(e.to_string()))? {
+    match manifest::parse(&top, ct.as_deref()).map_err(|e| {
+        PullError::WrongContent(Why {
+            message: e.to_string(),
+            hint: None,
+        })
+    })? {
         Document::Manifest {
             media_type,
             config,
@@ -198,22 +205,23 @@ async fn resolve(
             hosts,
         }),
         Document::Index { manifests, .. } => {
-            let chosen =
-                platform::choose(&manifests, &shared.platform).ok_or_else(|| PullError {
+            let chosen = platform::choose(&manifests, &shared.platform).ok_or_else(|| {
+                PullError::Registry(Why {
                     message: format!(
                         "no manifest for platform {} (the image offers {})",
                         shared.platform,
                         platform::offered(&manifests)
                     ),
                     hint: Some("choose another platform with --platform, or another image".into()),
-                })?;
+                })
+            })?;
             let ((child, _), from) = first_ok(&hosts, "manifest", async |e: &Session| {
                 let (child, ct) = e
                     .get_manifest(&r.repository, chosen.digest.as_str())
                     .await?;
                 let actual = Digest::of(chosen.digest.algorithm(), &child);
                 if actual != chosen.digest || child.len() as u64 != chosen.size {
-                    return Err(PullError {
+                    return Err(PullError::WrongContent(Why {
                         message: format!(
                             "{} served {actual} ({} bytes) for the manifest {} ({} bytes)",
                             e.label,
@@ -222,23 +230,30 @@ async fn resolve(
                             chosen.size
                         ),
                         hint: Some("it served wrong content; nothing was stored".into()),
-                    });
+                    }));
                 }
                 Ok((child, ct))
             })
             .await?;
             bytes.fetch_add(child.len() as u64, Ordering::Relaxed);
             served.lock().await.add(&from.label, child.len() as u64);
-            let (config, layers) = match manifest::parse(&child, Some(&chosen.media_type))
-                .map_err(|e| PullError::new(e.to_string()))?
-            {
-                Document::Manifest { config, layers, .. } => (*config, layers),
-                Document::Index { .. } => {
-                    return Err(PullError::new(
-                        "an index points to another index; nested indexes are not supported",
-                    ));
-                }
-            };
+            let (config, layers) =
+                match manifest::parse(&child, Some(&chosen.media_type)).map_err(|e| {
+                    PullError::WrongContent(Why {
+                        message: e.to_string(),
+                        hint: None,
+                    })
+                })? {
+                    Document::Manifest { config, layers, .. } => (*config, layers),
+                    Document::Index { .. } => {
+                        return Err(PullError::WrongContent(Why {
+                            message: "an index points to another index; nested indexes are not \
+                                      supported"
+                                .into(),
+                            hint: Some("push the image with a single-level index".into()),
+                        }));
+                    }
+                };
             // The index entry (with its platform) becomes the store's descriptor; its
             // annotations, written for the index, give way to ours.
             let mut desc = chosen.clone();
@@ -344,9 +359,11 @@ async fn commit(
             .map_err(|e| format!("cannot sync the store: {e}"))
     })
     .await?
-    .map_err(|message| PullError {
-        message,
-        hint: hint.clone(),
+    .map_err(|message| {
+        PullError::Store(Why {
+            message,
+            hint: hint.clone(),
+        })
     })?;
     let mut desc = r.desc;
     let mut ann = serde_json::Map::new();
@@ -362,9 +379,11 @@ async fn commit(
             store.set_refs(std::slice::from_ref(&entry))
         })
         .await?
-        .map_err(|e| PullError {
-            message: format!("cannot update the store's index.json: {e}"),
-            hint,
+        .map_err(|e| {
+            PullError::Store(Why {
+                message: format!("cannot update the store's index.json: {e}"),
+                hint,
+            })
         })?;
     }
     Ok((desc.digest, layers))

@@ -39,31 +39,112 @@ use hosts::Served;
 use image::pull_image;
 use session::Session;
 
-/// Why an image failed, and what to do about it.
+/// Why an image failed, by kind, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PullError {
+pub enum PullError {
+    /// The registry, a mirror or the network between (a status, a reset, a redirect, a body).
+    Registry(Why),
+    /// The registry's TLS certificate was not accepted.
+    Certificate(Why),
+    /// The registry's name could not be resolved.
+    Resolve(Why),
+    /// Content that does not match its digest, its size or what the manifest says.
+    WrongContent(Why),
+    /// A downloaded blob whose digest did not match: downloaded once more from scratch.
+    Mismatch(Why),
+    /// The image store or the layer store cannot be read or written.
+    Store(Why),
+    /// A layer that cannot be unpacked.
+    Layer(Why),
+    /// The run's `--deadline` passed before the image was complete.
+    Deadline,
+    /// SIGINT or SIGTERM stopped the run before the image was complete.
+    Stopped(&'static str),
+}
+
+/// What went wrong, and what an operator can do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Why {
     pub message: String,
     pub hint: Option<String>,
 }
 
+impl PullError {
+    /// A failure of the registry or the network without a hint.
+    fn new(message: impl Into<String>) -> Self {
+        PullError::Registry(Why {
+            message: message.into(),
+            hint: None,
+        })
+    }
+
+    fn why(&self) -> Option<&Why> {
+        match self {
+            PullError::Registry(w)
+            | PullError::Certificate(w)
+            | PullError::Resolve(w)
+            | PullError::WrongContent(w)
+            | PullError::Mismatch(w)
+            | PullError::Store(w)
+            | PullError::Layer(w) => Some(w),
+            PullError::Deadline | PullError::Stopped(_) => None,
+        }
+    }
+
+    fn why_mut(&mut self) -> Option<&mut Why> {
+        match self {
+            PullError::Registry(w)
+            | PullError::Certificate(w)
+            | PullError::Resolve(w)
+            | PullError::WrongContent(w)
+            | PullError::Mismatch(w)
+            | PullError::Store(w)
+            | PullError::Layer(w) => Some(w),
+            PullError::Deadline | PullError::Stopped(_) => None,
+        }
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> String {
+        match self {
+            PullError::Deadline => "the deadline of this run (--deadline) passed before the \
+                                    image was complete; what was downloaded is discarded"
+                .into(),
+            PullError::Stopped(signal) => format!(
+                "stopped by {signal} before the image was complete; completed blobs and layers \
+                 are kept, a partial blob is kept for a Range resume"
+            ),
+            other => other.why().map(|w| w.message.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PullError::Deadline => Some(
+                "find out why the registry is slow (the warnings above), or raise --deadline \
+                 (and TimeoutStartSec= of the systemd unit with it)"
+                    .into(),
+            ),
+            PullError::Stopped(_) => {
+                Some("run the same command again: it fetches only what is missing".into())
+            }
+            other => other.why().and_then(|w| w.hint.clone()),
+        }
+    }
+}
+
 impl fmt::Display for PullError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(h) = &self.hint {
+        f.write_str(&self.message())?;
+        if let Some(h) = self.hint() {
             write!(f, "; hint: {h}")?;
         }
         Ok(())
     }
 }
 
-impl PullError {
-    fn new(message: impl Into<String>) -> Self {
-        PullError {
-            message: message.into(),
-            hint: None,
-        }
-    }
-}
+impl std::error::Error for PullError {}
 
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -245,7 +326,12 @@ async fn on_store<T: Send + 'static>(
     let store: Arc<Store> = shared.store.clone();
     tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(|e| PullError::new(format!("a store task failed: {e}")))
+        .map_err(|e| {
+            PullError::Store(Why {
+                message: format!("a store task failed: {e}"),
+                hint: None,
+            })
+        })
 }
 
 /// A report for `req` that has not succeeded (yet).
@@ -308,30 +394,12 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
                 pull_image(shared, req, &bytes, &served, &prog, &marks),
             )
             .await
-            .unwrap_or_else(|_| {
-                Err(PullError {
-                    message: "the deadline of this run (--deadline) passed before the image \
-                              was complete; what was downloaded is discarded"
-                        .into(),
-                    hint: Some(
-                        "find out why the registry is slow (the warnings above), or raise \
-                         --deadline (and TimeoutStartSec= of the systemd unit with it)"
-                            .into(),
-                    ),
-                })
-            }),
+            .unwrap_or(Err(PullError::Deadline)),
         }
     };
     let result = tokio::select! {
         r = work => r,
-        s = stop::wait() => Err(PullError {
-            message: format!(
-                "stopped by {} before the image was complete; completed blobs and layers are \
-                 kept, a partial blob is kept for a Range resume",
-                s.name()
-            ),
-            hint: Some("run the same command again: it fetches only what is missing".into()),
-        }),
+        s = stop::wait() => Err(PullError::Stopped(s.name())),
     };
     if has_mirrors {
         report.served_by = served.lock().await.main();
@@ -401,4 +469,49 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
         .into_iter()
         .map(|o| o.expect("polled to completion"))
         .collect()
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// Every kind says what happened and what to do, in one line: the report's `error`.
+    #[test]
+    fn each_kind_has_a_message_and_a_hint() {
+        let why = |m: &str, h: Option<&str>| Why {
+            message: m.into(),
+            hint: h.map(str::to_string),
+        };
+        let cases = [
+            (PullError::Deadline, "--deadline", Some("raise --deadline")),
+            (
+                PullError::Stopped("SIGTERM"),
+                "stopped by SIGTERM",
+                Some("run the same command again"),
+            ),
+            (
+                PullError::Certificate(why("bad cert", Some("put the CA"))),
+                "bad cert",
+                Some("put the CA"),
+            ),
+            (
+                PullError::Mismatch(why("wrong bytes", None)),
+                "wrong bytes",
+                None,
+            ),
+        ];
+        for (e, message, hint) in cases {
+            assert!(e.message().contains(message), "{e}");
+            match hint {
+                Some(h) => {
+                    assert!(e.hint().is_some_and(|x| x.contains(h)), "{e}");
+                    assert!(
+                        e.to_string()
+                            .contains(&format!("; hint: {}", e.hint().unwrap()))
+                    );
+                }
+                None => assert_eq!(e.to_string(), e.message()),
+            }
+        }
+    }
 }

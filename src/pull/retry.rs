@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 
-use super::PullError;
+use super::{PullError, Why};
 use crate::registry::policy::{Route, Transport};
 
 /// Retries after the first attempt, for transient failures (resets, timeouts, 5xx, 429).
@@ -251,10 +251,10 @@ pub(super) fn status_failure(
         ),
         _ => format!("see the registry's logs for {reg}"),
     };
-    Failure::Fatal(PullError {
+    Failure::Fatal(PullError::Registry(Why {
         message: format!("{what}: {status}"),
         hint: Some(hint),
-    })
+    }))
 }
 
 #[cfg(test)]

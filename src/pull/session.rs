@@ -7,11 +7,11 @@ use std::sync::Arc;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
 
-use super::PullError;
 use super::auth::Auth;
 use super::body::read_capped;
 pub use super::conn::{Conn, MAX_ERROR_BODY, OnwardError};
 use super::retry::{Failure, redact};
+use super::{PullError, Why};
 use crate::config::auth::Credentials;
 use crate::oci::Digest;
 use crate::oci::manifest::{ACCEPT, MAX_MANIFEST};
@@ -125,10 +125,10 @@ impl Session {
             if let Some(c) = claimed.and_then(|c| Digest::parse(&c).ok())
                 && let Err(actual) = c.verify(&body)
             {
-                return Err(Failure::Fatal(PullError {
+                return Err(Failure::Fatal(PullError::WrongContent(Why {
                     message: format!("{url}: the registry says the manifest is {c} but its content is {actual}", url = redact(&url)),
                     hint: Some("the registry or something between it and this instance altered the content".into()),
-                }));
+                })));
             }
             Ok((body, ct))
         })

@@ -2,7 +2,7 @@
 //! unpacked from stored blobs when they did not unpack while downloading, reported; and the
 //! milestones of an image's pull.
 
-use super::{PullError, Shared, on_store};
+use super::{PullError, Shared, Why, on_store};
 use crate::layers::{LayerPlan, LayerTarget, Lowers, UnpackError};
 use crate::oci;
 use crate::oci::Digest;
@@ -59,10 +59,17 @@ pub(super) async fn plan_layers(
     let digest = config.digest.clone();
     let bytes = on_store(shared, move |store| store.read_blob(&digest, MAX_CONFIG))
         .await?
-        .map_err(|e| PullError::new(format!("cannot read the image config: {e}")))?;
-    let diff_ids = oci::config::diff_ids(&bytes, layers).map_err(|e| PullError {
-        message: e.to_string(),
-        hint: Some("the image's config does not describe its layers; push it again".into()),
+        .map_err(|e| {
+            PullError::Store(Why {
+                message: format!("cannot read the image config: {e}"),
+                hint: None,
+            })
+        })?;
+    let diff_ids = oci::config::diff_ids(&bytes, layers).map_err(|e| {
+        PullError::WrongContent(Why {
+            message: e.to_string(),
+            hint: Some("the image's config does not describe its layers; push it again".into()),
+        })
     })?;
     let chains = oci::config::chain_ids(&diff_ids);
     Ok(diff_ids
@@ -91,7 +98,12 @@ pub(super) async fn unpack_image(
     let digest = manifest.clone();
     let blobs = on_store(shared, move |store| store.manifest_blobs(&digest))
         .await?
-        .ok_or_else(|| PullError::new(format!("the stored manifest {manifest} is unreadable")))?;
+        .ok_or_else(|| {
+            PullError::Store(Why {
+                message: format!("the stored manifest {manifest} is unreadable"),
+                hint: Some("run store-check --fix, then pull again".into()),
+            })
+        })?;
     let (config, layers) = blobs.split_first().expect("a manifest has a config");
     let plans = plan_layers(shared, config, layers.len()).await?;
     for (i, (desc, plan)) in layers.iter().zip(&plans).enumerate() {
@@ -144,7 +156,12 @@ pub(super) async fn unpack_image(
                 target.unpack_blob(&desc, std::io::BufReader::with_capacity(1 << 20, blob))
             })
             .await
-            .map_err(|e| PullError::new(format!("an unpack task failed: {e}")))?
+            .map_err(|e| {
+                PullError::Layer(Why {
+                    message: format!("an unpack task failed: {e}"),
+                    hint: None,
+                })
+            })?
             .map_err(|e| layer_error(&shown, &e))
         })
         .await?;
@@ -156,10 +173,10 @@ pub(super) async fn unpack_image(
     };
     for plan in &plans {
         let json = layer_store.get(&plan.chain_id).ok_or_else(|| {
-            PullError::new(format!(
-                "layer {} is missing from the layer store",
-                plan.chain_id
-            ))
+            PullError::Store(Why {
+                message: format!("layer {} is missing from the layer store", plan.chain_id),
+                hint: Some("run store-check, then pull again".into()),
+            })
         })?;
         let unpacked = committed.contains(&plan.chain_id);
         if unpacked {
@@ -192,8 +209,8 @@ pub(super) fn layer_error(digest: &Digest, e: &UnpackError) -> PullError {
              is full"
         }
     };
-    PullError {
+    PullError::Layer(Why {
         message: format!("layer {digest}: {e}"),
         hint: Some(hint.into()),
-    }
+    })
 }
