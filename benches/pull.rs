@@ -7,6 +7,7 @@
 //!   KCI_BENCH_RUNS=9 cargo bench --bench pull
 //!
 //!   KCI_BENCH_BUFFERED=1 cargo bench --bench pull # also the agent with --buffered-writes
+//!   KCI_BENCH_BASELINE=/path/to/older/kci-pull-agent cargo bench --bench pull # and that build
 //!
 //! Every case also times `curl -Z` into `/dev/null` (no hash, no disk: the floor a puller is read
 //! against) and charges each pull with the CPU the registry spent serving it.
@@ -63,7 +64,18 @@ fn root() -> PathBuf {
 }
 
 fn agent_cmd(t: &Target, store: &Path) -> Command {
-    let mut c = Command::new(common::bin());
+    agent_cmd_of(&common::bin(), t, store)
+}
+
+/// The agent built elsewhere (`KCI_BENCH_BASELINE`), in the same rounds: a change measured
+/// against the build before it.
+fn baseline_cmd(t: &Target, store: &Path) -> Command {
+    let bin = std::env::var("KCI_BENCH_BASELINE").expect("set when this tool is listed");
+    agent_cmd_of(&bin, t, store)
+}
+
+fn agent_cmd_of(bin: &str, t: &Target, store: &Path) -> Command {
+    let mut c = Command::new(bin);
     let list = if t.tls {
         "--insecure-registry"
     } else {
@@ -194,6 +206,12 @@ fn throughput_case(name: &str, reg: &Registry, t: &Target, runs: usize, rows: &m
     ];
     if std::env::var_os("KCI_BENCH_BUFFERED").is_some_and(|v| v == "1") {
         tools.push(("agent --buffered-writes", agent_buffered_cmd));
+    }
+    if std::env::var_os("KCI_BENCH_BASELINE").is_some() {
+        tools.push((
+            "kci-pull-agent, baseline build (KCI_BENCH_BASELINE)",
+            baseline_cmd,
+        ));
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
     let mut rss: Vec<u64> = vec![0; tools.len()];
