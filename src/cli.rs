@@ -121,13 +121,8 @@ pub enum Command {
         kci-pull-agent boot --root /tmp/sandbox --spec pod.json --no-mount   # a dry sandbox"
     )]
     Boot {
-        /// Where to write the JSON report [default: <root>/run/kci/pull-report.json].
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
         #[command(flatten)]
-        tuning: PullTuning,
-        #[command(flatten)]
-        bundles: BundleArgs,
+        run: PodRun,
     },
     /// Prepare the runtime bundles of the pod's containers (pulling what is missing), without
     /// touching the network files.
@@ -136,13 +131,8 @@ pub enum Command {
         /run/kci/bundles/app app"
     )]
     Prepare {
-        /// Write the JSON report here.
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
         #[command(flatten)]
-        tuning: PullTuning,
-        #[command(flatten)]
-        bundles: BundleArgs,
+        run: PodRun,
     },
     /// Write <root>/etc/hosts and <root>/etc/resolv.conf from the merged host aliases and DNS
     /// config.
@@ -267,6 +257,19 @@ pub struct StoreView {
     /// text, or json (`images`: one object per image per line; `prune`, `df`: one object).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+/// What `boot` and `prepare` take: where the report goes, the pull's knobs, the bundles'.
+#[derive(Debug, Clone, Args)]
+pub struct PodRun {
+    /// Write the JSON report here [boot's default: <root>/run/kci/pull-report.json; prepare
+    /// writes none unless asked].
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: PullTuning,
+    #[command(flatten)]
+    pub bundles: BundleArgs,
 }
 
 /// How bundles are prepared.

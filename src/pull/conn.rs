@@ -124,13 +124,16 @@ impl Conn {
         let what = what.as_str();
         match status_failure(resp.status(), resp.headers(), what, self.route()) {
             Failure::Fatal(mut e) => {
-                if redirected && let Some(w) = e.why_mut() {
-                    w.hint = Some(format!(
-                        "the storage that {} redirects to refused the request: check the \
-                         registry's storage configuration (its credentials are the registry's \
-                         business, never the auth file's)",
-                        self.label
-                    ));
+                if redirected {
+                    let label = self.label.clone();
+                    e = e.map_why(|w| Why {
+                        hint: Some(format!(
+                            "the storage that {label} redirects to refused the request: check \
+                             the registry's storage configuration (its credentials are the \
+                             registry's business, never the auth file's)"
+                        )),
+                        ..w
+                    });
                 }
                 let body = tokio::time::timeout(
                     Duration::from_secs(5),
@@ -139,9 +142,11 @@ impl Conn {
                 .await;
                 if let Ok(Ok(body)) = body
                     && let Some(said) = registry_says(&body)
-                    && let Some(w) = e.why_mut()
                 {
-                    w.message.push_str(&format!(" (the registry says: {said})"));
+                    e = e.map_why(|w| Why {
+                        message: format!("{} (the registry says: {said})", w.message),
+                        ..w
+                    });
                 }
                 Failure::Fatal(e)
             }

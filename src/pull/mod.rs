@@ -78,20 +78,22 @@ impl PullError {
         })
     }
 
-    fn why(&self) -> Option<&Why> {
+    /// The same error with its words changed by `f` (a deadline's and a signal's stay).
+    fn map_why(self, f: impl FnOnce(Why) -> Why) -> PullError {
+        use PullError as E;
         match self {
-            PullError::Registry(w)
-            | PullError::Certificate(w)
-            | PullError::Resolve(w)
-            | PullError::WrongContent(w)
-            | PullError::Mismatch(w)
-            | PullError::Store(w)
-            | PullError::Layer(w) => Some(w),
-            PullError::Deadline | PullError::Stopped(_) => None,
+            E::Registry(w) => E::Registry(f(w)),
+            E::Certificate(w) => E::Certificate(f(w)),
+            E::Resolve(w) => E::Resolve(f(w)),
+            E::WrongContent(w) => E::WrongContent(f(w)),
+            E::Mismatch(w) => E::Mismatch(f(w)),
+            E::Store(w) => E::Store(f(w)),
+            E::Layer(w) => E::Layer(f(w)),
+            other => other,
         }
     }
 
-    fn why_mut(&mut self) -> Option<&mut Why> {
+    fn why(&self) -> Option<&Why> {
         match self {
             PullError::Registry(w)
             | PullError::Certificate(w)

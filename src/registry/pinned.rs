@@ -3,24 +3,36 @@
 //! itself, webpki refuses them (`CaUsedAsEndEntity`) where Go's crypto/x509, curl and
 //! containerd accept them. The rule is narrow: the server's certificate must be byte-identical
 //! to a configured anchor, name the host and be within its validity period; every other
-//! certificate goes through webpki unchanged.
+//! certificate goes through webpki unchanged. The same verifier, without anchors, is the
+//! `kci-insecure-registry` check (any certificate, the handshake signature still verified).
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{WebPkiServerVerifier, verify_server_name};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-/// webpki, then the configured anchors taken as they are.
+/// The certificate check of the two TLS transports that are not plain webpki: any
+/// certificate (`kci-insecure-registry`; `pinned` is `None`), or webpki then the configured
+/// anchors taken as they are. Either way the server must hold the key of the certificate it
+/// presented (the handshake signature is verified).
 #[derive(Debug)]
-pub struct PinnedOrWebPki {
+pub struct Verifier {
+    pub provider: Arc<CryptoProvider>,
+    pub pinned: Option<Pinned>,
+}
+
+/// webpki, and the anchors a registry's own certificate may be.
+#[derive(Debug)]
+pub struct Pinned {
     pub webpki: Arc<WebPkiServerVerifier>,
     pub anchors: Vec<CertificateDer<'static>>,
 }
 
-impl ServerCertVerifier for PinnedOrWebPki {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -29,19 +41,18 @@ impl ServerCertVerifier for PinnedOrWebPki {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(p) = &self.pinned else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let refused =
-            match self
+            match p
                 .webpki
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
             {
                 Ok(ok) => return Ok(ok),
                 Err(e) => e,
             };
-        if !self
-            .anchors
-            .iter()
-            .any(|a| a.as_ref() == end_entity.as_ref())
-        {
+        if !p.anchors.iter().any(|a| a.as_ref() == end_entity.as_ref()) {
             return Err(refused);
         }
         // The anchor itself: it must still name the host and be valid now.
@@ -62,7 +73,12 @@ impl ServerCertVerifier for PinnedOrWebPki {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -70,10 +86,17 @@ impl ServerCertVerifier for PinnedOrWebPki {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

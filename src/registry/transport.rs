@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::Client;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::endpoints::Endpoint;
+use super::pinned::{Pinned, Verifier};
 use super::policy::Transport;
 use super::resolver::{ReqwestResolver, RootResolver};
 
@@ -42,53 +42,6 @@ impl Default for NetOptions {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Accepts any certificate and host name, but still checks that the server holds the key of
-/// the certificate it presented (the handshake signature). For `kci-insecure-registry` only.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Why a client could not be built: its CA files, or the TLS stack itself.
@@ -181,6 +134,25 @@ impl Transports {
         Ok(c)
     }
 
+    /// TLS checked by our [`Verifier`]: any certificate (`pinned` none), or webpki then a
+    /// registry's own certificate.
+    fn tls_with_verifier(
+        p: Arc<CryptoProvider>,
+        pinned: Option<Pinned>,
+    ) -> Result<ClientConfig, TransportError> {
+        let mut c = ClientConfig::builder_with_provider(p.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                provider: p,
+                pinned,
+            }))
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(c)
+    }
+
     fn system_roots(&self) -> Result<Arc<RootCertStore>, TransportError> {
         self.system_roots
             .get_or_init(|| {
@@ -208,17 +180,7 @@ impl Transports {
     /// HTTPS without certificate verification.
     pub fn insecure(&self) -> Result<Client, TransportError> {
         self.insecure
-            .get_or_init(|| {
-                let p = provider();
-                let mut c = ClientConfig::builder_with_provider(p.clone())
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| TransportError::Tls(e.to_string()))?
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(p)))
-                    .with_no_client_auth();
-                c.alpn_protocols = vec![b"http/1.1".to_vec()];
-                self.client(c)
-            })
+            .get_or_init(|| self.client(Self::tls_with_verifier(provider(), None)?))
             .clone()
     }
 
@@ -272,17 +234,7 @@ impl Transports {
             )
             .build()
             .map_err(|e| TransportError::Tls(e.to_string()))?;
-            let mut c = ClientConfig::builder_with_provider(p.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| TransportError::Tls(e.to_string()))?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(super::pinned::PinnedOrWebPki {
-                    webpki,
-                    anchors,
-                }))
-                .with_no_client_auth();
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
-            c
+            Self::tls_with_verifier(p, Some(Pinned { webpki, anchors }))?
         };
         let client = self.client(tls)?;
         cache.insert(key, client.clone());

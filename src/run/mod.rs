@@ -154,25 +154,17 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             }
             pulling(report.as_deref(), None, None, tuning)
         }
-        Command::Boot {
-            report,
-            tuning,
-            bundles,
-        } => boot(
+        Command::Boot { run } => boot(
             root,
             &cfg,
-            report
+            run.report
                 .clone()
                 .unwrap_or_else(|| under_root(root, DEFAULT_REPORT)),
-            |report, network| pulling(Some(report), Some(network), Some(bundles), tuning),
+            |report, network| pulling(Some(report), Some(network), Some(&run.bundles), &run.tuning),
         ),
-        Command::Prepare {
-            report,
-            tuning,
-            bundles,
-        } => {
-            prepare_checks(&cfg, tuning)?;
-            pulling(report.as_deref(), None, Some(bundles), tuning)
+        Command::Prepare { run } => {
+            prepare_checks(&cfg, &run.tuning)?;
+            pulling(run.report.as_deref(), None, Some(&run.bundles), &run.tuning)
         }
         Command::MountBundles { layers } => mount_bundles(root, &paths.layers(layers)),
         Command::FlushLayers { layers } => flush_layers(&paths.layers(layers)),
