@@ -185,13 +185,6 @@ fn apply<R: Read>(
     let (uid, gid) = (id(h.uid, "uid")?, id(h.gid, "gid")?);
     let parts = components(&h.path);
     let err = io_err(name);
-    let walk_err = |e: Errno| match e {
-        Errno::NOTDIR | Errno::LOOP | Errno::NOENT => refused(
-            name,
-            format!("its directory cannot be made inside the layer ({e})"),
-        ),
-        e => err(e),
-    };
 
     // The root directory itself ("./"): only its attributes.
     let Some((leaf, parent)) = parts.split_last() else {
@@ -223,142 +216,21 @@ fn apply<R: Read>(
     if !matches!(h.kind, Kind::File) {
         root.forget_dir();
     }
-    let leaf_name = OsStr::from_bytes(leaf);
+    let e = Entry {
+        h,
+        name,
+        xattrs,
+        uid,
+        gid,
+        parent,
+        leaf,
+    };
     match h.kind {
-        Kind::Dir => {
-            let (dir, canon) = root.entry_parent(parent).map_err(walk_err)?;
-            let canon = canon.map(|c| child_path(&c, leaf));
-            let mut fresh_opaque = false;
-            let existed = match stat_at(dir.as_fd(), leaf).map_err(&err)? {
-                Some(st) if kind(&st) == FileType::Directory => {
-                    // Listed after all: its attributes are the layer's own.
-                    if !root.assumed.borrow().is_empty() {
-                        let c = canon.unwrap_or_else(|| canonical(root, parent, leaf));
-                        root.assumed.borrow_mut().listed(&c);
-                    }
-                    true
-                }
-                Some(_) => {
-                    // This layer put something else here (a whiteout, a file): whatever the
-                    // lower layers had at this name is gone, so the directory is opaque.
-                    rustix::fs::unlinkat(&dir, leaf_name, rustix::fs::AtFlags::empty())
-                        .map_err(&err)?;
-                    fresh_opaque = true;
-                    false
-                }
-                None => false,
-            };
-            if !existed {
-                rustix::fs::mkdirat(&dir, leaf_name, Mode::from_raw_mode(0o700)).map_err(&err)?;
-            }
-            let fd = merged::open_dir_at(dir.as_fd(), leaf).map_err(&err)?;
-            if existed {
-                // Its xattrs are the entry's own, not those it was copied up with.
-                attrs::clear_xattrs(fd.as_fd()).map_err(&err)?;
-            }
-            attrs::finish_fd(fd.as_fd(), uid, gid, h.mode, xattrs, h.mtime).map_err(&err)?;
-            if fresh_opaque {
-                set_opaque(fd.as_fd()).map_err(&err)?;
-            }
-            Ok(())
-        }
-        Kind::File => {
-            let (dir, parent_setgid) = root.entry_dir(parent).map_err(walk_err)?;
-            // A file that is ours (our uid and gid, no setgid parent) with plain permissions
-            // the umask leaves alone is created with its final mode: no chown, no chmod.
-            let plain = creds().is_some_and(|c| {
-                uid == c.uid
-                    && gid == c.gid
-                    && !parent_setgid
-                    && h.mode & 0o7000 == 0
-                    && h.mode & 0o777 & c.umask == 0
-            });
-            let create_mode = if plain { h.mode & 0o777 } else { 0o600 };
-            let create = || {
-                rustix::fs::openat(
-                    &*dir,
-                    leaf_name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(create_mode),
-                )
-            };
-            // Most names are new in their layer: try first, make room only when taken.
-            let fd = match create() {
-                Err(Errno::EXIST) => {
-                    root.forget_dir();
-                    root.clear(dir.as_fd(), leaf, &|| canonical(root, parent, leaf))
-                        .map_err(&err)?;
-                    create()
-                }
-                other => other,
-            }
-            .map_err(&err)?;
-            let file = File::from(fd);
-            let mut buf = root.buf.borrow_mut();
-            let mut data = archive.data();
-            let written = match &h.sparse {
-                None => write_contents(&mut data, &file, &mut buf),
-                Some(s) => write_sparse(&mut data, &file, s, &mut buf),
-            };
-            written.map_err(|source| ExtractError::Io {
-                name: name.to_string(),
-                source,
-            })?;
-            if plain {
-                attrs::set_xattrs(file.as_fd(), xattrs).map_err(&err)?;
-                rustix::fs::futimens(&file, &attrs::times(h.mtime)).map_err(&err)
-            } else {
-                attrs::finish_fd(file.as_fd(), uid, gid, h.mode, xattrs, h.mtime).map_err(&err)
-            }
-        }
-        Kind::Symlink => {
-            if h.link.is_empty() {
-                return Err(refused(name, "a symlink without a target"));
-            }
-            if h.link.len() > limits.max_path {
-                return Err(refused(
-                    name,
-                    format!("a link target longer than {} bytes", limits.max_path),
-                ));
-            }
-            let dir = replace_at(root, parent, leaf).map_err(walk_err)?;
-            // The target is stored verbatim: it is only ever followed inside the layers.
-            rustix::fs::symlinkat(OsStr::from_bytes(&h.link), &dir, leaf_name).map_err(&err)?;
-            attrs::chown_at(dir.as_fd(), leaf_name, uid, gid).map_err(&err)?;
-            attrs::set_xattrs_at(dir.as_fd(), leaf_name, xattrs, name).map_err(&err)?;
-            attrs::mtime_at(dir.as_fd(), leaf_name, h.mtime).map_err(&err)
-        }
+        Kind::Dir => directory(root, &e),
+        Kind::File => file(root, &e, archive),
+        Kind::Symlink => symlink(root, &e, limits),
         Kind::HardLink => hardlink(root, parent, leaf, h, name, limits, archive.position()),
-        Kind::Char | Kind::Block | Kind::Fifo => {
-            let (ft, dev) = match h.kind {
-                Kind::Char => (
-                    FileType::CharacterDevice,
-                    rustix::fs::makedev(h.dev_major, h.dev_minor),
-                ),
-                Kind::Block => (
-                    FileType::BlockDevice,
-                    rustix::fs::makedev(h.dev_major, h.dev_minor),
-                ),
-                _ => (FileType::Fifo, 0),
-            };
-            let dir = replace_at(root, parent, leaf).map_err(walk_err)?;
-            rustix::fs::mknodat(&dir, leaf_name, ft, Mode::from_raw_mode(0o600), dev)
-                .map_err(&err)?;
-            attrs::chown_at(dir.as_fd(), leaf_name, uid, gid).map_err(&err)?;
-            rustix::fs::chmodat(
-                &dir,
-                leaf_name,
-                Mode::from_raw_mode(h.mode & 0o7777),
-                rustix::fs::AtFlags::empty(),
-            )
-            .map_err(&err)?;
-            attrs::set_xattrs_at(dir.as_fd(), leaf_name, xattrs, name).map_err(&err)?;
-            attrs::mtime_at(dir.as_fd(), leaf_name, h.mtime).map_err(&err)
-        }
+        Kind::Char | Kind::Block | Kind::Fifo => special(root, &e),
         Kind::Other(t) => Err(refused(
             name,
             format!(
@@ -368,6 +240,179 @@ fn apply<R: Read>(
             ),
         )),
     }
+}
+
+/// One entry of the layer, resolved by [`apply`]: its header, the name errors show, its
+/// checked owner, and where it goes (the components of its directory, its own name).
+struct Entry<'a> {
+    h: &'a Header,
+    name: &'a str,
+    xattrs: &'a [(Vec<u8>, Vec<u8>)],
+    uid: u32,
+    gid: u32,
+    parent: &'a [&'a [u8]],
+    leaf: &'a [u8],
+}
+
+impl Entry<'_> {
+    fn leaf_name(&self) -> &OsStr {
+        OsStr::from_bytes(self.leaf)
+    }
+
+    fn err(&self) -> impl Fn(Errno) -> ExtractError + '_ {
+        io_err(self.name)
+    }
+
+    /// A failure to reach the entry's directory: refused when the layer's own paths lead
+    /// nowhere, an I/O error otherwise.
+    fn walk_err(&self) -> impl Fn(Errno) -> ExtractError + '_ {
+        move |e: Errno| match e {
+            Errno::NOTDIR | Errno::LOOP | Errno::NOENT => refused(
+                self.name,
+                format!("its directory cannot be made inside the layer ({e})"),
+            ),
+            e => io_err(self.name)(e),
+        }
+    }
+}
+
+/// A directory: made (or kept, its attributes replaced), opaque when this layer had put
+/// something else at its name.
+fn directory(root: &Root, e: &Entry<'_>) -> Result<(), ExtractError> {
+    let (dir, canon) = root.entry_parent(e.parent).map_err(e.walk_err())?;
+    let canon = canon.map(|c| child_path(&c, e.leaf));
+    let mut fresh_opaque = false;
+    let existed = match stat_at(dir.as_fd(), e.leaf).map_err(e.err())? {
+        Some(st) if kind(&st) == FileType::Directory => {
+            // Listed after all: its attributes are the layer's own.
+            if !root.assumed.borrow().is_empty() {
+                let c = canon.unwrap_or_else(|| canonical(root, e.parent, e.leaf));
+                root.assumed.borrow_mut().listed(&c);
+            }
+            true
+        }
+        Some(_) => {
+            // This layer put something else here (a whiteout, a file): whatever the
+            // lower layers had at this name is gone, so the directory is opaque.
+            rustix::fs::unlinkat(&dir, e.leaf_name(), rustix::fs::AtFlags::empty())
+                .map_err(e.err())?;
+            fresh_opaque = true;
+            false
+        }
+        None => false,
+    };
+    if !existed {
+        rustix::fs::mkdirat(&dir, e.leaf_name(), Mode::from_raw_mode(0o700)).map_err(e.err())?;
+    }
+    let fd = merged::open_dir_at(dir.as_fd(), e.leaf).map_err(e.err())?;
+    if existed {
+        // Its xattrs are the entry's own, not those it was copied up with.
+        attrs::clear_xattrs(fd.as_fd()).map_err(e.err())?;
+    }
+    attrs::finish_fd(fd.as_fd(), e.uid, e.gid, e.h.mode, e.xattrs, e.h.mtime).map_err(e.err())?;
+    if fresh_opaque {
+        set_opaque(fd.as_fd()).map_err(e.err())?;
+    }
+    Ok(())
+}
+
+/// A regular file (sparse or not): created with its final mode when nothing needs changing
+/// after, its contents streamed from the archive.
+fn file<R: Read>(root: &Root, e: &Entry<'_>, archive: &mut Archive<R>) -> Result<(), ExtractError> {
+    let (dir, parent_setgid) = root.entry_dir(e.parent).map_err(e.walk_err())?;
+    // A file that is ours (our uid and gid, no setgid parent) with plain permissions
+    // the umask leaves alone is created with its final mode: no chown, no chmod.
+    let plain = creds().is_some_and(|c| {
+        e.uid == c.uid
+            && e.gid == c.gid
+            && !parent_setgid
+            && e.h.mode & 0o7000 == 0
+            && e.h.mode & 0o777 & c.umask == 0
+    });
+    let create_mode = if plain { e.h.mode & 0o777 } else { 0o600 };
+    let create = || {
+        rustix::fs::openat(
+            &*dir,
+            e.leaf_name(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(create_mode),
+        )
+    };
+    // Most names are new in their layer: try first, make room only when taken.
+    let fd = match create() {
+        Err(Errno::EXIST) => {
+            root.forget_dir();
+            root.clear(dir.as_fd(), e.leaf, &|| canonical(root, e.parent, e.leaf))
+                .map_err(e.err())?;
+            create()
+        }
+        other => other,
+    }
+    .map_err(e.err())?;
+    let file = File::from(fd);
+    let mut buf = root.buf.borrow_mut();
+    let mut data = archive.data();
+    let written = match &e.h.sparse {
+        None => write_contents(&mut data, &file, &mut buf),
+        Some(s) => write_sparse(&mut data, &file, s, &mut buf),
+    };
+    written.map_err(|source| ExtractError::Io {
+        name: e.name.to_string(),
+        source,
+    })?;
+    if plain {
+        attrs::set_xattrs(file.as_fd(), e.xattrs).map_err(e.err())?;
+        rustix::fs::futimens(&file, &attrs::times(e.h.mtime)).map_err(e.err())
+    } else {
+        attrs::finish_fd(file.as_fd(), e.uid, e.gid, e.h.mode, e.xattrs, e.h.mtime).map_err(e.err())
+    }
+}
+
+/// A symbolic link, its target stored verbatim (only ever followed inside the layers).
+fn symlink(root: &Root, e: &Entry<'_>, limits: &Limits) -> Result<(), ExtractError> {
+    if e.h.link.is_empty() {
+        return Err(refused(e.name, "a symlink without a target"));
+    }
+    if e.h.link.len() > limits.max_path {
+        return Err(refused(
+            e.name,
+            format!("a link target longer than {} bytes", limits.max_path),
+        ));
+    }
+    let dir = replace_at(root, e.parent, e.leaf).map_err(e.walk_err())?;
+    // The target is stored verbatim: it is only ever followed inside the layers.
+    rustix::fs::symlinkat(OsStr::from_bytes(&e.h.link), &dir, e.leaf_name()).map_err(e.err())?;
+    attrs::chown_at(dir.as_fd(), e.leaf_name(), e.uid, e.gid).map_err(e.err())?;
+    attrs::set_xattrs_at(dir.as_fd(), e.leaf_name(), e.xattrs, e.name).map_err(e.err())?;
+    attrs::mtime_at(dir.as_fd(), e.leaf_name(), e.h.mtime).map_err(e.err())
+}
+
+/// A character or block device, or a FIFO.
+fn special(root: &Root, e: &Entry<'_>) -> Result<(), ExtractError> {
+    let (ft, dev) = match e.h.kind {
+        Kind::Char => (
+            FileType::CharacterDevice,
+            rustix::fs::makedev(e.h.dev_major, e.h.dev_minor),
+        ),
+        Kind::Block => (
+            FileType::BlockDevice,
+            rustix::fs::makedev(e.h.dev_major, e.h.dev_minor),
+        ),
+        _ => (FileType::Fifo, 0),
+    };
+    let dir = replace_at(root, e.parent, e.leaf).map_err(e.walk_err())?;
+    rustix::fs::mknodat(&dir, e.leaf_name(), ft, Mode::from_raw_mode(0o600), dev)
+        .map_err(e.err())?;
+    attrs::chown_at(dir.as_fd(), e.leaf_name(), e.uid, e.gid).map_err(e.err())?;
+    rustix::fs::chmodat(
+        &dir,
+        e.leaf_name(),
+        Mode::from_raw_mode(e.h.mode & 0o7777),
+        rustix::fs::AtFlags::empty(),
+    )
+    .map_err(e.err())?;
+    attrs::set_xattrs_at(dir.as_fd(), e.leaf_name(), e.xattrs, e.name).map_err(e.err())?;
+    attrs::mtime_at(dir.as_fd(), e.leaf_name(), e.h.mtime).map_err(e.err())
 }
 
 #[cfg(test)]
