@@ -13,7 +13,6 @@
 //! layer is extracted on its own and what it assumed of them is kept ([`Assumed`]);
 //! [`super::settle`] checks it once they are known, or the layer is extracted again.
 
-use std::cell::Cell;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -93,11 +92,11 @@ pub fn extract<R: Read>(
         Lowers::Unknown => None,
         Lowers::Known(l) => Some(lower::open_roots(&l).map_err(io_at(root))?),
     };
-    let root = Root {
+    let mut root = Root {
         fd: root_fd,
         lowers,
         assumed: Default::default(),
-        root_hides: Cell::new(false),
+        root_hides: false,
         copied: Default::default(),
         copied_bytes: Default::default(),
         last_dir: Default::default(),
@@ -125,7 +124,7 @@ pub fn extract<R: Read>(
             });
         }
         let xattrs = xattrs_of(&h, limits, &name, &mut done.dropped_overlay_xattrs)?;
-        match apply(&root, &mut archive, &h, &name, &xattrs, limits) {
+        match apply(&mut root, &mut archive, &h, &name, &xattrs, limits) {
             // Streamed, the layer may have refused an entry because of what it assumed of the
             // layers below (a directory made for a whiteout where they have a file): the
             // extraction that knows them has the last word.
@@ -134,7 +133,7 @@ pub fn extract<R: Read>(
             }
             r => r?,
         }
-        if root.copied_bytes.get() + archive.position() > limits.max_size {
+        if root.copied_bytes + archive.position() > limits.max_size {
             return Err(ExtractError::Refused {
                 name,
                 why: format!(
@@ -144,30 +143,30 @@ pub fn extract<R: Read>(
                 ),
             });
         }
-        if root.lowers.is_none() && root.assumed.borrow().too_big() {
+        if root.lowers.is_none() && root.assumed.too_big() {
             return Err(ExtractError::NeedsLowers(
                 "too many directories and whiteouts to check later".into(),
             ));
         }
     }
-    done.copied_links = root.copied.get();
+    done.copied_links = root.copied;
     if let Some(l) = &root.lowers {
         // What was made only for whiteouts that hide nothing goes; an opaque root hides the
         // lower names one by one.
-        let mut a = root.assumed.take();
-        a.root_opaque = root.root_hides.get();
+        let mut a = std::mem::take(&mut root.assumed);
+        a.root_opaque = root.root_hides;
         a.root_listed = true; // given the lower root's attributes at the start, or its own
         settle::settle_open(root.fd.as_fd(), l, &a).map_err(|e| io_at(Path::new("."))(e))?;
     } else {
-        let mut a = root.assumed.take();
-        a.root_opaque = root.root_hides.get();
+        let mut a = std::mem::take(&mut root.assumed);
+        a.root_opaque = root.root_hides;
         done.assumed = Some(a);
     }
     Ok((done, archive.into_inner()))
 }
 
 fn apply<R: Read>(
-    root: &Root,
+    root: &mut Root,
     archive: &mut Archive<R>,
     h: &Header,
     name: &str,
@@ -189,7 +188,7 @@ fn apply<R: Read>(
     // The root directory itself ("./"): only its attributes.
     let Some((leaf, parent)) = parts.split_last() else {
         if h.kind == Kind::Dir {
-            root.assumed.borrow_mut().root_listed = true;
+            root.assumed.root_listed = true;
             attrs::clear_xattrs(root.fd.as_fd()).map_err(&err)?;
             return attrs::finish_fd(root.fd.as_fd(), uid, gid, h.mode, xattrs, h.mtime)
                 .map_err(&err);
@@ -278,16 +277,16 @@ impl Entry<'_> {
 
 /// A directory: made (or kept, its attributes replaced), opaque when this layer had put
 /// something else at its name.
-fn directory(root: &Root, e: &Entry<'_>) -> Result<(), ExtractError> {
+fn directory(root: &mut Root, e: &Entry<'_>) -> Result<(), ExtractError> {
     let (dir, canon) = root.entry_parent(e.parent).map_err(e.walk_err())?;
     let canon = canon.map(|c| child_path(&c, e.leaf));
     let mut fresh_opaque = false;
     let existed = match stat_at(dir.as_fd(), e.leaf).map_err(e.err())? {
         Some(st) if kind(&st) == FileType::Directory => {
             // Listed after all: its attributes are the layer's own.
-            if !root.assumed.borrow().is_empty() {
+            if !root.assumed.is_empty() {
                 let c = canon.unwrap_or_else(|| canonical(root, e.parent, e.leaf));
-                root.assumed.borrow_mut().listed(&c);
+                root.assumed.listed(&c);
             }
             true
         }
@@ -318,7 +317,11 @@ fn directory(root: &Root, e: &Entry<'_>) -> Result<(), ExtractError> {
 
 /// A regular file (sparse or not): created with its final mode when nothing needs changing
 /// after, its contents streamed from the archive.
-fn file<R: Read>(root: &Root, e: &Entry<'_>, archive: &mut Archive<R>) -> Result<(), ExtractError> {
+fn file<R: Read>(
+    root: &mut Root,
+    e: &Entry<'_>,
+    archive: &mut Archive<R>,
+) -> Result<(), ExtractError> {
     let (dir, parent_setgid) = root.entry_dir(e.parent).map_err(e.walk_err())?;
     // A file that is ours (our uid and gid, no setgid parent) with plain permissions
     // the umask leaves alone is created with its final mode: no chown, no chmod.
@@ -342,7 +345,7 @@ fn file<R: Read>(root: &Root, e: &Entry<'_>, archive: &mut Archive<R>) -> Result
     let fd = match create() {
         Err(Errno::EXIST) => {
             root.forget_dir();
-            root.clear(dir.as_fd(), e.leaf, &|| canonical(root, e.parent, e.leaf))
+            root.clear(dir.as_fd(), e.leaf, |r| canonical(r, e.parent, e.leaf))
                 .map_err(e.err())?;
             create()
         }
@@ -350,11 +353,11 @@ fn file<R: Read>(root: &Root, e: &Entry<'_>, archive: &mut Archive<R>) -> Result
     }
     .map_err(e.err())?;
     let file = File::from(fd);
-    let mut buf = root.buf.borrow_mut();
+    let buf = &mut root.buf;
     let mut data = archive.data();
     let written = match &e.h.sparse {
-        None => write_contents(&mut data, &file, &mut buf),
-        Some(s) => write_sparse(&mut data, &file, s, &mut buf),
+        None => write_contents(&mut data, &file, buf),
+        Some(s) => write_sparse(&mut data, &file, s, buf),
     };
     written.map_err(|source| ExtractError::Io {
         name: e.name.to_string(),
@@ -369,7 +372,7 @@ fn file<R: Read>(root: &Root, e: &Entry<'_>, archive: &mut Archive<R>) -> Result
 }
 
 /// A symbolic link, its target stored verbatim (only ever followed inside the layers).
-fn symlink(root: &Root, e: &Entry<'_>, limits: &Limits) -> Result<(), ExtractError> {
+fn symlink(root: &mut Root, e: &Entry<'_>, limits: &Limits) -> Result<(), ExtractError> {
     if e.h.link.is_empty() {
         return Err(refused(e.name, "a symlink without a target"));
     }
@@ -388,7 +391,7 @@ fn symlink(root: &Root, e: &Entry<'_>, limits: &Limits) -> Result<(), ExtractErr
 }
 
 /// A character or block device, or a FIFO.
-fn special(root: &Root, e: &Entry<'_>) -> Result<(), ExtractError> {
+fn special(root: &mut Root, e: &Entry<'_>) -> Result<(), ExtractError> {
     let (ft, dev) = match e.h.kind {
         Kind::Char => (
             FileType::CharacterDevice,

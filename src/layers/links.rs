@@ -17,7 +17,7 @@ use super::top::{Root, replace_at};
 /// A hardlink: to an entry of this layer, a link; to one only a lower layer has, a copy
 /// (overlayfs cannot link across layers), counted against the layer's size.
 pub(super) fn hardlink(
-    root: &Root,
+    root: &mut Root,
     parent: &[&[u8]],
     leaf: &[u8],
     h: &Header,
@@ -107,7 +107,7 @@ pub(super) fn hardlink(
             } else {
                 0
             };
-            if root.copied_bytes.get() + size > limits.max_size.saturating_sub(position) {
+            if root.copied_bytes + size > limits.max_size.saturating_sub(position) {
                 return Err(refused(
                     name,
                     format!(
@@ -130,8 +130,8 @@ pub(super) fn hardlink(
                 name: name.to_string(),
                 source,
             })?;
-            root.copied_bytes.set(root.copied_bytes.get() + n);
-            root.copied.set(root.copied.get() + 1);
+            root.copied_bytes += n;
+            root.copied += 1;
             Ok(())
         }
         Found::Absent if root.lowers.is_none() => Err(ExtractError::NeedsLowers(format!(

@@ -2,7 +2,6 @@
 //! below: walking an entry's path through it, making the directories the path needs, making
 //! room for an entry, and what the layer assumed of the layers below while they were unknown.
 
-use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -22,17 +21,17 @@ pub(super) struct Root {
     pub(super) fd: OwnedFd,
     /// The lower layers' roots, top first; `None` while they are unknown.
     pub(super) lowers: Option<Vec<OwnedFd>>,
-    pub(super) assumed: RefCell<Assumed>,
+    pub(super) assumed: Assumed,
     /// The layer made its root opaque: the lower layers are hidden from then on.
-    pub(super) root_hides: Cell<bool>,
-    pub(super) copied: Cell<u64>,
-    pub(super) copied_bytes: Cell<u64>,
+    pub(super) root_hides: bool,
+    pub(super) copied: u64,
+    pub(super) copied_bytes: u64,
     /// The directory the last regular file went into, by its raw parent path: sorted layers
     /// put many files in a row into one directory. Only regular files that take a fresh name
     /// use it; any other entry forgets it, so it never outlives a change of the tree.
-    pub(super) last_dir: RefCell<Option<LastDir>>,
+    pub(super) last_dir: Option<LastDir>,
     /// File contents pass through here, so that a file is written in whole chunks.
-    pub(super) buf: RefCell<Vec<u8>>,
+    pub(super) buf: Vec<u8>,
 }
 
 /// A directory by its raw path in the layer, open, and whether it is setgid.
@@ -42,7 +41,9 @@ type LastDir = (Vec<u8>, Rc<OwnedFd>, bool);
 /// recorded while the lowers are unknown), a directory over a whiteout of this layer (fresh
 /// and opaque: what was below is gone), a copy of a directory only the lowers have.
 struct Create<'a> {
-    root: &'a Root,
+    /// The lower layers are unknown (their attributes still to come).
+    lowers_unknown: bool,
+    assumed: &'a mut Assumed,
     /// The path serves a whiteout or an opaque marker only (umoci makes nothing for them).
     for_whiteout: bool,
 }
@@ -72,12 +73,10 @@ impl Make for Create<'_> {
         attrs::finish_fd(d.as_fd(), 0, 0, 0o755, &[], now())?;
         if whiteout {
             set_opaque(d.as_fd())?;
-        } else if self.for_whiteout || (self.root.lowers.is_none() && !parent.hides) {
+        } else if self.for_whiteout || (self.lowers_unknown && !parent.hides) {
             // Made for a whiteout (it goes if that one hides nothing), or with attributes
             // still to come from the layers below.
-            self.root
-                .assumed
-                .borrow_mut()
+            self.assumed
                 .implied(child_path(&parent.path(), name), self.for_whiteout);
         }
         Ok(Some(d))
@@ -99,10 +98,7 @@ impl Make for Create<'_> {
         if self.for_whiteout {
             // Not this layer's own directory (umoci makes none): it goes if its whiteouts
             // all end up hiding nothing, and a later whiteout of it deletes it.
-            self.root
-                .assumed
-                .borrow_mut()
-                .implied(child_path(&parent.path(), name), true);
+            self.assumed.implied(child_path(&parent.path(), name), true);
         }
         Ok(Some(d))
     }
@@ -115,26 +111,22 @@ fn now() -> (i64, u32) {
     (t.as_secs() as i64, t.subsec_nanos())
 }
 
+/// A cursor at the root of the merged view of `fd` over `lowers`.
+fn cursor(fd: &OwnedFd, lowers: Option<&[OwnedFd]>, hides: bool) -> Result<Cursor, Errno> {
+    Cursor::root(Some(rustix::io::dup(fd)?), lowers.unwrap_or(&[]), hides)
+}
+
 impl Root {
     pub(super) fn root_cursor(&self) -> Result<Cursor, Errno> {
-        let lowers: &[OwnedFd] = self.lowers.as_deref().unwrap_or(&[]);
-        Cursor::root(
-            Some(rustix::io::dup(&self.fd)?),
-            lowers,
-            self.root_hides.get(),
-        )
+        cursor(&self.fd, self.lowers.as_deref(), self.root_hides)
     }
 
     /// Walks `path` in the merged view, creating what it needs in the top layer.
-    pub(super) fn walk_create(&self, path: &[&[u8]]) -> Result<Cursor, Errno> {
-        let mut make = Create {
-            root: self,
-            for_whiteout: false,
-        };
+    pub(super) fn walk_create(&mut self, path: &[&[u8]]) -> Result<Cursor, Errno> {
         let cur = self
-            .make_path(path, &mut make)?
+            .make_path(path, false)?
             .expect("creating walks never stop");
-        self.assumed.borrow_mut().used(&cur.canon);
+        self.assumed.used(&cur.canon);
         Ok(cur)
     }
 
@@ -142,22 +134,24 @@ impl Root {
     /// symlink to nowhere are taken by name, as filepath-securejoin takes them), then makes
     /// the directories of the canonical path only: nothing is made on the way (umoci's
     /// `MkdirAll` of the `SecureJoin`ed path).
-    fn make_path(&self, path: &[&[u8]], make: &mut Create<'_>) -> Result<Option<Cursor>, Errno> {
-        let root = || self.root_cursor();
+    fn make_path(&mut self, path: &[&[u8]], for_whiteout: bool) -> Result<Option<Cursor>, Errno> {
+        let (fd, lowers, hides) = (&self.fd, self.lowers.as_deref(), self.root_hides);
+        let root = || cursor(fd, lowers, hides);
         let canon = merged::walk_to(&root, path, &mut Lookup)?.canon;
         let parts: Vec<&[u8]> = canon.iter().map(Vec::as_slice).collect();
-        merged::walk(&root, &parts, make)
+        let mut make = Create {
+            lowers_unknown: lowers.is_none(),
+            assumed: &mut self.assumed,
+            for_whiteout,
+        };
+        merged::walk(&root, &parts, &mut make)
     }
 
     /// Walks `path` for a whiteout or an opaque marker, making the directories it needs in
     /// the top layer; `None` if the path goes through something this layer deleted or through
     /// a file of it: there is nothing there to hide.
-    pub(super) fn walk_for_whiteout(&self, path: &[&[u8]]) -> Result<Option<Cursor>, Errno> {
-        let mut make = Create {
-            root: self,
-            for_whiteout: true,
-        };
-        match self.make_path(path, &mut make) {
+    pub(super) fn walk_for_whiteout(&mut self, path: &[&[u8]]) -> Result<Option<Cursor>, Errno> {
+        match self.make_path(path, true) {
             Err(Errno::NOTDIR) => Ok(None),
             r => r,
         }
@@ -171,16 +165,16 @@ impl Root {
 
     /// [`Root::entry_parent`] for a regular file, remembered for the next file of the same
     /// directory, and whether that directory is setgid.
-    pub(super) fn entry_dir(&self, path: &[&[u8]]) -> Result<(Rc<OwnedFd>, bool), Errno> {
+    pub(super) fn entry_dir(&mut self, path: &[&[u8]]) -> Result<(Rc<OwnedFd>, bool), Errno> {
         let joined = path.join(&b'/');
-        if let Some((p, fd, setgid)) = &*self.last_dir.borrow()
+        if let Some((p, fd, setgid)) = &self.last_dir
             && *p == joined
         {
             return Ok((fd.clone(), *setgid));
         }
         let fd = Rc::new(self.entry_parent(path)?.0);
         let setgid = rustix::fs::fstat(&*fd)?.st_mode & 0o2000 != 0;
-        *self.last_dir.borrow_mut() = Some((joined, fd.clone(), setgid));
+        self.last_dir = Some((joined, fd.clone(), setgid));
         Ok((fd, setgid))
     }
 
@@ -188,12 +182,12 @@ impl Root {
     /// the top layer alone: then the merged view says the same), and its canonical path if
     /// it was walked.
     pub(super) fn entry_parent(
-        &self,
+        &mut self,
         parent: &[&[u8]],
     ) -> Result<(OwnedFd, Option<Vec<u8>>), Errno> {
         // Directories made only for whiteouts must learn that an entry went through them:
         // then the walk is needed.
-        if !self.assumed.borrow().needs_walk() {
+        if !self.assumed.needs_walk() {
             match self.open_in_top(&parent.join(&b'/')) {
                 Ok(fd) => return Ok((fd, None)),
                 Err(Errno::NOENT | Errno::NOTDIR) => {}
@@ -218,27 +212,27 @@ impl Root {
         )
     }
 
-    pub(super) fn forget_dir(&self) {
-        self.last_dir.borrow_mut().take();
+    pub(super) fn forget_dir(&mut self) {
+        self.last_dir = None;
     }
 
     /// Makes room for a non-directory entry at `name` in `dir` (the top layer's): whatever
     /// this layer has there goes, a directory with everything in it.
     /// `canon` gives its canonical path (asked for only if the record has paths to drop).
     pub(super) fn clear(
-        &self,
+        &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
-        canon: &dyn Fn() -> Vec<u8>,
+        canon: impl FnOnce(&Root) -> Vec<u8>,
     ) -> Result<(), Errno> {
         match stat_at(dir, name)? {
             None => Ok(()),
             Some(st) if kind(&st) == FileType::Directory => {
                 self.forget_dir();
                 settle::remove_tree(dir, name)?;
-                if !self.assumed.borrow().is_empty() {
-                    let c = canon();
-                    self.assumed.borrow_mut().removed(&c);
+                if !self.assumed.is_empty() {
+                    let c = canon(self);
+                    self.assumed.removed(&c);
                 }
                 Ok(())
             }
@@ -262,7 +256,7 @@ impl Root {
         if self.lowers.is_none() {
             // What was recorded beneath took its attributes from the lower layers while they
             // were still visible: only an extraction that knows them gets that right.
-            if self.assumed.borrow().implied_under(canon) {
+            if self.assumed.implied_under(canon) {
                 return Err(ExtractError::NeedsLowers(format!(
                     "{:?} is made opaque after directories beneath it were implied",
                     shown(canon)
@@ -288,13 +282,11 @@ pub(super) fn canonical(root: &Root, parent: &[&[u8]], leaf: &[u8]) -> Vec<u8> {
 }
 
 /// The top layer's directory for a new non-directory `leaf`, with room made for it.
-pub(super) fn replace_at(root: &Root, parent: &[&[u8]], leaf: &[u8]) -> Result<OwnedFd, Errno> {
+pub(super) fn replace_at(root: &mut Root, parent: &[&[u8]], leaf: &[u8]) -> Result<OwnedFd, Errno> {
     let (dir, canon) = root.entry_parent(parent)?;
     let canon = canon.map(|c| child_path(&c, leaf));
-    root.clear(dir.as_fd(), leaf, &|| {
-        canon
-            .clone()
-            .unwrap_or_else(|| canonical(root, parent, leaf))
+    root.clear(dir.as_fd(), leaf, |r| {
+        canon.unwrap_or_else(|| canonical(r, parent, leaf))
     })?;
     Ok(dir)
 }

@@ -16,12 +16,16 @@ use super::top::Root;
 
 /// `.wh..wh..opq` in `parent`: the lower layers' contents of that directory are gone. Nothing
 /// to do if the merged view has no such directory (umoci makes none).
-pub(super) fn opaque_marker(root: &Root, parent: &[&[u8]], name: &str) -> Result<(), ExtractError> {
+pub(super) fn opaque_marker(
+    root: &mut Root,
+    parent: &[&[u8]],
+    name: &str,
+) -> Result<(), ExtractError> {
     let err = io_err(name);
     if parent.is_empty() {
         // overlayfs ignores an opaque layer root: the lower layers' names are hidden one by
         // one once they are known.
-        if root.lowers.is_none() && root.assumed.borrow().implied_under(b"") {
+        if root.lowers.is_none() && root.assumed.implied_under(b"") {
             return Err(ExtractError::NeedsLowers(
                 "the layer root is made opaque after directories were implied".into(),
             ));
@@ -29,7 +33,7 @@ pub(super) fn opaque_marker(root: &Root, parent: &[&[u8]], name: &str) -> Result
         if root.lowers.is_some() {
             settle::remove_whiteouts(root.fd.as_fd()).map_err(&err)?;
         }
-        root.root_hides.set(true);
+        root.root_hides = true;
         return Ok(());
     }
     let cur = if root.lowers.is_some() {
@@ -50,7 +54,7 @@ pub(super) fn opaque_marker(root: &Root, parent: &[&[u8]], name: &str) -> Result
 /// `.wh.NAME` in `parent`: NAME of the lower layers is gone. What this layer made stays (OCI:
 /// whiteouts apply to the layers below); a directory of this layer becomes opaque.
 pub(super) fn whiteout(
-    root: &Root,
+    root: &mut Root,
     parent: &[&[u8]],
     target: &[u8],
     name: &str,
@@ -77,16 +81,13 @@ pub(super) fn whiteout(
             if kind(&st) == FileType::Directory
                 && root
                     .assumed
-                    .borrow()
                     .made_for_whiteouts(&child_path(&cur.path(), target)) =>
         {
             // A copy of the lower directory made only to hold whiteouts: the lower directory
             // is what goes.
             let top = cur.top.as_ref().expect("found in the top layer");
             settle::remove_tree(top.as_fd(), target).map_err(&err)?;
-            root.assumed
-                .borrow_mut()
-                .removed(&child_path(&cur.path(), target));
+            root.assumed.removed(&child_path(&cur.path(), target));
             cur
         }
         Found::Top(st) if kind(&st) == FileType::Directory => {
@@ -114,9 +115,7 @@ pub(super) fn whiteout(
     .map_err(&err)?;
     attrs::chown_at(top.as_fd(), t, uid, gid).map_err(&err)?;
     if !known {
-        root.assumed
-            .borrow_mut()
-            .whiteout(child_path(&cur.path(), target));
+        root.assumed.whiteout(child_path(&cur.path(), target));
     }
     Ok(())
 }
