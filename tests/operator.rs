@@ -272,6 +272,39 @@ impl HttpProxy {
                         head.push(byte[0]);
                     }
                     let line = String::from_utf8_lossy(&head).into_owned();
+                    // HTTPS: CONNECT host:port, then a tunnel to it.
+                    if let Some(authority) = line
+                        .strip_prefix("CONNECT ")
+                        .and_then(|r| r.split_whitespace().next())
+                    {
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if client.read(&mut byte).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(byte[0]);
+                        }
+                        seen.lock().unwrap().push(format!("CONNECT {authority}"));
+                        let port = authority.rsplit(':').next().unwrap_or("443");
+                        let Ok(server) = std::net::TcpStream::connect((
+                            "127.0.0.1",
+                            port.parse::<u16>().unwrap_or(443),
+                        )) else {
+                            return;
+                        };
+                        client
+                            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                            .unwrap();
+                        let (mut c2, mut s2) =
+                            (client.try_clone().unwrap(), server.try_clone().unwrap());
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut s2, &mut c2);
+                            let _ = c2.shutdown(std::net::Shutdown::Both);
+                        });
+                        let mut server = server;
+                        let _ = std::io::copy(&mut client, &mut server);
+                        let _ = server.shutdown(std::net::Shutdown::Write);
+                        return;
+                    }
                     let Some(authority) = line
                         .split_whitespace()
                         .nth(1)
@@ -566,4 +599,43 @@ fn a_deadline_ends_the_run_promptly_and_leaves_nothing_half_made() {
             .unwrap_or_default();
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
+}
+
+/// HTTPS_PROXY for an HTTPS registry: a CONNECT tunnel through the proxy, the registry's
+/// name known only to the proxy, TLS end to end (here `kci-insecure-registry`: the
+/// certificate is a self-signed one).
+#[test]
+fn https_goes_through_the_proxys_connect_tunnel() {
+    let e = FaultEnv::start(image(8, &[6_000], "amd64", false), &["op/tls"]);
+    let pki = common::registry::Pki::new();
+    let tls = pki.self_signed("tunnel", &["reg.tunnel.test"]);
+    let front = common::fault::FaultServer::start(&e.registry.addr(), vec![], None, Some(tls));
+    let reg = format!("reg.tunnel.test:{}", front.port);
+    let proxy = HttpProxy::start();
+    let _dns = Nxdomain::start("127.0.0.82");
+    fs::write(e.root.file("etc/resolv.conf"), "nameserver 127.0.0.82\n").unwrap();
+    let store = e.root.file("store");
+    let mut cmd = agent(&[
+        "pull",
+        "--root",
+        e.root.arg(),
+        "--store",
+        store.to_str().unwrap(),
+        "--insecure-registry",
+        &reg,
+        &format!("{reg}/op/tls:v1"),
+    ]);
+    cmd.env("HTTPS_PROXY", format!("http://127.0.0.1:{}", proxy.port));
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        proxy
+            .targets
+            .lock()
+            .unwrap()
+            .contains(&format!("CONNECT {reg}")),
+        "{:?}",
+        proxy.targets
+    );
+    assert_eq!(common::verify_store(&store), 3);
 }
