@@ -25,6 +25,7 @@ need unpigz pigz                       # the benchmark's local `unpigz | tar` re
 need zstd zstd
 need mkfs.ext4 e2fsprogs               # the benchmark's fresh journaled ext4 on a loop device
 need losetup mount
+need mkfs.erofs erofs-utils            # `cache build` writes an EROFS image (SPEC §12)
 [[ -x /usr/bin/time ]] || need_pkgs+=(time)   # GNU time: peak RSS in the benchmark
 
 if ((${#need_pkgs[@]})); then

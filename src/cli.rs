@@ -224,6 +224,9 @@ pub enum Command {
         #[command(flatten)]
         view: StoreView,
     },
+    /// Image caches (SPEC §12).
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print a completion script for a shell (e.g. `kci-pull-agent completions bash >
     /// /etc/bash_completion.d/kci-pull-agent`).
     #[command(
@@ -245,6 +248,29 @@ pub enum Command {
         /// text, or json (one object per line).
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+    },
+}
+
+/// What `cache` does.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Pull the images (default: those of --spec) and write their manifests, configs and
+    /// unpacked layers as one EROFS image, to ship as a disk snapshot or a file.
+    #[command(
+        after_help = "Example:\n  kci-pull-agent cache build --output /srv/kci-cache.erofs --spec pod.json"
+    )]
+    Build {
+        /// The EROFS image to write (replaced atomically).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Add the layer blobs too (by default only their unpacked trees).
+        #[arg(long)]
+        with_blobs: bool,
+        /// Images to cache (default: the images of --spec).
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+        #[command(flatten)]
+        tuning: PullTuning,
     },
 }
 

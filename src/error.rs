@@ -31,6 +31,10 @@ pub enum Error {
     /// Every image was pulled but a container's bundle could not be prepared. Exit code 4.
     #[error("{failed} of {total} container bundle(s) could not be prepared")]
     ContainersFailed { failed: usize, total: usize },
+    /// `cache build` could not write its image. Exit code 3: a file the run must leave
+    /// behind is missing.
+    #[error("cannot build the cache: {0}")]
+    Cache(String),
     /// SIGINT or SIGTERM stopped the run (SPEC §11). Exit code 130 or 143.
     #[error("stopped by {signal}: {failed} of {total} image(s) not complete")]
     Stopped {
@@ -63,7 +67,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Input(_) | Error::Usage(_) | Error::Mirrors(_) | Error::Endpoint(_) => 2,
-            Error::NetFile(_) | Error::Report { .. } | Error::Flush { .. } => 3,
+            Error::NetFile(_) | Error::Report { .. } | Error::Flush { .. } | Error::Cache(_) => 3,
             Error::ImagesFailed { .. } | Error::Engine(_) | Error::ContainersFailed { .. } => 4,
             Error::Inconsistent(_) => 1,
             Error::Stopped { code, .. } => *code,
@@ -89,6 +93,10 @@ impl Error {
                     .to_string()
             }
             Error::Engine(_) => "check the instance's memory and thread limits".to_string(),
+            Error::Cache(_) => "check the free space where --output and the layer store are, \
+                                and that mkfs.erofs (erofs-utils) is installed; nothing was \
+                                written at --output"
+                .to_string(),
             Error::Stopped { .. } => "run the same command again: completed blobs and layers \
                                       are kept, and a partial blob resumes where it stopped"
                 .to_string(),

@@ -4,6 +4,7 @@
 //! (`main.rs`, file writes). See `README.md` for how operators use it.
 
 pub mod bundle;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod diag;

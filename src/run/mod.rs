@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-use crate::cli::{Cli, Command, OutputFormat, PullTuning};
+use crate::cli::{CacheCommand, Cli, Command, OutputFormat, PullTuning};
 use crate::config::Config;
 use crate::diag::{InputError, Notes, Origin};
 use crate::error::Error;
@@ -112,7 +112,9 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         _ => {}
     }
     let images: &[String] = match &cli.command {
-        Command::Explain { images, .. } | Command::Pull { images, .. } => images,
+        Command::Explain { images, .. }
+        | Command::Pull { images, .. }
+        | Command::Cache(CacheCommand::Build { images, .. }) => images,
         _ => &[],
     };
     let src = sources(&cli.common, paths.spec.clone(), images)?;
@@ -124,6 +126,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Pull { .. }
         | Command::Boot { .. }
         | Command::Prepare { .. }
+        | Command::Cache(_)
         | Command::Explain { .. } => crate::pull::load_mirrors(root, &cfg)?,
         _ => Default::default(),
     };
@@ -174,12 +177,67 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             layers,
         } => store::store_check(&paths.store, &paths.layers(layers), *fix, *output),
         Command::Explain { output, .. } => explain(root, &cfg, &mirrors, *output),
+        Command::Cache(CacheCommand::Build {
+            output,
+            with_blobs,
+            tuning,
+            ..
+        }) => {
+            if cfg.images.is_empty() {
+                return Err(Error::Usage(
+                    "no images to cache: give IMAGE arguments, or --spec with a pod that has \
+                     containers"
+                        .into(),
+                ));
+            }
+            if tuning.no_unpack {
+                return Err(Error::Usage(
+                    "a cache holds unpacked layers: drop --no-unpack".into(),
+                ));
+            }
+            pulling(None, None, None, tuning)?;
+            cache_build(
+                &paths,
+                &cfg,
+                &paths.layers(&tuning.layers),
+                output,
+                *with_blobs,
+            )
+        }
         Command::Images { .. }
         | Command::Rmi { .. }
         | Command::Prune { .. }
         | Command::Df { .. }
         | Command::Completions { .. } => unreachable!("handled above"),
     }
+}
+
+/// `cache build`, once its images are pulled: the EROFS image of them.
+fn cache_build(
+    paths: &Paths,
+    cfg: &Config,
+    layers: &Path,
+    output: &Path,
+    with_blobs: bool,
+) -> Result<(), Error> {
+    let store = crate::store::Store::open(&paths.store)
+        .map_err(|e| Error::Cache(format!("cannot open the image store: {e}")))?;
+    let layers = crate::layers::store::LayerStore::open(layers)
+        .map_err(|e| Error::Cache(format!("cannot open the layer store: {e}")))?;
+    let refs: Vec<String> = cfg.images.iter().map(|i| i.reference.to_string()).collect();
+    let built =
+        crate::cache::build(&store, &layers, &refs, output, with_blobs).map_err(Error::Cache)?;
+    info!(
+        images = built.images,
+        layers = built.layers,
+        bytes = built.bytes,
+        "cache written to {} ({} image(s), {} layer(s), {:.1} MB)",
+        output.display(),
+        built.images,
+        built.layers,
+        built.bytes as f64 / 1e6
+    );
+    Ok(())
 }
 
 /// `network`: the files, or with `--dry-run` what they would be.

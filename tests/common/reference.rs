@@ -1,11 +1,14 @@
 //! The reference the unpack tests compare with: `umoci raw unpack` of an image, and a
 //! read-only overlay mount of the agent's layer directories.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::images::Image;
+use super::images::{Image, sha256};
 
 /// `umoci raw unpack` of `img` (from an OCI layout written for it under `work`): the rootfs,
 /// or umoci's error.
@@ -74,4 +77,74 @@ impl Drop for Overlay {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// Per path (the root as "."): type, mode, owner, content, link target, device, every xattr
+/// (overlayfs's own only with `overlay_xattrs`), and the mtime of everything but directories; and hardlink groups.
+pub fn describe_tree(
+    root: &Path,
+    overlay_xattrs: bool,
+) -> (BTreeMap<String, String>, Vec<Vec<String>>) {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let rel = match p.strip_prefix(root).unwrap().to_string_lossy().as_ref() {
+            "" => ".".to_string(),
+            r => r.to_string(),
+        };
+        // overlayfs lists a whiteout it cannot find in some directories: a difference.
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            out.insert(rel, "listed, but lstat finds nothing".into());
+            continue;
+        };
+        let mut names = vec![0u8; 65536];
+        let mut xattrs = Vec::new();
+        if let Ok(n) = rustix::fs::llistxattr(&p, &mut names) {
+            for k in names[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
+                if !overlay_xattrs && k.starts_with(b"trusted.overlay.") {
+                    continue;
+                }
+                let mut v = vec![0u8; 65536];
+                let len =
+                    rustix::fs::lgetxattr(&p, std::ffi::OsStr::from_bytes(k), &mut v).unwrap();
+                xattrs.push(format!("{}={:?}", String::from_utf8_lossy(k), &v[..len]));
+            }
+        }
+        xattrs.sort();
+        let ft = m.file_type();
+        let what = if ft.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+            "dir".to_string()
+        } else {
+            if !ft.is_symlink() {
+                inodes.entry(m.ino()).or_default().push(rel.clone());
+            }
+            let kind = if ft.is_symlink() {
+                format!("link->{}", fs::read_link(&p).unwrap().display())
+            } else if ft.is_file() {
+                format!("file {} {}", m.len(), sha256(&fs::read(&p).unwrap()))
+            } else {
+                format!("special {:o} rdev={}", m.mode() & 0o170000, m.rdev())
+            };
+            format!("{kind} mtime={}.{:09}", m.mtime(), m.mtime_nsec())
+        };
+        out.insert(
+            rel,
+            format!(
+                "{what} mode={:o} owner={}:{} {}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                xattrs.join(",")
+            ),
+        );
+    }
+    let groups = inodes.into_values().filter(|g| g.len() > 1).map(|mut g| {
+        g.sort();
+        g
+    });
+    (out, groups.collect())
 }
