@@ -27,7 +27,7 @@ use crate::fsutil;
 use crate::layers::attrs::copy_attrs;
 use crate::layers::store::LayerStore;
 use crate::oci::Digest;
-use crate::store::{REF_NAME, RESOLVED, Store};
+use crate::store::{REF_NAME, Store, resolved_of};
 
 /// The cache's format, in its `kci-cache.json`.
 pub const FORMAT: u32 = 1;
@@ -155,11 +155,7 @@ fn stage_tree(
         })?;
         let (config, layer_descs) = needed.split_first().expect("a manifest has a config");
         link_blob(&desc.digest)?;
-        if let Some(resolved) = desc
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(RESOLVED))
-            .and_then(|v| v.as_str())
+        if let Some(resolved) = resolved_of(desc)
             .and_then(|s| Digest::parse(s).ok())
             .filter(|d| store.blob_path(d).exists())
         {
@@ -171,12 +167,15 @@ fn stage_tree(
                 link_blob(&l.digest)?;
             }
         }
-        let config_bytes = store
-            .read_blob(&config.digest, crate::oci::config::MAX_CONFIG)
-            .map_err(|e| format!("cannot read the config of {r}: {e}"))?;
-        let diff_ids = crate::oci::config::diff_ids(&config_bytes, layer_descs.len())
-            .map_err(|e| format!("{r}: {e}"))?;
-        for chain in crate::oci::config::chain_ids(&diff_ids) {
+        let chains = store
+            .chain_ids(&config.digest, layer_descs.len())
+            .ok_or_else(|| {
+                format!(
+                    "the config of {r} is missing, unreadable or does not describe its layers; \
+                     pull it again"
+                )
+            })?;
+        for chain in chains {
             if chains_done.contains(&chain) {
                 continue;
             }

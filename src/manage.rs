@@ -15,8 +15,8 @@ use crate::bundle::Paths;
 use crate::layers::store::LayerStore;
 use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
-use crate::store::RESOLVED;
 use crate::store::Store;
+use crate::store::resolved_of;
 
 /// One image of the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,13 +49,9 @@ fn needs(store: &Store, manifest: &Digest) -> Needs {
             chains: None,
         };
     };
-    let chains = blobs.split_first().and_then(|(config, layers)| {
-        let bytes = store
-            .read_blob(&config.digest, crate::oci::config::MAX_CONFIG)
-            .ok()?;
-        let diff_ids = crate::oci::config::diff_ids(&bytes, layers.len()).ok()?;
-        Some(crate::oci::config::chain_ids(&diff_ids))
-    });
+    let chains = blobs
+        .split_first()
+        .and_then(|(config, layers)| store.chain_ids(&config.digest, layers.len()));
     Needs { blobs, chains }
 }
 
@@ -155,50 +151,61 @@ pub struct Pruned {
 /// Blobs (with their sizes) and layers (chain IDs) nothing uses.
 type Unused = (Vec<(Digest, u64)>, Vec<Digest>);
 
-/// The blobs and layers nothing uses: not referenced by an image of `index.json` (its
-/// manifest, the index it was resolved from, its config and layers; its layers' chain IDs)
-/// and, for layers, not mounted by a prepared bundle.
+/// What is in the stores: the references, every blob with its size, every layer.
+struct Listing {
+    refs: Vec<(String, Descriptor)>,
+    blobs: Vec<(Digest, u64)>,
+    /// `None` without a layer store.
+    chains: Option<Vec<Digest>>,
+}
+
+fn list(store: &Store, layers: Option<&LayerStore>) -> Result<Listing, String> {
+    Ok(Listing {
+        refs: store.refs().map_err(|e| e.to_string())?,
+        blobs: store.blobs().map_err(|e| e.to_string())?,
+        chains: layers
+            .map(|l| l.chains().map_err(|e| e.to_string()))
+            .transpose()?,
+    })
+}
+
+/// The blobs and layers of `all` nothing uses: not referenced by an image of `index.json`
+/// (its manifest, the index it was resolved from, its config and layers; its layers' chain
+/// IDs) and, for layers, not mounted by a prepared bundle.
 fn unused(
     store: &Store,
-    layers: Option<&LayerStore>,
+    all: &Listing,
     paths: &Paths,
     layers_root: &Path,
 ) -> Result<Unused, String> {
     let mut keep_blobs: HashSet<Digest> = HashSet::new();
     let mut keep_layers: HashSet<Digest> = HashSet::new();
-    for (_, d) in store.refs().map_err(|e| e.to_string())? {
+    for (_, d) in &all.refs {
         keep_blobs.insert(d.digest.clone());
-        if let Some(resolved) = d
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(RESOLVED))
-            .and_then(|v| v.as_str())
-            .and_then(|s| Digest::parse(s).ok())
-        {
+        if let Some(resolved) = resolved_of(d).and_then(|s| Digest::parse(s).ok()) {
             keep_blobs.insert(resolved);
         }
         let n = needs(store, &d.digest);
         keep_blobs.extend(n.blobs.into_iter().map(|b| b.digest));
         keep_layers.extend(n.chains.into_iter().flatten());
     }
-    let blobs = store
-        .blobs()
-        .map_err(|e| e.to_string())?
-        .into_iter()
+    let blobs = all
+        .blobs
+        .iter()
         .filter(|(d, _)| !keep_blobs.contains(d))
+        .cloned()
         .collect();
-    let Some(layers) = layers else {
+    let Some(chains) = &all.chains else {
         return Ok((blobs, Vec::new()));
     };
     let mounted = bundle_layers(paths, layers_root).map_err(|why| {
         format!("{why}; no layer can be pruned while what a bundle mounts is unknown")
     })?;
     keep_layers.extend(mounted.into_values().flatten());
-    let unused_layers = layers
-        .chains()
-        .map_err(|e| e.to_string())?
-        .into_iter()
+    let unused_layers = chains
+        .iter()
         .filter(|c| !keep_layers.contains(c))
+        .cloned()
         .collect();
     Ok((blobs, unused_layers))
 }
@@ -210,7 +217,7 @@ pub fn prune(
     paths: &Paths,
     layers_root: &Path,
 ) -> Result<Pruned, String> {
-    let (blobs, chains) = unused(store, layers, paths, layers_root)?;
+    let (blobs, chains) = unused(store, &list(store, layers)?, paths, layers_root)?;
     let mut out = Pruned::default();
     for (d, size) in blobs {
         store.remove_blob(&d).map_err(|e| e.to_string())?;
@@ -249,28 +256,30 @@ pub fn df(
     paths: &Paths,
     layers_root: &Path,
 ) -> Result<Usage, String> {
-    let blobs = store.blobs().map_err(|e| e.to_string())?;
-    let chains = match layers {
-        Some(l) => l.chains().map_err(|e| e.to_string())?,
-        None => Vec::new(),
-    };
-    let (unused_blobs, unused_layers) = unused(store, layers, paths, layers_root)?;
-    let layer_bytes = |cs: &[Digest]| -> u64 {
-        layers.map_or(0, |l| cs.iter().map(|c| disk_usage(&l.layer_dir(c))).sum())
+    let all = list(store, layers)?;
+    let (unused_blobs, unused_layers) = unused(store, &all, paths, layers_root)?;
+    // Each layer walked once.
+    let chains = all.chains.as_deref().unwrap_or_default();
+    let sizes: std::collections::HashMap<&Digest, u64> = match layers {
+        Some(l) => chains
+            .iter()
+            .map(|c| (c, disk_usage(&l.layer_dir(c))))
+            .collect(),
+        None => Default::default(),
     };
     Ok(Usage {
         store: store.root().to_path_buf(),
-        images: store.refs().map_err(|e| e.to_string())?.len(),
-        blobs: blobs.len(),
-        blob_bytes: blobs.iter().map(|(_, s)| s).sum(),
+        images: all.refs.len(),
+        blobs: all.blobs.len(),
+        blob_bytes: all.blobs.iter().map(|(_, s)| s).sum(),
         layers_dir: layers_root.to_path_buf(),
         layers: chains.len(),
-        layer_bytes: layer_bytes(&chains),
+        layer_bytes: sizes.values().sum(),
         reclaimable: Pruned {
             blobs: unused_blobs.len(),
             blob_bytes: unused_blobs.iter().map(|(_, s)| s).sum(),
             layers: unused_layers.len(),
-            layer_bytes: layer_bytes(&unused_layers),
+            layer_bytes: unused_layers.iter().filter_map(|c| sizes.get(c)).sum(),
         },
     })
 }

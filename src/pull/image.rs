@@ -20,11 +20,7 @@ use crate::oci::Digest;
 use crate::oci::manifest::{self, Descriptor, Document};
 use crate::oci::platform;
 use crate::report::Status;
-use crate::store::{REF_NAME, RESOLVED};
-
-fn resolved_of(d: &Descriptor) -> Option<&str> {
-    d.annotations.as_ref()?.get(RESOLVED)?.as_str()
-}
+use crate::store::{REF_NAME, RESOLVED, resolved_of};
 
 /// What the registry says the image is: its manifest (chosen from an index for the
 /// platform), the index it came from, its config and layers, and the hosts to fetch from.

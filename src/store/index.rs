@@ -15,6 +15,12 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// lets a later pull of a tag decide "present" from a HEAD request alone.
 pub const RESOLVED: &str = "com.ksyun.kci.resolved-digest";
 
+/// The digest a stored image's reference resolved to at the registry ([`RESOLVED`]), as
+/// written; `None` for an entry without one.
+pub fn resolved_of(d: &Descriptor) -> Option<&str> {
+    d.annotations.as_ref()?.get(RESOLVED)?.as_str()
+}
+
 /// A parsed `index.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Index {

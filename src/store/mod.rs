@@ -25,7 +25,7 @@ use crate::oci::manifest::{Descriptor, MAX_MANIFEST};
 use crate::oci::{Algorithm, Digest};
 
 pub use check::{Problem, ProblemKind};
-pub use index::{Entry, Index, REF_NAME, RESOLVED};
+pub use index::{Entry, Index, REF_NAME, RESOLVED, resolved_of};
 pub use ingest::IngestFile;
 use partial::is_resume_name;
 pub use partial::{Pending, keep_partials};
@@ -282,6 +282,17 @@ impl Store {
             }
             _ => None,
         }
+    }
+
+    /// The chain IDs of an image's layers (its directories in the layer store), from the
+    /// diff_ids of its stored config `config`; `None` if the config is missing, unreadable
+    /// or does not describe `layers` layers.
+    pub fn chain_ids(&self, config: &Digest, layers: usize) -> Option<Vec<Digest>> {
+        let bytes = self
+            .read_blob(config, crate::oci::config::MAX_CONFIG)
+            .ok()?;
+        let diff_ids = crate::oci::config::diff_ids(&bytes, layers).ok()?;
+        Some(crate::oci::config::chain_ids(&diff_ids))
     }
 
     /// Whether the manifest `digest` and every blob it references are present.
