@@ -9,7 +9,7 @@ use std::net::UdpSocket;
 
 use common::fault::FaultEnv;
 use common::images::image;
-use common::{agent, run};
+use common::{agent, pull_report, run};
 
 /// `pull --store <a regular file>`: the reason is on stderr, not only in a report.
 #[test]
@@ -18,16 +18,11 @@ fn a_store_that_cannot_be_opened_is_explained_on_stderr() {
     let file = e.root.file("not-a-dir");
     fs::write(&file, b"").unwrap();
     let image = format!("{}/op/a:v1", e.registry.addr());
-    let r = run(&mut agent(&[
-        "pull",
-        "--root",
-        e.root.arg(),
-        "--store",
-        file.to_str().unwrap(),
-        "--http-registry",
-        &e.registry.addr(),
-        &image,
-    ]));
+    let r = pull_report(
+        &e.root,
+        &file,
+        &["--http-registry", &e.registry.addr(), &image],
+    );
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(
         r.stderr.contains("cannot open the image store")
@@ -111,18 +106,11 @@ fn verbose_logs_one_line_per_registry_request() {
     let image = format!("{reg}/op/c:v1");
     let store = e.root.file("store");
     let pull = |v: &str| {
-        run(&mut agent(&[
-            "pull",
-            v,
-            "--root",
-            e.root.arg(),
-            "--store",
-            store.to_str().unwrap(),
-            "--http-registry",
-            &reg,
-            "--no-unpack",
-            &image,
-        ]))
+        pull_report(
+            &e.root,
+            &store,
+            &[v, "--http-registry", &reg, "--no-unpack", &image],
+        )
     };
     let r = pull("-v");
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -163,19 +151,13 @@ fn the_runs_host_aliases_resolve_names_without_the_hosts_file() {
     let port = e.registry.addr().rsplit(':').next().unwrap().to_string();
     let reg = format!("only-alias.test:{port}");
     let store = e.root.file("store");
+    let image = format!("{reg}/op/d:v1");
     let pull = |aliases: &str| {
-        run(&mut agent(&[
-            "pull",
-            "--root",
-            e.root.arg(),
-            "--store",
-            store.to_str().unwrap(),
-            "--http-registry",
-            &reg,
-            "--host-aliases",
-            aliases,
-            &format!("{reg}/op/d:v1"),
-        ]))
+        pull_report(
+            &e.root,
+            &store,
+            &["--http-registry", &reg, "--host-aliases", aliases, &image],
+        )
     };
     let r = pull(r#"[{"ip":"127.0.0.1","hostnames":["only-alias.test"]}]"#);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -222,14 +204,7 @@ fn dns_errors_are_said_in_words() {
     let _dns = Nxdomain::start("127.0.0.79");
     let root = common::Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.79\n");
     let store = root.file("store");
-    let r = run(&mut agent(&[
-        "pull",
-        "--root",
-        root.arg(),
-        "--store",
-        store.to_str().unwrap(),
-        "no-such-registry.test:5000/a/b:c",
-    ]));
+    let r = pull_report(&root, &store, &["no-such-registry.test:5000/a/b:c"]);
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(
         r.stderr.contains("no such name exists (NXDOMAIN)"),
