@@ -17,20 +17,28 @@ fn a_pull_on_a_terminal_shows_a_bar_per_image_and_none_otherwise() {
     );
     let reg = e.registry.addr();
     let image_ref = format!("{reg}/bars/app:v1");
-    let store = tempfile::tempdir().unwrap();
-    let cmd = format!(
-        "{} pull --root {} --store {} --http-registry {reg} {image_ref}",
-        bin(),
-        e.root.arg(),
-        store.path().display()
-    );
-    // `script` runs the command on a pseudo-terminal and copies what it draws to stdout.
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
-        .env_remove("KCI_HOST_ALIASES")
-        .env_remove("KCI_DNS_CONFIG")
-        .output()
-        .expect("script (util-linux) is missing: run scripts/setup.sh");
+    // `script` runs a pull on a pseudo-terminal (into a fresh store) and copies what it
+    // draws to stdout.
+    let on_terminal = |no_color: bool| {
+        let store = tempfile::tempdir().unwrap();
+        let cmd = format!(
+            "{} pull --root {} --store {} --http-registry {reg} {image_ref}",
+            bin(),
+            e.root.arg(),
+            store.path().display()
+        );
+        let mut c = Command::new("script");
+        c.args(["-q", "-e", "-c", &cmd, "/dev/null"])
+            .env_remove("KCI_HOST_ALIASES")
+            .env_remove("KCI_DNS_CONFIG")
+            .env_remove("NO_COLOR");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        c.output()
+            .expect("script (util-linux) is missing: run scripts/setup.sh")
+    };
+    let out = on_terminal(false);
     let screen = strip_ansi(&String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "{screen}");
     let bar = screen
@@ -49,18 +57,7 @@ fn a_pull_on_a_terminal_shows_a_bar_per_image_and_none_otherwise() {
     // In colour on a terminal, unless NO_COLOR is set (https://no-color.org).
     let raw = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(has_colour(&raw), "{raw:?}");
-    let store = tempfile::tempdir().unwrap();
-    let cmd = format!(
-        "{} pull --root {} --store {} --http-registry {reg} {image_ref}",
-        bin(),
-        e.root.arg(),
-        store.path().display()
-    );
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = on_terminal(true);
     let raw = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{raw}");
     assert!(raw.contains("image pulled") && !has_colour(&raw), "{raw:?}");
