@@ -614,3 +614,55 @@ fn https_goes_through_the_proxys_connect_tunnel() {
     );
     assert_eq!(common::verify_store(&store), 3);
 }
+
+/// A partial blob in `ingest/` is the store on disk, so it may lie (SPEC §9): a kept
+/// `<hex>.resume` full of wrong bytes is hashed with the rest and downloaded again from
+/// scratch when the digest does not match; a link under that name is never followed. The
+/// image ends verified either way.
+#[test]
+fn a_lying_partial_blob_is_not_trusted() {
+    let img = image(9, &[200_000], "amd64", false);
+    let hex = img.layers[0]
+        .digest
+        .trim_start_matches("sha256:")
+        .to_string();
+    let e = FaultEnv::start(img, &["op/lie"]);
+    let reg = e.registry.addr();
+    for (name, plant) in [("garbage", 0), ("link", 1)] {
+        let store = e.root.file(&format!("store-{name}"));
+        let ingest = store.join("ingest");
+        fs::create_dir_all(&ingest).unwrap();
+        let kept = ingest.join(format!("{hex}.resume"));
+        if plant == 0 {
+            fs::write(&kept, vec![0x55u8; 50_000]).unwrap();
+        } else {
+            let secret = e.root.file("secret");
+            fs::write(&secret, b"not the agent's").unwrap();
+            std::os::unix::fs::symlink(&secret, &kept).unwrap();
+        }
+        let p = pull_report(
+            &e.root,
+            &store,
+            &["--http-registry", &reg, &format!("{reg}/op/lie:v1")],
+        );
+        assert_eq!(p.code, 0, "{name}: {}", p.stderr);
+        assert_eq!(common::verify_store(&store), 3, "{name}");
+        assert!(
+            !kept.exists() && fs::symlink_metadata(&kept).is_err(),
+            "{name}"
+        );
+        assert_eq!(
+            fs::read(e.root.file("secret")).ok(),
+            (plant == 1).then(|| b"not the agent's".to_vec()),
+            "{name}: the link's target is untouched"
+        );
+        if plant == 0 {
+            // The wrong bytes were taken up, found out by the digest, and fetched again.
+            assert!(
+                p.stderr.contains("resuming at 50000") && p.stderr.contains("downloading it again"),
+                "{}",
+                p.stderr
+            );
+        }
+    }
+}
