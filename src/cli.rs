@@ -158,6 +158,8 @@ pub enum Command {
         report: Option<PathBuf>,
         #[command(flatten)]
         tuning: PullTuning,
+        #[command(flatten)]
+        caches: ImageCaches,
     },
     /// Mount the rootfs of every prepared bundle from its mounts.json (the systemd unit runs
     /// this outside the sandbox of `boot --no-mount`, so that the container runtime sees the
@@ -167,6 +169,9 @@ pub enum Command {
         /// <root>/var/lib/kci/layers).
         #[arg(long, value_name = "DIR")]
         layers: Option<std::path::PathBuf>,
+        /// The caches `boot` was given (mounted here too: the bundles' layers may be theirs).
+        #[command(flatten)]
+        caches: ImageCaches,
     },
     /// Flush the layers unpacked so far to disk and clear the layer store's `unflushed` marker
     /// (after `boot` or `pull` with the default --layer-sync deferred; the systemd units run
@@ -192,6 +197,10 @@ pub enum Command {
         /// text, or json (one object per problem per line).
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
+        /// Image caches to check too, read-only (their layers also complete the store's
+        /// images).
+        #[command(flatten)]
+        caches: ImageCaches,
     },
     /// List the images in the store: reference, manifest digest, size, layers unpacked, the
     /// prepared bundles that use it.
@@ -295,7 +304,27 @@ pub struct PodRun {
     #[command(flatten)]
     pub tuning: PullTuning,
     #[command(flatten)]
+    pub caches: ImageCaches,
+    #[command(flatten)]
     pub bundles: BundleArgs,
+}
+
+/// The image caches a run uses (SPEC §12).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ImageCaches {
+    /// An image cache: an EROFS image file or block device (mounted read-only under
+    /// <root>/run/kci/caches/) or a directory of the same tree, made by `cache build`. Its
+    /// layers are used in place, only what it lacks is fetched. Repeatable [default:
+    /// $KCI_IMAGE_CACHE, comma-separated; else the caches attached in this boot].
+    #[arg(long = "image-cache", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+impl ImageCaches {
+    /// The flags, else `KCI_IMAGE_CACHE`, else the caches attached under `root`.
+    pub fn sources(&self, root: &std::path::Path) -> Vec<PathBuf> {
+        crate::cache::sources(&self.paths, std::env::var(crate::cache::ENV).ok(), root)
+    }
 }
 
 /// How bundles are prepared.

@@ -110,7 +110,14 @@ pub fn images(
             layers: n.blobs.len().saturating_sub(1),
             layers_unpacked: unpacked,
             bundles: using,
-            complete: store.is_complete(&d.digest),
+            complete: store.is_complete_with(&d.digest, &|c| {
+                paths.caches.iter().any(|dir| {
+                    dir.join("layers/sha256")
+                        .join(c.hex())
+                        .join("layer.json")
+                        .is_file()
+                })
+            }),
         });
     }
     Ok(out)

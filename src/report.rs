@@ -60,6 +60,12 @@ pub struct ImageReport {
     pub seconds_to_last_byte: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds_to_committed: Option<f64>,
+    /// The image cache its manifest and config came from (SPEC §12).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// What the operator should know although the image did not fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// One layer of an image in the layer store.
@@ -73,6 +79,10 @@ pub struct LayerReport {
     pub size: u64,
     /// Whether it was unpacked in this run (else it was already in the layer store).
     pub unpacked: bool,
+    /// Where the layer came from: `cache` (an image cache's, used in place), `store` (the
+    /// layer store had it, or its stored blob was unpacked) or `registry` (its blob was
+    /// fetched in this run).
+    pub from: &'static str,
 }
 
 /// The agent's version and the commit it is built from.

@@ -5,14 +5,15 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::busybox::{Runc, busybox_image_with};
 use common::fault::FaultEnv;
-use common::images::{image_with, layer_of};
+use common::images::{image_with, image_with_config, layer_of};
 use common::reference::describe_tree;
 use common::tarball::{chardev, dir, file, opaque, symlink, tar, whiteout};
-use common::{agent, run};
+use common::{Root, agent, run};
 
 fn gz(entries: &[common::tarball::Entry]) -> common::images::Blob {
     layer_of(&tar(entries), "application/vnd.oci.image.layer.v1.tar")
@@ -147,4 +148,436 @@ fn a_failed_build_writes_nothing() {
     ]));
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(!Path::new(&out).exists());
+}
+
+/// The busybox image with a second layer over it that removes a file, makes a directory
+/// opaque and adds a file: the base alone (`base`) and both (`app`).
+fn busybox_two_layers() -> (common::images::Image, common::images::Image) {
+    let run = serde_json::json!({"Entrypoint": ["/bin/sh", "-c"], "Env": ["PATH=/bin"]});
+    let base = busybox_image_with(run.clone());
+    let top = gz(&[
+        whiteout("etc/group"),
+        opaque("home"),
+        file("home/top", b"from the top layer\n"),
+        file("etc/app.conf", b"app=1\n").mode(0o640).owner(0, 1001),
+    ]);
+    let layers = vec![base.layers[0].clone(), top];
+    (base, image_with_config(layers, "amd64", false, run))
+}
+
+/// `boot` of a one-container pod running `image` with `args` in `root`; the run and the
+/// report.
+fn boot(
+    root: &Root,
+    reg: &str,
+    image: &str,
+    args: &str,
+    extra: &[&str],
+) -> (common::Run, serde_json::Value) {
+    let pod = serde_json::json!({
+        "metadata": {"name": "cached", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "spec": {"containers": [{"name": "c", "image": image, "args": [args]}]},
+    });
+    let spec = root.file("pod.json");
+    fs::write(&spec, pod.to_string()).unwrap();
+    let report = root.file("report.json");
+    let mut cmd = vec![
+        "boot",
+        "--root",
+        root.arg(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    cmd.extend_from_slice(extra);
+    let r = run(agent(&cmd).env_remove("KCI_IMAGE_CACHE"));
+    let rep = serde_json::from_slice(&fs::read(&report).unwrap_or_default())
+        .unwrap_or(serde_json::Value::Null);
+    (r, rep)
+}
+
+/// `cache build` of `images` through `reg` into `out`, from a root of its own.
+fn build_cache(reg: &str, images: &[&str], out: &Path) {
+    let builder = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let mut args = vec![
+        "cache",
+        "build",
+        "--root",
+        builder.arg(),
+        "--http-registry",
+        reg,
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(images);
+    let r = run(&mut agent(&args));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+/// The blobs (by digest) requested through a front after its first `from` requests.
+fn blobs_seen(front: &common::fault::FaultServer, from: usize) -> Vec<String> {
+    front
+        .seen()
+        .iter()
+        .skip(from)
+        .filter_map(|s| s.path.split("/blobs/").nth(1).map(str::to_string))
+        .collect()
+}
+
+/// The `from` of each layer of the report's first image.
+fn layer_froms(rep: &serde_json::Value) -> Vec<String> {
+    rep["images"][0]["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| l["from"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn mounts_at(at: &Path) -> usize {
+    let want = at.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .count()
+}
+
+/// SPEC §12: an instance whose image is in the cache boots without a layer blob or a config
+/// fetched (one HEAD for the tag), its rootfs is the uncached one, runc runs it, a rerun keeps
+/// one mount of the cache, store-check accepts the store, and the cache file is unchanged.
+#[test]
+fn a_cached_image_boots_without_fetching_and_runs_as_the_uncached_one() {
+    let (_, app) = busybox_two_layers();
+    let e = FaultEnv::start(app.clone(), &["cache/app"]);
+    let front = e.front(Vec::new());
+    let reg = front.addr();
+    let image = format!("{reg}/cache/app:v1");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("fleet.erofs");
+    build_cache(&reg, &[&image], &cache);
+    let hash = common::images::sha256(&fs::read(&cache).unwrap());
+    let show = "id -u; cat /home/top /etc/app.conf; ls /home; test -e /etc/group || echo no-group";
+
+    // The same pod without the cache: the reference.
+    let plain = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let (r, _) = boot(&plain, &reg, &image, show, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let want = describe_tree(&plain.file("run/kci/bundles/c/rootfs"), false);
+
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let before = front.seen().len();
+    let (r, rep) = boot(
+        &root,
+        &reg,
+        &image,
+        show,
+        &["--image-cache", cache.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The registry's authentication challenge (GET /v2/), then the tag's HEAD: nothing else.
+    let asked: Vec<String> = front.seen()[before..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .filter(|r| r != "GET /v2/")
+        .collect();
+    assert_eq!(
+        asked,
+        vec!["HEAD /v2/cache/app/manifests/v1"],
+        "one HEAD, nothing else"
+    );
+    let img = &rep["images"][0];
+    assert_eq!(img["status"], "present", "{rep}");
+    assert_eq!(img["cache"], cache.to_str().unwrap());
+    assert_eq!(layer_froms(&rep), vec!["cache", "cache"]);
+    assert_eq!(img["unpacked_bytes"], 0);
+    assert_eq!(rep["containers"][0]["status"], "ready", "{rep}");
+    // Used in place: the bundle's layers are the mounted cache's, nothing was unpacked.
+    let mounts = root.read("run/kci/bundles/c/mounts.json");
+    assert!(mounts.contains("run/kci/caches/"), "{mounts}");
+    let unpacked = fs::read_dir(root.file("var/lib/kci/layers/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(unpacked, 0, "no layer was unpacked into the layer store");
+    assert_eq!(
+        describe_tree(&root.file("run/kci/bundles/c/rootfs"), false),
+        want
+    );
+    let mut runc = Runc {
+        state: root.file("runc-state"),
+        ids: Vec::new(),
+    };
+    assert_eq!(
+        runc.run(&root.file("run/kci/bundles/c"), "cached"),
+        "0\nfrom the top layer\napp=1\ntop\nno-group\n"
+    );
+    drop(runc);
+
+    // Again: the same mount of the cache is used, not a second one.
+    let (r, rep) = boot(
+        &root,
+        &reg,
+        &image,
+        show,
+        &["--image-cache", cache.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(layer_froms(&rep), vec!["cache", "cache"]);
+    let caches: Vec<PathBuf> = fs::read_dir(root.file("run/kci/caches"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(caches.len(), 1, "{caches:?}");
+    assert_eq!(mounts_at(&caches[0]), 1);
+    // By hand, without the flag: the caches of this boot complete the store's image.
+    let r = run(agent(&["store-check", "--root", root.arg()]).env_remove("KCI_IMAGE_CACHE"));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = run(&mut agent(&[
+        "images",
+        "--root",
+        root.arg(),
+        "--output",
+        "json",
+    ]));
+    assert!(r.stdout.contains("\"complete\":true"), "{}", r.stdout);
+    drop(root);
+    drop(plain);
+    assert_eq!(
+        common::images::sha256(&fs::read(&cache).unwrap()),
+        hash,
+        "the cache was written"
+    );
+}
+
+/// An image that adds a layer over a cached base fetches that layer (and its own manifest
+/// and config), and no blob of the base.
+#[test]
+fn an_image_over_a_cached_base_fetches_only_its_own_layer() {
+    let (base, app) = busybox_two_layers();
+    let e = FaultEnv::start(base.clone(), &["cache/base"]);
+    common::images::block_on(async {
+        common::images::Pusher::new(&e.registry.addr())
+            .image("cache/app", "v1", &app)
+            .await;
+    });
+    let front = e.front(Vec::new());
+    let reg = front.addr();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("base.erofs");
+    build_cache(&reg, &[&format!("{reg}/cache/base:v1")], &cache);
+
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let before = front.seen().len();
+    let image = format!("{reg}/cache/app:v1");
+    let (r, rep) = boot(
+        &root,
+        &reg,
+        &image,
+        "cat /home/top; ls /bin/busybox",
+        &["--image-cache", cache.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut fetched = blobs_seen(&front, before);
+    fetched.sort();
+    let mut want = vec![app.config.digest.clone(), app.layers[1].digest.clone()];
+    want.sort();
+    assert_eq!(fetched, want, "the config and the top layer only");
+    assert_eq!(rep["images"][0]["status"], "pulled", "{rep}");
+    assert_eq!(layer_froms(&rep), vec!["cache", "registry"]);
+    let mut runc = Runc {
+        state: root.file("runc-state"),
+        ids: Vec::new(),
+    };
+    assert_eq!(
+        runc.run(&root.file("run/kci/bundles/c"), "over-base"),
+        "from the top layer\n/bin/busybox\n"
+    );
+}
+
+/// The registry down at boot: the cache's record of the tag is used, with a warning in the
+/// log and the report; the pod is ready.
+#[test]
+fn an_unreachable_registry_leaves_the_caches_record_of_the_tag() {
+    let (_, app) = busybox_two_layers();
+    let e = FaultEnv::start(app, &["cache/app"]);
+    let front = e.front(Vec::new());
+    let reg = front.addr();
+    let image = format!("{reg}/cache/app:v1");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("fleet.erofs");
+    build_cache(&reg, &[&image], &cache);
+    drop(front);
+    drop(e);
+
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let started = std::time::Instant::now();
+    let (r, rep) = boot(
+        &root,
+        &reg,
+        &image,
+        "cat /home/top",
+        &["--image-cache", cache.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(
+        r.stderr.contains("did not answer") && r.stderr.contains("image cache's record"),
+        "{}",
+        r.stderr
+    );
+    let img = &rep["images"][0];
+    assert_eq!(img["status"], "present", "{rep}");
+    assert!(
+        img["warning"].as_str().unwrap().contains("did not answer"),
+        "{rep}"
+    );
+    assert_eq!(layer_froms(&rep), vec!["cache", "cache"]);
+    assert_eq!(rep["containers"][0]["status"], "ready", "{rep}");
+    let mut runc = Runc {
+        state: root.file("runc-state"),
+        ids: Vec::new(),
+    };
+    assert_eq!(
+        runc.run(&root.file("run/kci/bundles/c"), "offline"),
+        "from the top layer\n"
+    );
+}
+
+/// A directory holding a cache's tree is used as the image is; one whose layer record or
+/// manifest was changed is not used at all (warned, the image pulled), and store-check says
+/// what is wrong with it.
+#[test]
+fn a_tampered_cache_is_not_used() {
+    let (_, app) = busybox_two_layers();
+    let e = FaultEnv::start(app.clone(), &["cache/app"]);
+    let front = e.front(Vec::new());
+    let reg = front.addr();
+    let image = format!("{reg}/cache/app:v1");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("fleet.erofs");
+    build_cache(&reg, &[&image], &cache);
+    // The same tree as a directory (every owner, xattr and whiteout copied).
+    let mnt = cache_dir.path().join("mnt");
+    let tree = cache_dir.path().join("tree");
+    fs::create_dir(&mnt).unwrap();
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{c:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(Command::new("mount")
+        .args(["-t", "erofs", "-o", "ro"])
+        .arg(&cache)
+        .arg(&mnt));
+    let copied = Command::new("cp").arg("-a").arg(&mnt).arg(&tree).output();
+    common::unmount_under(cache_dir.path());
+    assert!(copied.unwrap().status.success());
+    let dir_cache = tree.to_str().unwrap();
+
+    let fresh = || Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let root = fresh();
+    let before = front.seen().len();
+    let (r, rep) = boot(
+        &root,
+        &reg,
+        &image,
+        "cat /home/top",
+        &["--image-cache", dir_cache],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        layer_froms(&rep),
+        vec!["cache", "cache"],
+        "a directory cache is used"
+    );
+    assert!(blobs_seen(&front, before).is_empty());
+    assert!(
+        root.read("run/kci/bundles/c/mounts.json")
+            .contains(dir_cache)
+    );
+
+    // The top layer's record names another diff_id: the cache is not used.
+    let chain = rep["images"][0]["layers"][1]["chain_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record = tree
+        .join("layers/sha256")
+        .join(&chain[7..])
+        .join("layer.json");
+    let good = fs::read_to_string(&record).unwrap();
+    let diff_id = app.layers[1].diff_id.clone();
+    fs::write(&record, good.replace(&diff_id, &app.layers[0].diff_id)).unwrap();
+    let root = fresh();
+    let before = front.seen().len();
+    let (r, rep) = boot(
+        &root,
+        &reg,
+        &image,
+        "cat /home/top",
+        &["--image-cache", dir_cache],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not used") && r.stderr.contains("does not match its directory"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(layer_froms(&rep), vec!["registry", "registry"]);
+    assert_eq!(
+        blobs_seen(&front, before).len(),
+        3,
+        "config and both layers pulled"
+    );
+    assert!(
+        !root
+            .read("run/kci/bundles/c/mounts.json")
+            .contains(dir_cache)
+    );
+    let r = run(&mut agent(&[
+        "store-check",
+        "--root",
+        root.arg(),
+        "--image-cache",
+        dir_cache,
+    ]));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("bad-cache"), "{}", r.stdout);
+    fs::write(&record, &good).unwrap();
+
+    // A manifest changed in place (its name kept): not used either.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(tree.join("images/index.json")).unwrap()).unwrap();
+    let manifest = tree.join("images/blobs/sha256").join(
+        index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let original = fs::read(&manifest).unwrap();
+    let mut changed = original.clone();
+    let at = changed.iter().position(|b| *b == b'{').unwrap();
+    changed.insert(at + 1, b' ');
+    changed.pop();
+    fs::write(&manifest, &changed).unwrap();
+    let root = fresh();
+    let (r, rep) = boot(
+        &root,
+        &reg,
+        &image,
+        "cat /home/top",
+        &["--image-cache", dir_cache],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("does not match its digest"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(layer_froms(&rep), vec!["registry", "registry"]);
 }

@@ -54,6 +54,9 @@ pub struct Paths {
     pub instance_hosts: PathBuf,
     pub instance_resolv: PathBuf,
     pub mount: bool,
+    /// The trees of the image caches whose layers bundles may use (those attached in this
+    /// boot, by default).
+    pub caches: Vec<PathBuf>,
 }
 
 impl Paths {
@@ -66,6 +69,10 @@ impl Paths {
             instance_hosts: under_root(root, "etc/hosts"),
             instance_resolv: under_root(root, "etc/resolv.conf"),
             mount,
+            caches: crate::cache::attached(root)
+                .into_iter()
+                .map(|(_, dir)| dir)
+                .collect(),
         }
     }
 }
@@ -203,12 +210,13 @@ fn prepare_one(
     let chains = oci::config::chain_ids(&diff_ids);
     let mut lower: Vec<PathBuf> = Vec::with_capacity(chains.len());
     for chain in chains.iter().rev() {
-        if layers.get(chain).is_none() {
-            return Err(format!(
-                "layer {chain} of {name} is not in the layer store (pulled with --no-unpack?)"
-            ));
-        }
-        lower.push(layers.layer_dir(chain).join("fs"));
+        let found = layers.find(chain).ok_or_else(|| {
+            format!(
+                "layer {chain} of {name} is in neither the layer store nor an image cache \
+                 (pulled with --no-unpack?)"
+            )
+        })?;
+        lower.push(found.fs());
     }
     let run = oci::config::run_config(&config_bytes).map_err(|e| e.to_string())?;
     let text = |rel: &str| {
@@ -360,8 +368,9 @@ fn ensure_mounted(bundle: &Path, overlay: &mount::Overlay) -> Result<(), String>
 /// Mounts the rootfs of every bundle from its `mounts.json` (for the systemd unit: `boot`
 /// runs sandboxed in a mount namespace of its own with `--no-mount`, and this step, outside
 /// it, makes the mounts the container runtime sees). `mounts.json` is checked before it is
-/// trusted: one overlay whose lower directories are layer directories of `layers` and whose
-/// upper and work directories are the container's own.
+/// trusted: one overlay whose lower directories are layer directories of `layers` or of the
+/// image caches of `paths`, and whose upper and work directories are the
+/// container's own.
 pub fn mount_all(paths: &Paths, layers: &Path) -> Vec<(String, Result<(), String>)> {
     let mut out = Vec::new();
     // The pod's own mounts first: the bundles' config.json use them.
@@ -401,9 +410,10 @@ pub fn mount_all(paths: &Paths, layers: &Path) -> Vec<(String, Result<(), String
     out
 }
 
-/// A bundle's `mounts.json`, checked: one overlay of layer directories of `layers` with the
-/// container's own upper and work directories.
+/// A bundle's `mounts.json`, checked: one overlay of layer directories of `layers` (or of
+/// the image caches of `paths`) with the container's own upper and work directories.
 pub fn read_mounts(paths: &Paths, layers: &Path, name: &str) -> Result<mount::Overlay, String> {
+    let caches = &paths.caches;
     crate::config::names::check_label(name)
         .map_err(|why| format!("the bundle name {name:?} {why}"))?;
     let file = paths.bundles.join(name).join("mounts.json");
@@ -441,15 +451,24 @@ pub fn read_mounts(paths: &Paths, layers: &Path, name: &str) -> Result<mount::Ov
         })
     };
     let layer_dir = |p: &Path| {
+        let sha256 = p.parent().and_then(Path::parent);
         plain(p)
-            && p.parent().and_then(Path::parent) == Some(&layers.join("sha256"))
             && p.file_name().is_some_and(|f| f == "fs")
+            && (sha256 == Some(&layers.join("sha256"))
+                || caches
+                    .iter()
+                    .any(|c| sha256 == Some(&c.join("layers/sha256"))))
     };
     if lower.is_empty() || !lower.iter().all(|p| layer_dir(p)) {
         return Err(format!(
-            "{}: a lower directory is not a layer of {}",
+            "{}: a lower directory is not a layer of {} or of an image cache{}",
             file.display(),
-            layers.display()
+            layers.display(),
+            if caches.is_empty() {
+                " (none is given: --image-cache, or KCI_IMAGE_CACHE as boot had it)"
+            } else {
+                ""
+            }
         ));
     }
     let (Some(upper), Some(work)) = (upper, work) else {

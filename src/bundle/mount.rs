@@ -6,9 +6,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rustix::mount::{
-    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
-};
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags};
+
+pub use crate::fsutil::mounts::{is_mounted, unmount};
 
 /// An overlay mount: what `mounts.json` records and what is mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,43 +89,6 @@ impl Overlay {
     }
 }
 
-/// Whether `path` is a mount point (a line of `/proc/self/mountinfo` names it).
-pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.display().to_string();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape(m) == want)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..=i + 3].iter().all(u8::is_ascii_digit) {
-            let v = u8::from_str_radix(std::str::from_utf8(&b[i + 1..=i + 3]).unwrap_or("0"), 8);
-            if let Ok(v) = v {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Unmounts `path` (lazily: a process still inside keeps its view).
-pub fn unmount(path: &Path) -> io::Result<()> {
-    rustix::mount::unmount(path, UnmountFlags::DETACH)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,8 +109,5 @@ mod tests {
             ]
         );
         assert_eq!(o.mounts_json()[0]["type"], "overlay");
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert!(is_mounted(Path::new("/")));
-        assert!(!is_mounted(Path::new("/no/such/mount/point")));
     }
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 pub mod atomic;
+pub mod mounts;
 
 /// Marks a temporary file: `.NAME.kci-tmp-PID-RANDOM`.
 pub const TEMP_MARK: &str = ".kci-tmp-";

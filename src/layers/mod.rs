@@ -3,6 +3,7 @@
 //! writes the entries safely into the layer's `fs/`.
 
 pub mod attrs;
+pub mod cached;
 pub mod decompress;
 pub mod extract;
 mod files;
@@ -71,11 +72,7 @@ impl LayerTarget<'_> {
         self.plan
             .below
             .iter()
-            .map(|c| {
-                self.layers
-                    .get(c)
-                    .map(|_| self.layers.layer_dir(c).join("fs"))
-            })
+            .map(|c| self.layers.find(c).map(|f| f.fs()))
             .collect()
     }
 

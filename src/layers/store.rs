@@ -104,6 +104,8 @@ pub struct LayerStore {
     pub(super) sync: LayerSync,
     /// Whether this handle made sure of the boot's marker already.
     pub(super) marked: std::sync::atomic::AtomicBool,
+    /// Layers of image caches, used in place ([`LayerStore::find`]).
+    pub(super) read_only: super::cached::ReadOnly,
 }
 
 /// A layer being unpacked: its `fs/` to extract into. Dropped without [`LayerStore::commit`],
@@ -124,10 +126,10 @@ impl Drop for Staging {
     }
 }
 
-const LAYER_JSON: &str = "layer.json";
+pub(super) const LAYER_JSON: &str = "layer.json";
 /// The prefix in `ingest/` of a layer being removed by a prune.
 const PRUNED: &str = "pruned-";
-const MAX_LAYER_JSON: u64 = 64 << 10;
+pub(super) const MAX_LAYER_JSON: u64 = 64 << 10;
 
 impl LayerStore {
     /// Opens (creating if needed) the layer store at `root`, takes its lock and removes the
@@ -183,6 +185,7 @@ impl LayerStore {
             root_fd,
             sync: LayerSync::default(),
             marked: Default::default(),
+            read_only: Default::default(),
         }
     }
 

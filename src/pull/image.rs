@@ -14,6 +14,7 @@ use super::progress::ImageProgress;
 use super::session::Session;
 use super::unpack::{Marks, Unpacking, plan_layers, unpack_image};
 use super::{PullError, Shared, Why, join_all, on_store};
+use crate::cache::{Cache, CachedImage};
 use crate::config::ImageRequest;
 use crate::layers::{LayerPlan, LayerTarget, Lowers};
 use crate::oci::Digest;
@@ -38,6 +39,30 @@ struct Resolved {
     hosts: Arc<Vec<Arc<Session>>>,
 }
 
+/// What became of an image that did not fail.
+pub(super) struct Outcome {
+    pub status: Status,
+    pub digest: Digest,
+    /// Its layers, unless `--no-unpack`.
+    pub layers: Option<Unpacking>,
+    /// The image cache its manifest and config came from.
+    pub cache: Option<String>,
+    /// What the operator should know (the cache's record used for an unreachable registry).
+    pub warning: Option<String>,
+}
+
+impl Outcome {
+    fn of(status: Status, digest: Digest, layers: Option<Unpacking>) -> Outcome {
+        Outcome {
+            status,
+            digest,
+            layers,
+            cache: None,
+            warning: None,
+        }
+    }
+}
+
 pub(super) async fn pull_image(
     shared: &Shared,
     req: &ImageRequest,
@@ -45,15 +70,17 @@ pub(super) async fn pull_image(
     served: &Mutex<Served>,
     prog: &ImageProgress,
     marks: &Marks,
-) -> Result<(Status, Digest, Option<Unpacking>), PullError> {
+) -> Result<Outcome, PullError> {
     let name = req.reference.to_string();
     let (stored, complete) = on_store(shared, {
         let name = name.clone();
+        let layers = shared.layers.clone();
         move |store| {
             let stored = store.find_ref(&name)?;
-            let complete = stored
-                .as_ref()
-                .is_some_and(|d| store.is_complete(&d.digest));
+            let complete = stored.as_ref().is_some_and(|d| match &layers {
+                Some(l) => store.is_complete_with(&d.digest, &|c| l.is_cached(c)),
+                None => store.is_complete(&d.digest),
+            });
             Ok::<_, std::io::Error>((stored, complete))
         }
     })
@@ -64,26 +91,62 @@ pub(super) async fn pull_image(
             hint: Some("run the store check, or move index.json aside".into()),
         })
     })?;
-    // Usable as is: complete, and (for an image picked from an index) of the platform asked for.
-    let stored_ok = stored.as_ref().filter(|d| {
-        complete
-            && (d.platform.is_none()
-                || platform::choose(std::slice::from_ref(*d), &shared.platform).is_some())
-    });
+    // Of the platform asked for (an image picked from an index records its platform).
+    let of_platform = |d: &Descriptor| {
+        d.platform.is_none()
+            || platform::choose(std::slice::from_ref(d), &shared.platform).is_some()
+    };
+    // Usable as is: complete, and of the platform.
+    let stored_ok = stored.as_ref().filter(|d| complete && of_platform(d));
+    // A cache's image, when layers are unpacked (caches hold unpacked layers).
+    let cached = shared
+        .layers
+        .as_ref()
+        .and_then(|_| shared.caches.image(&name))
+        .filter(|(_, i)| of_platform(&i.desc));
     // Pinned by digest and already complete: nothing to ask the registry.
-    if let (Some(d), Some(s)) = (&req.reference.digest, stored_ok)
-        && resolved_of(s) == Some(d.as_str())
-    {
-        return present(shared, s, marks).await;
+    if let Some(d) = &req.reference.digest {
+        if let Some(s) = stored_ok
+            && resolved_of(s) == Some(d.as_str())
+        {
+            return present(shared, s, marks).await;
+        }
+        if let Some((cache, image)) = cached
+            && image.resolved == *d
+        {
+            return from_cache(shared, &name, cache, image, marks, None).await;
+        }
     }
     let hosts = endpoints(shared, &req.reference.registry).await?;
-    // A tag whose registry digest is the one stored: present.
-    if req.reference.digest.is_none()
-        && let Some(s) = stored_ok
-        && let Some(head) = head_digest(req, &hosts).await
-        && Some(head.as_str()) == resolved_of(s)
-    {
-        return present(shared, s, marks).await;
+    // A tag whose registry digest is the one stored or cached: present. A registry that
+    // cannot say (unreachable, failing) leaves the cache's record of the tag, with a warning.
+    if req.reference.digest.is_none() && (stored_ok.is_some() || cached.is_some()) {
+        match head_digest(req, &hosts).await {
+            Ok(Some(head)) => {
+                if let Some(s) = stored_ok
+                    && Some(head.as_str()) == resolved_of(s)
+                {
+                    return present(shared, s, marks).await;
+                }
+                if let Some((cache, image)) = cached
+                    && image.resolved == head
+                {
+                    return from_cache(shared, &name, cache, image, marks, None).await;
+                }
+            }
+            Err(e) if cached.is_some() => {
+                let (cache, image) = cached.expect("checked");
+                let warning = format!(
+                    "the registry did not answer for the tag of {name} ({e}); using the image \
+                     cache's record of it, {} (cache {})",
+                    image.resolved,
+                    cache.source.display()
+                );
+                tracing::warn!(image = %req.image, "{warning}");
+                return from_cache(shared, &name, cache, image, marks, Some(warning)).await;
+            }
+            _ => {}
+        }
     }
     let r = resolve(shared, req, hosts, bytes, served).await?;
     marks.manifest();
@@ -94,23 +157,87 @@ pub(super) async fn pull_image(
         _ => Status::Pulled,
     };
     let (digest, layers) = commit(shared, &name, r, marks).await?;
-    Ok((status, digest, layers))
+    Ok(Outcome::of(status, digest, layers))
 }
 
 /// An image found present: its layers unpacked if they are not.
-async fn present(
-    shared: &Shared,
-    d: &Descriptor,
-    marks: &Marks,
-) -> Result<(Status, Digest, Option<Unpacking>), PullError> {
+async fn present(shared: &Shared, d: &Descriptor, marks: &Marks) -> Result<Outcome, PullError> {
     marks.manifest();
     let layers = unpack_image(shared, &d.digest).await?;
     marks.committed(layers.is_some());
-    Ok((Status::Present, d.digest.clone(), layers))
+    Ok(Outcome::of(Status::Present, d.digest.clone(), layers))
 }
 
-/// The digest the registry gives for the reference's tag (a HEAD), if any host says one.
-async fn head_digest(req: &ImageRequest, hosts: &[Arc<Session>]) -> Option<Digest> {
+/// An image a cache holds: its manifest and config (verified when the cache was read) put
+/// in the store and named in `index.json`; its layers are the cache's, used in place (any the
+/// cache lacks are unpacked from the store's blobs, or the image fails).
+async fn from_cache(
+    shared: &Shared,
+    name: &str,
+    cache: &Cache,
+    image: &CachedImage,
+    marks: &Marks,
+    warning: Option<String>,
+) -> Result<Outcome, PullError> {
+    marks.manifest();
+    let mut docs = vec![
+        (image.desc.digest.clone(), image.manifest.clone()),
+        (image.config.digest.clone(), image.config_bytes.clone()),
+    ];
+    if let Some(index) = &image.index {
+        docs.push((image.resolved.clone(), index.clone()));
+    }
+    let mut desc = image.desc.clone();
+    let mut ann = serde_json::Map::new();
+    ann.insert(REF_NAME.into(), Value::from(name.to_string()));
+    ann.insert(RESOLVED.into(), Value::from(image.resolved.to_string()));
+    desc.annotations = Some(ann);
+    let hint = Some(format!(
+        "check free space and permissions of {}",
+        shared.store.root().display()
+    ));
+    {
+        let _g = shared.index.lock().await;
+        let (entry, name) = (desc.clone(), name.to_string());
+        on_store(shared, move |store| {
+            let mut wrote = false;
+            for (d, b) in &docs {
+                if !store.has_blob(d, b.len() as u64) {
+                    store.put_small(d, b)?;
+                    wrote = true;
+                }
+            }
+            if wrote {
+                store.sync_blobs()?;
+            }
+            if store.find_ref(&name)?.as_ref() != Some(&entry) {
+                store.set_refs(std::slice::from_ref(&entry))?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await?
+        .map_err(|e| {
+            PullError::Store(Why {
+                message: format!("cannot store the cached image's manifest and config: {e}"),
+                hint,
+            })
+        })?;
+    }
+    let layers = unpack_image(shared, &desc.digest).await?;
+    marks.committed(layers.is_some());
+    Ok(Outcome {
+        cache: Some(cache.source.display().to_string()),
+        warning,
+        ..Outcome::of(Status::Present, desc.digest, layers)
+    })
+}
+
+/// The digest the registry gives for the reference's tag (a HEAD): `None` if it answers
+/// without one, an error if no host answers.
+async fn head_digest(
+    req: &ImageRequest,
+    hosts: &[Arc<Session>],
+) -> Result<Option<Digest>, PullError> {
     let resolvers: Vec<Arc<Session>> = hosts
         .iter()
         .filter(|s| s.endpoint.resolves())
@@ -118,14 +245,11 @@ async fn head_digest(req: &ImageRequest, hosts: &[Arc<Session>]) -> Option<Diges
         .collect();
     let tag = req.reference.tag.clone().unwrap_or_else(|| "latest".into());
     let r = &req.reference;
-    match first_ok(&resolvers, "HEAD manifest", async |e: &Session| {
+    first_ok(&resolvers, "HEAD manifest", async |e: &Session| {
         e.head_manifest(&r.repository, &tag).await
     })
     .await
-    {
-        Ok((Some(head), _)) => Some(head),
-        _ => None,
-    }
+    .map(|(head, _)| head)
 }
 
 /// Fetches the reference's manifest (and, for an index, the one for the platform), each
@@ -279,12 +403,25 @@ async fn fetch(
 ) -> Result<(), PullError> {
     let repo = &req.reference.repository;
     let store = &shared.store;
-    let needed: u64 = std::iter::once(&r.config)
-        .chain(&r.layers)
-        .filter(|b| !store.has_blob(&b.digest, b.size))
-        .map(|b| b.size)
-        .sum();
-    prog.total.fetch_add(needed, Ordering::Relaxed);
+    let missing = |b: &Descriptor| !store.has_blob(&b.digest, b.size);
+    // A config an image cache holds (verified when the cache was read) is not fetched.
+    if missing(&r.config)
+        && shared.layers.is_some()
+        && let Some(config) = shared.caches.config(&r.config.digest)
+    {
+        let (digest, config) = (r.config.digest.clone(), config.to_vec());
+        on_store(shared, move |store| store.put_small(&digest, &config))
+            .await?
+            .map_err(|e| {
+                PullError::Store(Why {
+                    message: format!("cannot store the config {}: {e}", r.config.digest),
+                    hint: None,
+                })
+            })?;
+    }
+    if missing(&r.config) {
+        prog.total.fetch_add(r.config.size, Ordering::Relaxed);
+    }
     // Unpacking: the config first (it is small), for the layers' diff_ids; then every layer
     // unpacks while it downloads.
     let plans = match &shared.layers {
@@ -297,7 +434,7 @@ async fn fetch(
             if let Some(store) = shared.layers.as_ref().filter(|_| prog.shown()) {
                 let missing = plans
                     .iter()
-                    .filter(|p| store.get(&p.chain_id).is_none())
+                    .filter(|p| store.find(&p.chain_id).is_none())
                     .map(|p| p.chain_id.clone())
                     .collect();
                 prog.unpacks(missing, shared.committed.clone());
@@ -305,11 +442,27 @@ async fn fetch(
             Some(plans)
         }
     };
+    // A layer an image cache holds is used in place: its blob is not fetched.
+    let cached = |i: usize| {
+        plans
+            .as_ref()
+            .zip(shared.layers.as_ref())
+            .is_some_and(|(p, l)| l.is_cached(&p[i].chain_id))
+    };
+    let needed: u64 = r
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| !cached(*i) && missing(b))
+        .map(|(_, b)| b.size)
+        .sum();
+    prog.total.fetch_add(needed, Ordering::Relaxed);
     let mut blobs: Vec<(Descriptor, Option<LayerPlan>)> = Vec::new();
     let planned = r
         .layers
         .iter()
         .enumerate()
+        .filter(|(i, _)| !cached(*i))
         .map(|(i, d)| (d.clone(), plans.as_ref().map(|p| p[i].clone())));
     for (d, plan) in std::iter::once((r.config.clone(), None)).chain(planned) {
         if !blobs.iter().any(|(b, _)| b.digest == d.digest) {
@@ -406,7 +559,7 @@ async fn fetch_shared(
     };
     // Streamed into the layer store only if that layer is not there yet.
     let target = match (&shared.layers, plan) {
-        (Some(layers), Some(plan)) if layers.get(&plan.chain_id).is_none() => Some(LayerTarget {
+        (Some(layers), Some(plan)) if layers.find(&plan.chain_id).is_none() => Some(LayerTarget {
             layers,
             plan,
             max_size: shared.max_layer_size,
@@ -437,6 +590,11 @@ async fn fetch_shared(
             .await?;
             served.lock().await.add(&from.label, n);
             fetched.store(n, Ordering::Relaxed);
+            shared
+                .fetched
+                .lock()
+                .expect("poisoned")
+                .insert(d.digest.clone());
         }
         Ok::<(), PullError>(())
     })

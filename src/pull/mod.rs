@@ -168,6 +168,8 @@ pub struct PullOptions {
     pub unpack: Option<UnpackOptions>,
     /// The environment's proxies (SPEC §11).
     pub proxies: crate::registry::proxy::Proxies,
+    /// The image caches of the run (SPEC §12): their layers are used in place.
+    pub caches: Arc<crate::cache::Caches>,
 }
 
 /// Where and how layers are unpacked.
@@ -230,6 +232,10 @@ struct Shared {
     committed: Arc<std::sync::Mutex<std::collections::HashSet<Digest>>>,
     /// Layers streamed in before the layers below them were committed.
     staged: Arc<crate::layers::StagedLayers>,
+    /// The image caches (their layers are lent to `layers`).
+    caches: Arc<crate::cache::Caches>,
+    /// Blobs fetched from a registry in this run (the report's `from`).
+    fetched: std::sync::Mutex<std::collections::HashSet<Digest>>,
 }
 
 /// Pulls every image of `cfg`; one failure does not stop the others.
@@ -252,11 +258,15 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
     };
     let layers = match opts.unpack.clone() {
         None => None,
-        Some(u) => match tokio::task::spawn_blocking(move || {
-            LayerStore::open(&u.layers).map(|mut l| {
-                l.set_sync(u.sync);
-                l
-            })
+        Some(u) => match tokio::task::spawn_blocking({
+            let caches = opts.caches.clone();
+            move || {
+                LayerStore::open(&u.layers).map(|mut l| {
+                    l.set_sync(u.sync);
+                    caches.lend_layers(&mut l);
+                    l
+                })
+            }
         })
         .await
         {
@@ -300,6 +310,8 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
         unpacking: std::sync::Mutex::new(HashMap::new()),
         committed: Arc::new(std::sync::Mutex::new(std::collections::HashSet::new())),
         staged: Default::default(),
+        caches: opts.caches.clone(),
+        fetched: Default::default(),
     });
     // All images on this task: their time goes to the network (connection tasks) and to the
     // blob writer threads, so no spawning is needed to overlap them.
@@ -355,6 +367,8 @@ fn new_report(policy: &Policy, req: &ImageRequest) -> ImageReport {
         seconds_to_manifest: None,
         seconds_to_last_byte: None,
         seconds_to_committed: None,
+        cache: None,
+        warning: None,
     }
 }
 
@@ -407,9 +421,17 @@ async fn pull_one(shared: &Shared, req: &ImageRequest) -> ImageReport {
         report.served_by = served.lock().await.main();
     }
     match result {
-        Ok((status, digest, unpacking)) => {
+        Ok(image::Outcome {
+            status,
+            digest,
+            layers: unpacking,
+            cache,
+            warning,
+        }) => {
             report.status = status;
             report.digest = Some(digest.to_string());
+            report.cache = cache;
+            report.warning = warning;
             if let Some(u) = unpacking {
                 report.layers = Some(u.layers);
                 report.unpacked_bytes = Some(u.unpacked_bytes);

@@ -3,6 +3,7 @@
 //! milestones of an image's pull.
 
 use super::{PullError, Shared, Why, on_store};
+use crate::layers::cached::Place;
 use crate::layers::{LayerPlan, LayerTarget, Lowers, UnpackError};
 use crate::oci;
 use crate::oci::Digest;
@@ -107,13 +108,16 @@ pub(super) async fn unpack_image(
     let (config, layers) = blobs.split_first().expect("a manifest has a config");
     let plans = plan_layers(shared, config, layers.len()).await?;
     for (i, (desc, plan)) in layers.iter().zip(&plans).enumerate() {
-        // Bottom-up: every layer below is committed by now.
+        // Bottom-up: every layer below is committed (or cached) by now.
         let lowers: Vec<std::path::PathBuf> = plans[..i]
             .iter()
             .rev()
-            .map(|p| layer_store.layer_dir(&p.chain_id).join("fs"))
+            .map(|p| match layer_store.find(&p.chain_id) {
+                Some(found) => found.fs(),
+                None => layer_store.layer_dir(&p.chain_id).join("fs"),
+            })
             .collect();
-        if layer_store.get(&plan.chain_id).is_some() {
+        if layer_store.find(&plan.chain_id).is_some() {
             continue;
         }
         let cell = {
@@ -132,7 +136,7 @@ pub(super) async fn unpack_image(
             let shown = desc.digest.clone();
             let staged = shared.staged.clone();
             tokio::task::spawn_blocking(move || {
-                if layers.get(&plan.chain_id).is_some() {
+                if layers.find(&plan.chain_id).is_some() {
                     return Ok(());
                 }
                 // Streamed in before the layers below it were committed: settled now.
@@ -167,17 +171,19 @@ pub(super) async fn unpack_image(
         .await?;
     }
     let committed = shared.committed.lock().expect("poisoned").clone();
+    let fetched = shared.fetched.lock().expect("poisoned").clone();
     let mut out = Unpacking {
         layers: Vec::new(),
         unpacked_bytes: 0,
     };
-    for plan in &plans {
-        let json = layer_store.get(&plan.chain_id).ok_or_else(|| {
+    for (plan, desc) in plans.iter().zip(layers) {
+        let found = layer_store.find(&plan.chain_id).ok_or_else(|| {
             PullError::Store(Why {
                 message: format!("layer {} is missing from the layer store", plan.chain_id),
                 hint: Some("run store-check, then pull again".into()),
             })
         })?;
+        let json = found.json;
         let unpacked = committed.contains(&plan.chain_id);
         if unpacked {
             out.unpacked_bytes += json.size;
@@ -188,6 +194,11 @@ pub(super) async fn unpack_image(
             chain_id: json.chain_id.to_string(),
             size: json.size,
             unpacked,
+            from: match found.place {
+                Place::Cache => "cache",
+                Place::Store if fetched.contains(&desc.digest) => "registry",
+                Place::Store => "store",
+            },
         });
     }
     Ok(Some(out))

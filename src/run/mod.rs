@@ -40,6 +40,9 @@ pub struct Paths {
     pub default_layers: PathBuf,
     /// The pod: `--spec`, or for `boot` `<root>/run/kci/pod.json`.
     pub spec: Option<PathBuf>,
+    /// The image caches: `--image-cache`, else `KCI_IMAGE_CACHE`, else those attached in
+    /// this boot (for the commands that take caches).
+    pub caches: Vec<PathBuf>,
 }
 
 impl Paths {
@@ -56,6 +59,13 @@ impl Paths {
                 (Some(p), _) => Some(p.clone()),
                 (None, Command::Boot { .. }) => Some(root.join(DEFAULT_SPEC)),
                 (None, _) => None,
+            },
+            caches: match &cli.command {
+                Command::Pull { caches, .. }
+                | Command::MountBundles { caches, .. }
+                | Command::StoreCheck { caches, .. } => caches.sources(&root),
+                Command::Boot { run } | Command::Prepare { run } => run.caches.sources(&root),
+                _ => Vec::new(),
             },
             root,
         }
@@ -169,13 +179,23 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             prepare_checks(&cfg, &run.tuning)?;
             pulling(run.report.as_deref(), None, Some(&run.bundles), &run.tuning)
         }
-        Command::MountBundles { layers } => mount_bundles(root, &paths.layers(layers)),
+        Command::MountBundles { layers, .. } => {
+            mount_bundles(root, &paths.layers(layers), &paths.caches)
+        }
         Command::FlushLayers { layers } => flush_layers(&paths.layers(layers)),
         Command::StoreCheck {
             fix,
             output,
             layers,
-        } => store::store_check(&paths.store, &paths.layers(layers), *fix, *output),
+            ..
+        } => store::store_check(
+            root,
+            &paths.store,
+            &paths.layers(layers),
+            &paths.caches,
+            *fix,
+            *output,
+        ),
         Command::Explain { output, .. } => explain(root, &cfg, &mirrors, *output),
         Command::Cache(CacheCommand::Build {
             output,
@@ -290,9 +310,14 @@ fn prepare_checks(cfg: &Config, tuning: &PullTuning) -> Result<(), Error> {
     Ok(())
 }
 
-/// `mount-bundles`: the pod's own mounts, then every bundle's rootfs.
-fn mount_bundles(root: &Path, layers: &Path) -> Result<(), Error> {
-    let paths = crate::bundle::Paths::under(root, true);
+/// `mount-bundles`: the image caches (the bundles' layers may be theirs), the pod's own
+/// mounts, then every bundle's rootfs.
+fn mount_bundles(root: &Path, layers: &Path, caches: &[PathBuf]) -> Result<(), Error> {
+    let caches = crate::cache::Caches::attach(root, caches);
+    let paths = crate::bundle::Paths {
+        caches: caches.dirs(),
+        ..crate::bundle::Paths::under(root, true)
+    };
     let results = crate::bundle::mount_all(&paths, layers);
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     info!(bundles = results.len(), failed, "bundles mounted");

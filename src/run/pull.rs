@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use super::Paths;
+use std::sync::Arc;
+
+use crate::cache::Caches;
 use crate::cli::{Cli, LogFormat, PullTuning};
 use crate::config::Config;
 use crate::diag::{InputError, Origin};
@@ -26,6 +29,22 @@ pub(super) struct Outputs<'a> {
     pub(super) bundles: Option<&'a crate::cli::BundleArgs>,
 }
 
+/// The image caches of a run (SPEC §12), mounted and read; none with `--no-unpack` (a cache
+/// holds unpacked layers).
+fn attach_caches(root: &Path, sources: &[std::path::PathBuf], unpack: bool) -> Caches {
+    match (sources.is_empty(), unpack) {
+        (true, _) => Caches::default(),
+        (false, false) => {
+            tracing::warn!(
+                "the image caches are not used with --no-unpack: they hold unpacked layers, \
+                 and this run stores blobs only"
+            );
+            Caches::default()
+        }
+        (false, true) => Caches::attach(root, sources),
+    }
+}
+
 /// Prepares the bundles (SPEC §8) with the stores the pull just filled; a store that cannot
 /// be opened fails every container with the reason.
 fn prepare_bundles(
@@ -35,13 +54,20 @@ fn prepare_bundles(
     layers: &Path,
     images: &[crate::report::ImageReport],
     mount: bool,
+    caches: &Caches,
 ) -> Vec<crate::bundle::ContainerReport> {
-    let paths = crate::bundle::Paths::under(&run.root, mount);
+    let paths = crate::bundle::Paths {
+        caches: caches.dirs(),
+        ..crate::bundle::Paths::under(&run.root, mount)
+    };
     let opened = crate::store::Store::open(store)
         .map_err(|e| format!("cannot open the image store: {e}"))
         .and_then(|s| {
             crate::layers::store::LayerStore::open(layers)
-                .map(|l| (s, l))
+                .map(|mut l| {
+                    caches.lend_layers(&mut l);
+                    (s, l)
+                })
                 .map_err(|e| format!("cannot open the layer store: {e}"))
         });
     match opened {
@@ -110,7 +136,9 @@ pub(super) fn pull_and_report(
     if !proxies.is_empty() {
         info!("proxies from the environment: {}", proxies.describe());
     }
+    let caches = Arc::new(attach_caches(&paths.root, &paths.caches, !tuning.no_unpack));
     let opts = PullOptions {
+        caches: caches.clone(),
         proxies,
         root: paths.root.clone(),
         store: paths.store.clone(),
@@ -161,6 +189,7 @@ pub(super) fn pull_and_report(
             &u.layers,
             &images,
             !b.no_mount,
+            &caches,
         )),
         (Some(_), Some(_), Some(s)) if !cfg.containers.is_empty() => Some(
             cfg.containers

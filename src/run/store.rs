@@ -10,8 +10,10 @@ use crate::error::Error;
 use crate::layers::store::LayerProblemKind;
 
 pub(super) fn store_check(
+    root: &Path,
     path: &Path,
     layers: &Path,
+    caches: &[std::path::PathBuf],
     fix: bool,
     output: OutputFormat,
 ) -> Result<(), Error> {
@@ -26,9 +28,27 @@ pub(super) fn store_check(
             Error::Inconsistent(format!("cannot open the store {}: {e}", path.display()))
         }
     })?;
-    let mut problems = store.check(fix).map_err(|e| {
+    // The image caches, read-only: each read as a run reads it, then its blobs and images.
+    let mut problems = Vec::new();
+    let mut cached = std::collections::HashSet::new();
+    for (source, opened) in crate::cache::Caches::open_each(root, caches) {
+        let checked = opened.and_then(|c| {
+            cached.extend(c.layers.iter().map(|l| l.chain_id.clone()));
+            c.check()
+        });
+        match checked {
+            Ok(found) => problems.extend(found),
+            Err(why) => problems.push(crate::store::Problem {
+                kind: crate::store::ProblemKind::BadCache,
+                path: source.display().to_string(),
+                detail: format!("{why}; it is not used: rebuild it with `cache build`"),
+                fixed: false,
+            }),
+        }
+    }
+    problems.extend(store.check(fix, &|c| cached.contains(c)).map_err(|e| {
         Error::Inconsistent(format!("cannot check the store {}: {e}", path.display()))
-    })?;
+    })?);
     // The layer store too, if there is one.
     let layer_problems = crate::layers::store::LayerStore::open_existing(layers)
         .and_then(|l| l.map(|l| l.check(fix)).transpose())

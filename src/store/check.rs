@@ -24,6 +24,9 @@ pub enum ProblemKind {
     BadIndex,
     /// A directory of the layer store whose `layer.json` is missing or disagrees with it.
     BrokenLayer,
+    /// An image cache that cannot be used (SPEC §12): not mounted, not a cache, or a record
+    /// that does not match what it describes.
+    BadCache,
 }
 
 impl std::fmt::Display for ProblemKind {
@@ -34,6 +37,7 @@ impl std::fmt::Display for ProblemKind {
             ProblemKind::IncompleteImage => "incomplete-image",
             ProblemKind::BadIndex => "bad-index",
             ProblemKind::BrokenLayer => "broken-layer",
+            ProblemKind::BadCache => "bad-cache",
         })
     }
 }
@@ -53,8 +57,9 @@ impl Store {
     /// stray is left in `ingest/` or as a temporary file, `index.json` parses and each of its
     /// images is complete. With `fix`, removes what is wrong (blobs, stray files, index entries
     /// of incomplete images); blobs of complete images are never touched. Without `fix`,
-    /// nothing is changed.
-    pub fn check(&self, fix: bool) -> io::Result<Vec<Problem>> {
+    /// nothing is changed. A layer blob an image lacks is no problem when `cached` says (by
+    /// chain ID) an image cache holds its layer.
+    pub fn check(&self, fix: bool, cached: &dyn Fn(&Digest) -> bool) -> io::Result<Vec<Problem>> {
         let mut problems = Vec::new();
         let mut corrupt: Vec<Digest> = Vec::new();
         let mut note =
@@ -164,11 +169,10 @@ impl Store {
         for entry in index.entries() {
             let ok = entry.descriptor.is_ok_and(|d| {
                 !corrupt.contains(&d.digest)
-                    && self.manifest_blobs(&d.digest).is_some_and(|blobs| {
-                        blobs.iter().all(|x| {
-                            self.has_blob(&x.digest, x.size) && !corrupt.contains(&x.digest)
-                        })
-                    })
+                    && self.is_complete_with(&d.digest, cached)
+                    && self
+                        .manifest_blobs(&d.digest)
+                        .is_some_and(|blobs| blobs.iter().all(|x| !corrupt.contains(&x.digest)))
             });
             if !ok {
                 incomplete.push(entry.name.unwrap_or_default());
@@ -204,12 +208,12 @@ mod tests {
         fs::write(dir.path().join("ingest/abc.1.partial"), "part").unwrap();
         fs::write(dir.path().join("blobs/sha256/not-a-digest"), "x").unwrap();
         let store = Store::open_existing(dir.path()).unwrap();
-        let problems = store.check(false).unwrap();
+        let problems = store.check(false, &|_| false).unwrap();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().all(|p| !p.fixed));
         assert!(dir.path().join("ingest/abc.1.partial").exists());
         assert!(dir.path().join("blobs/sha256/not-a-digest").exists());
-        let problems = store.check(true).unwrap();
+        let problems = store.check(true, &|_| false).unwrap();
         assert!(problems.iter().all(|p| p.fixed), "{problems:?}");
         assert!(!dir.path().join("ingest/abc.1.partial").exists());
     }
@@ -229,7 +233,7 @@ mod tests {
         assert!(!dir.path().join("ingest/zz.resume").exists());
         assert!(!dir.path().join("ingest/abc.1.partial").exists());
         let store = Store::open_existing(dir.path()).unwrap();
-        assert!(store.check(false).unwrap().is_empty());
+        assert!(store.check(false, &|_| false).unwrap().is_empty());
     }
 
     #[test]

@@ -297,8 +297,26 @@ impl Store {
 
     /// Whether the manifest `digest` and every blob it references are present.
     pub fn is_complete(&self, digest: &Digest) -> bool {
-        self.manifest_blobs(digest)
-            .is_some_and(|blobs| blobs.iter().all(|d| self.has_blob(&d.digest, d.size)))
+        self.is_complete_with(digest, &|_| false)
+    }
+
+    /// Whether the manifest `digest`, its config and its layers are present: each layer's
+    /// blob, or its unpacked layer where `cached` says (by chain ID) an image cache holds it.
+    pub fn is_complete_with(&self, digest: &Digest, cached: &dyn Fn(&Digest) -> bool) -> bool {
+        let Some(blobs) = self.manifest_blobs(digest) else {
+            return false;
+        };
+        let (config, layers) = blobs.split_first().expect("a manifest has a config");
+        if !self.has_blob(&config.digest, config.size) {
+            return false;
+        }
+        let missing: Vec<usize> = (0..layers.len())
+            .filter(|i| !self.has_blob(&layers[*i].digest, layers[*i].size))
+            .collect();
+        missing.is_empty()
+            || self
+                .chain_ids(&config.digest, layers.len())
+                .is_some_and(|chains| missing.iter().all(|i| cached(&chains[*i])))
     }
 
     /// Makes the renames into `blobs/` durable.
@@ -358,7 +376,7 @@ impl Store {
                 io::Error::new(
                     ErrorKind::InvalidData,
                     format!(
-                        "{}: the entry {name:?} is not a valid descriptor ({why}); run                          store-check --fix",
+                        "{}: the entry {name:?} is not a valid descriptor ({why}); run store-check --fix",
                         self.root.join("index.json").display()
                     ),
                 )

@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: run the built binary against a temporary root.
 #![allow(dead_code)]
 
+pub mod busybox;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,13 +1,5 @@
-//! Image caches (SPEC §12), the building side: `cache build` writes the images' manifests,
-//! configs and unpacked layers as one EROFS image. Its tree mirrors the agent's own stores,
-//! so that a mounted cache reads as a read-only image store and layer store:
-//!
-//! ```text
-//! kci-cache.json                    what the cache holds (format, agent, images)
-//! images/                           an OCI layout: index.json with the cached references,
-//!                                   blobs/ with their manifests, configs (layers: --with-blobs)
-//! layers/sha256/<chain>/            each layer as the layer store keeps it (layer.json, fs/)
-//! ```
+//! `cache build`: the images' manifests, configs and unpacked layers staged as the cache's
+//! tree, then written as one EROFS image.
 //!
 //! The tree is staged next to the layer store (on its file system): every non-directory is
 //! a hardlink (owner, mode, xattrs, 0/0 whiteout devices and times are the inode's, kept as
@@ -23,14 +15,12 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde_json::json;
 
+use super::{FORMAT, RECORD};
 use crate::fsutil;
 use crate::layers::attrs::copy_attrs;
 use crate::layers::store::LayerStore;
 use crate::oci::Digest;
 use crate::store::{REF_NAME, Store, resolved_of};
-
-/// The cache's format, in its `kci-cache.json`.
-pub const FORMAT: u32 = 1;
 
 /// What a build wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,10 +203,10 @@ fn stage_tree(
         "images": listed,
     });
     std::fs::write(
-        stage.join("kci-cache.json"),
+        stage.join(RECORD),
         serde_json::to_vec_pretty(&record).unwrap_or_default(),
     )
-    .map_err(io("cannot write", &stage.join("kci-cache.json")))?;
+    .map_err(io("cannot write", &stage.join(RECORD)))?;
     Ok(Built {
         images: refs.len(),
         layers: chains_done.len(),
