@@ -581,3 +581,91 @@ fn a_tampered_cache_is_not_used() {
     );
     assert_eq!(layer_froms(&rep), vec!["registry", "registry"]);
 }
+
+/// A loop device over a file, detached when the test ends.
+struct LoopDev(String);
+
+impl LoopDev {
+    fn over(file: &Path) -> LoopDev {
+        let o = Command::new("losetup")
+            .args(["--find", "--show", "--read-only"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        LoopDev(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// The systemd path with a cache on a block device: `boot --no-mount` in a mount namespace of
+/// its own (as the unit's sandbox) uses the cache there; `mount-bundles` (outside, given the
+/// cache by KCI_IMAGE_CACHE as the unit's environment file gives it) mounts the cache where
+/// the bundles are mounted, then the bundles; runc runs the container.
+#[test]
+fn the_systemd_path_mounts_the_cache_where_the_bundles_are_mounted() {
+    let (_, app) = busybox_two_layers();
+    let e = FaultEnv::start(app, &["cache/app"]);
+    let front = e.front(Vec::new());
+    let reg = front.addr();
+    let image = format!("{reg}/cache/app:v1");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("fleet.erofs");
+    build_cache(&reg, &[&image], &cache);
+    let dev = LoopDev::over(&cache);
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let pod = serde_json::json!({
+        "metadata": {"name": "unit", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "spec": {"containers": [{"name": "c", "image": image, "args": ["cat /home/top"]}]},
+    });
+    fs::create_dir_all(root.file("run/kci")).unwrap();
+    fs::write(root.file("run/kci/pod.json"), pod.to_string()).unwrap();
+    let r = run(Command::new("unshare")
+        .args(["-m", "--propagation", "private"])
+        .arg(common::bin())
+        .args(["boot", "--root", root.arg(), "--no-mount"])
+        .env("KCI_IMAGE_CACHE", &dev.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rep: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.file("run/kci/pull-report.json")).unwrap()).unwrap();
+    assert_eq!(layer_froms(&rep), vec!["cache", "cache"], "{rep}");
+    let attached: Vec<PathBuf> = fs::read_dir(root.file("run/kci/caches"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(attached.len(), 1);
+    // boot's mounts stayed in its namespace.
+    assert_eq!(mounts_at(&attached[0]), 0);
+    assert_eq!(mounts_at(&root.file("run/kci/bundles/c/rootfs")), 0);
+
+    let r = run(agent(&["mount-bundles", "--root", root.arg()]).env("KCI_IMAGE_CACHE", &dev.0));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(mounts_at(&attached[0]), 1);
+    assert_eq!(mounts_at(&root.file("run/kci/bundles/c/rootfs")), 1);
+    let mut runc = Runc {
+        state: root.file("runc-state"),
+        ids: Vec::new(),
+    };
+    assert_eq!(
+        runc.run(&root.file("run/kci/bundles/c"), "unit"),
+        "from the top layer\n"
+    );
+    // Without the cache, mount-bundles cannot take the bundle's layers for the agent's.
+    drop(runc);
+    common::unmount_under(root.path());
+    let r = run(&mut agent(&[
+        "mount-bundles",
+        "--root",
+        root.arg(),
+        "--image-cache",
+        "/nonexistent",
+    ]));
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("not a layer of"), "{}", r.stderr);
+}
