@@ -275,12 +275,35 @@ pub enum CacheCommand {
         /// Add the layer blobs too (by default only their unpacked trees).
         #[arg(long)]
         with_blobs: bool,
+        /// Compress the image's files (lz4hc: about half the size, decompressed by the kernel
+        /// as containers read them; none: the fastest reads, the largest image).
+        #[arg(long, value_enum, value_name = "HOW", default_value_t = CacheCompression::None)]
+        compression: CacheCompression,
         /// Images to cache (default: the images of --spec).
         #[arg(value_name = "IMAGE")]
         images: Vec<String>,
         #[command(flatten)]
         tuning: PullTuning,
     },
+}
+
+/// How `cache build` compresses the EROFS image (`mkfs.erofs -z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheCompression {
+    None,
+    Lz4,
+    Lz4hc,
+}
+
+impl CacheCompression {
+    /// The `mkfs.erofs -z` compressor.
+    pub fn compressor(self) -> Option<&'static str> {
+        match self {
+            CacheCompression::None => None,
+            CacheCompression::Lz4 => Some("lz4"),
+            CacheCompression::Lz4hc => Some("lz4hc"),
+        }
+    }
 }
 
 /// Which stores `images`, `prune` and `df` look at, and how they print.

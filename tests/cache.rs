@@ -116,6 +116,38 @@ fn a_cache_holds_the_images_and_their_layers_as_the_stores_do() {
         described.contains("mode=4755 owner=1000:1001"),
         "{described}"
     );
+    // Compressed (lz4hc), the same trees.
+    let packed = e.root.file("cache-lz4hc.erofs");
+    let r = run(&mut agent(&[
+        "cache",
+        "build",
+        "--root",
+        e.root.arg(),
+        "--http-registry",
+        &reg,
+        "--compression",
+        "lz4hc",
+        "--output",
+        packed.to_str().unwrap(),
+        &image,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mnt2 = e.root.file("mnt2");
+    fs::create_dir_all(&mnt2).unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "erofs", "-o", "ro"])
+        .arg(&packed)
+        .arg(&mnt2)
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    for c in &chains {
+        assert_eq!(
+            describe_tree(&mnt2.join("layers/sha256").join(c).join("fs"), true),
+            describe_tree(&store_layers.join(c).join("fs"), true),
+            "layer {c}, lz4hc"
+        );
+    }
     common::unmount_under(e.root.path());
     assert!(
         fs::read(&out).unwrap() == before,

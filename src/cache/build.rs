@@ -82,14 +82,23 @@ fn replicate(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> rustix::io::Result<()>
     Ok(())
 }
 
+/// How a cache is built.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions {
+    /// The layer blobs too.
+    pub with_blobs: bool,
+    /// `mkfs.erofs -z` (`None`: the files as they are).
+    pub compressor: Option<&'static str>,
+}
+
 /// Writes the cache of `refs` (normalised references, each in `store` with its layers in
-/// `layers`) to `output` as an EROFS image; `with_blobs` adds the layer blobs.
+/// `layers`) to `output` as an EROFS image.
 pub fn build(
     store: &Store,
     layers: &LayerStore,
     refs: &[String],
     output: &Path,
-    with_blobs: bool,
+    opts: BuildOptions,
 ) -> Result<Built, String> {
     let stage_parent = layers
         .root()
@@ -97,8 +106,9 @@ pub fn build(
         .unwrap_or(layers.root())
         .to_path_buf();
     let stage = stage_parent.join(format!(".kci-cache-staging-{}", fsutil::random_hex()));
-    let result = stage_tree(store, layers, refs, &stage, with_blobs)
-        .and_then(|built| mkfs(&stage, output).map(|bytes| Built { bytes, ..built }));
+    let result = stage_tree(store, layers, refs, &stage, opts.with_blobs).and_then(|built| {
+        mkfs(&stage, output, opts.compressor).map(|bytes| Built { bytes, ..built })
+    });
     let _ = std::fs::remove_dir_all(&stage);
     result
 }
@@ -216,7 +226,7 @@ fn stage_tree(
 
 /// `mkfs.erofs` of `tree` into `output` (through a temporary file: a failed build leaves
 /// nothing half-written at `output`); its size.
-fn mkfs(tree: &Path, output: &Path) -> Result<u64, String> {
+fn mkfs(tree: &Path, output: &Path, compressor: Option<&str>) -> Result<u64, String> {
     let tmp: PathBuf = output.with_file_name(format!(
         ".{}.kci-tmp-{}",
         output
@@ -225,14 +235,15 @@ fn mkfs(tree: &Path, output: &Path) -> Result<u64, String> {
             .unwrap_or_default(),
         fsutil::random_hex()
     ));
-    let out = std::process::Command::new("mkfs.erofs")
-        .arg("-x1")
-        .arg(&tmp)
-        .arg(tree)
-        .output()
-        .map_err(|e| {
-            format!("cannot run mkfs.erofs ({e}); install erofs-utils (scripts/setup.sh does)")
-        })?;
+    // Every xattr, each file's own time; never --all-root or -T (owners and times matter).
+    let mut mkfs = std::process::Command::new("mkfs.erofs");
+    mkfs.args(["-x1", "--preserve-mtime", "--quiet"]);
+    if let Some(z) = compressor {
+        mkfs.arg(format!("-z{z}"));
+    }
+    let out = mkfs.arg(&tmp).arg(tree).output().map_err(|e| {
+        format!("cannot run mkfs.erofs ({e}); install erofs-utils (scripts/setup.sh does)")
+    })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(

@@ -21,7 +21,7 @@ mod tree;
 pub use attach::attached;
 use std::path::{Path, PathBuf};
 
-pub use build::{Built, build};
+pub use build::{BuildOptions, Built, build};
 
 use crate::layers::store::{LayerJson, LayerStore};
 use crate::oci::Digest;

@@ -200,6 +200,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Cache(CacheCommand::Build {
             output,
             with_blobs,
+            compression,
             tuning,
             ..
         }) => {
@@ -221,7 +222,10 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 &cfg,
                 &paths.layers(&tuning.layers),
                 output,
-                *with_blobs,
+                crate::cache::BuildOptions {
+                    with_blobs: *with_blobs,
+                    compressor: compression.compressor(),
+                },
             )
         }
         Command::Images { .. }
@@ -238,15 +242,14 @@ fn cache_build(
     cfg: &Config,
     layers: &Path,
     output: &Path,
-    with_blobs: bool,
+    opts: crate::cache::BuildOptions,
 ) -> Result<(), Error> {
     let store = crate::store::Store::open(&paths.store)
         .map_err(|e| Error::Cache(format!("cannot open the image store: {e}")))?;
     let layers = crate::layers::store::LayerStore::open(layers)
         .map_err(|e| Error::Cache(format!("cannot open the layer store: {e}")))?;
     let refs: Vec<String> = cfg.images.iter().map(|i| i.reference.to_string()).collect();
-    let built =
-        crate::cache::build(&store, &layers, &refs, output, with_blobs).map_err(Error::Cache)?;
+    let built = crate::cache::build(&store, &layers, &refs, output, opts).map_err(Error::Cache)?;
     info!(
         images = built.images,
         layers = built.layers,
