@@ -3,7 +3,8 @@
 # and HTTPS with a self-signed certificate reached through a host alias), seeds a demo image,
 # and runs `kci-pull-agent boot` for a pod that uses a host alias, an HTTP registry and an
 # insecure registry, in a sandbox root (never the machine's /etc). Shows what it wrote and the
-# report, starts the pod's container with runc from the bundle boot prepared, then stops and
+# report, starts the pod's container with runc from the bundle boot prepared; then builds an
+# image cache of the instance's images and boots a fresh instance from it; then stops and
 # unmounts what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   runc --root "$work/runc" delete -f "kci-demo-app-$$" >/dev/null 2>&1 || true
+  runc --root "$work/runc" delete -f "kci-demo-cached-$$" >/dev/null 2>&1 || true
   wait 2>/dev/null || true
   # The containers' rootfs overlays that boot mounted under the demo root.
   findmnt -rn -o TARGET | grep "^$work/" | sort -r | while read -r m; do umount -l "$m"; done
@@ -101,8 +103,10 @@ step "kci-pull-agent explain --root \$root   (pod from \$root/run/kci/pod.json)"
 
 step "kci-pull-agent boot --root \$root"
 set +e
+t0=$(date +%s%N)
 "$bin" boot --root "$root"
 code=$?
+t1=$(date +%s%N)
 set -e
 echo "exit code: $code"
 
@@ -134,4 +138,26 @@ step "runc run --bundle \$root/run/kci/bundles/app   (the pod's container, start
 runc --root "$work/runc" run --bundle "$root/run/kci/bundles/app" "kci-demo-app-$$"
 echo "exit code: $?"
 runc --root "$work/runc" delete -f "kci-demo-app-$$" >/dev/null 2>&1 || true
+
+step "An image cache: kci-pull-agent cache build from this instance's store (one EROFS image)"
+"$bin" cache build -q --root "$root" --spec "$root/run/kci/pod.json" --output "$work/fleet.erofs"
+ls -la "$work/fleet.erofs"
+step "A fresh instance boots with it: kci-pull-agent boot --root \$root2 --image-cache fleet.erofs"
+root2=$work/root2
+mkdir -p "$root2/etc" "$root2/run/kci"
+cp "$root/run/kci/pod.json" "$root2/run/kci/pod.json"
+printf '127.0.0.1\tlocalhost\n' >"$root2/etc/hosts"
+printf 'nameserver 127.0.0.1\n' >"$root2/etc/resolv.conf"
+t2=$(date +%s%N)
+"$bin" boot -q --root "$root2" --image-cache "$work/fleet.erofs"
+t3=$(date +%s%N)
+echo "ready (network files, bundles mounted) in $(((t3 - t2) / 1000000)) ms; the first boot above took $(((t1 - t0) / 1000000)) ms"
+python3 -c 'import json,sys
+for i in json.load(open(sys.argv[1]))["images"]:
+    print(i["image"], i["status"], "layers from:", [l["from"] for l in i["layers"]], "cache:", i.get("cache"))' \
+  "$root2/run/kci/pull-report.json"
+findmnt -rn -o TARGET,FSTYPE | grep "^$root2/run/kci/caches" || true
+runc --root "$work/runc" run --bundle "$root2/run/kci/bundles/app" "kci-demo-cached-$$" >"$work/cached.out"
+head -3 "$work/cached.out"
+runc --root "$work/runc" delete -f "kci-demo-cached-$$" >/dev/null 2>&1 || true
 exit "$code"

@@ -27,7 +27,7 @@ pub struct ImageRow {
     /// Bytes of its config and layer blobs.
     pub size: u64,
     pub layers: usize,
-    /// Of those, how many are unpacked in the layer store.
+    /// Of those, how many are unpacked in the layer store or an image cache of this boot.
     pub layers_unpacked: usize,
     /// Prepared bundles that mount its layers.
     pub bundles: Vec<String>,
@@ -94,9 +94,17 @@ pub fn images(
     for (reference, d) in store.refs()? {
         let n = needs(store, &d.digest);
         let chains = n.chains.clone().unwrap_or_default();
+        let cached = |c: &Digest| {
+            paths.caches.iter().any(|dir| {
+                dir.join("layers/sha256")
+                    .join(c.hex())
+                    .join("layer.json")
+                    .is_file()
+            })
+        };
         let unpacked = chains
             .iter()
-            .filter(|c| layers.is_some_and(|l| l.get(c).is_some()))
+            .filter(|c| layers.is_some_and(|l| l.get(c).is_some()) || cached(c))
             .count();
         let using = bundles
             .iter()
