@@ -9,34 +9,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::busybox::{Runc, busybox_image, busybox_image_with};
+use common::busybox::{Runc, boot_pod, busybox_image, busybox_image_with};
 use common::fault::FaultEnv;
-use common::{Root, agent, run};
+use common::{Root, agent, mounts_at, run};
 use serde_json::json;
-
-/// `boot` of `pod` (written to the root's `pod.json`) with a report; the run and the report.
-fn boot_pod(
-    root: &Root,
-    pod: &serde_json::Value,
-    extra: &[&str],
-) -> (common::Run, serde_json::Value) {
-    let spec = root.file("pod.json");
-    fs::write(&spec, pod.to_string()).unwrap();
-    let report = root.file("report.json");
-    let mut args = vec![
-        "boot",
-        "--root",
-        root.arg(),
-        "--spec",
-        spec.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let r = run(&mut agent(&args));
-    let rep = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
-    (r, rep)
-}
 
 #[test]
 fn boot_prepares_bundles_that_runc_runs() {
@@ -105,10 +81,7 @@ fn boot_prepares_bundles_that_runc_runs() {
         "the container's / has the image's root attributes"
     );
 
-    let mut runc = Runc {
-        state: root.file("runc-state"),
-        ids: Vec::new(),
-    };
+    let mut runc = Runc::new(root.file("runc-state"));
     assert_eq!(
         runc.run(&bundle("init"), "init").trim(),
         "init hello uid=1000"
@@ -258,10 +231,7 @@ fn boot_without_mounts_then_mount_bundles() {
     }
     let r = mount();
     assert_eq!(r.code, 0, "a rerun leaves the mounts alone: {}", r.stderr);
-    let mut runc = Runc {
-        state: root.file("runc-state"),
-        ids: Vec::new(),
-    };
+    let mut runc = Runc::new(root.file("runc-state"));
     assert_eq!(runc.run(&bundle("one"), "one").trim(), "one 1000");
     assert_eq!(runc.run(&bundle("two"), "two").trim(), "two");
 }
@@ -363,10 +333,7 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
         "nothing was made through the planted link"
     );
     let bundle = |name: &str| root.file(&format!("run/kci/bundles/{name}"));
-    let mut runc = Runc {
-        state: root.file("runc-state"),
-        ids: Vec::new(),
-    };
+    let mut runc = Runc::new(root.file("runc-state"));
     assert_eq!(runc.run(&bundle("writer"), "writer"), "");
     assert_eq!(
         runc.run(&bundle("reader"), "reader"),
@@ -382,16 +349,6 @@ fn empty_dir_volumes_are_shared_by_the_pods_containers() {
         fs::read_to_string(root.file("run/kci/pod/volumes/work/note")).unwrap(),
         "hello\n"
     );
-}
-
-/// The lines of `/proc/self/mountinfo` whose mount point is `at`.
-fn mounts_at(at: &Path) -> usize {
-    let want = at.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
-        .count()
 }
 
 /// SPEC §10 end to end: a pod of several containers whose commands print what they see,
@@ -445,10 +402,7 @@ fn a_pod_runs_as_kubernetes_runs_it() {
         "{rep}"
     );
     let bundle = |name: &str| root.file(&format!("run/kci/bundles/{name}"));
-    let mut runc = Runc {
-        state: root.file("runc-state"),
-        ids: Vec::new(),
-    };
+    let mut runc = Runc::new(root.file("runc-state"));
     let host_ipc = fs::read_link("/proc/self/ns/ipc").unwrap();
     let plain = runc.run(&bundle("plain"), "plain");
     let mut lines = plain.lines();
@@ -594,10 +548,7 @@ fn resolv_conf_follows_the_dns_policy() {
             "{policy}: {}",
             r.stderr
         );
-        let mut runc = Runc {
-            state: root.file("runc-state"),
-            ids: Vec::new(),
-        };
+        let mut runc = Runc::new(root.file("runc-state"));
         assert_eq!(
             runc.run(&root.file("run/kci/bundles/c"), policy),
             format!("{want}127.0.0.1\tlocalhost\n{src}"),

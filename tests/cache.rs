@@ -8,12 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::busybox::{Runc, busybox_image_with};
+use common::busybox::{Runc, boot_pod, busybox_image_with};
 use common::fault::FaultEnv;
 use common::images::{image_with, image_with_config, layer_of};
 use common::reference::describe_tree;
 use common::tarball::{chardev, dir, file, opaque, symlink, tar, whiteout};
-use common::{Root, agent, run};
+use common::{Root, agent, mounts_at, run};
 
 fn gz(entries: &[common::tarball::Entry]) -> common::images::Blob {
     layer_of(&tar(entries), "application/vnd.oci.image.layer.v1.tar")
@@ -38,32 +38,30 @@ fn a_cache_holds_the_images_and_their_layers_as_the_stores_do() {
     let e = FaultEnv::start(img, &["cache/app"]);
     let reg = e.registry.addr();
     let image = format!("{reg}/cache/app:v1");
-    let out = e.root.file("cache.erofs");
-    let r = run(&mut agent(&[
-        "cache",
-        "build",
-        "--root",
-        e.root.arg(),
-        "--http-registry",
-        &reg,
-        "--output",
-        out.to_str().unwrap(),
-        &image,
-    ]));
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("cache written"), "{}", r.stderr);
+    // `cache build` with `extra` flags into `name`, mounted read-only at `name`.mnt (a
+    // file-backed EROFS mount; unmounted by the root's guard); the file and the mount.
+    let build_and_mount = |name: &str, extra: &[&str]| {
+        let out = e.root.file(name);
+        let mut args = vec!["cache", "build", "--root", e.root.arg(), "--http-registry"];
+        args.extend_from_slice(&[&reg, "--output", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        args.push(&image);
+        let r = run(&mut agent(&args));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stderr.contains("cache written"), "{}", r.stderr);
+        let mnt = e.root.file(&format!("{name}.mnt"));
+        fs::create_dir_all(&mnt).unwrap();
+        let m = Command::new("mount")
+            .args(["-t", "erofs", "-o", "ro"])
+            .arg(&out)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+        (out, mnt)
+    };
+    let (out, mnt) = build_and_mount("cache.erofs", &[]);
     let before = fs::read(&out).unwrap();
-
-    // Mounted read-only (a file-backed EROFS mount; unmounted by the root's guard).
-    let mnt = e.root.file("mnt");
-    fs::create_dir_all(&mnt).unwrap();
-    let m = Command::new("mount")
-        .args(["-t", "erofs", "-o", "ro"])
-        .arg(&out)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
     let record: serde_json::Value =
         serde_json::from_slice(&fs::read(mnt.join("kci-cache.json")).unwrap()).unwrap();
     assert_eq!(record["format"], 1);
@@ -117,30 +115,7 @@ fn a_cache_holds_the_images_and_their_layers_as_the_stores_do() {
         "{described}"
     );
     // Compressed (lz4hc), the same trees.
-    let packed = e.root.file("cache-lz4hc.erofs");
-    let r = run(&mut agent(&[
-        "cache",
-        "build",
-        "--root",
-        e.root.arg(),
-        "--http-registry",
-        &reg,
-        "--compression",
-        "lz4hc",
-        "--output",
-        packed.to_str().unwrap(),
-        &image,
-    ]));
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let mnt2 = e.root.file("mnt2");
-    fs::create_dir_all(&mnt2).unwrap();
-    let m = Command::new("mount")
-        .args(["-t", "erofs", "-o", "ro"])
-        .arg(&packed)
-        .arg(&mnt2)
-        .output()
-        .unwrap();
-    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    let (_, mnt2) = build_and_mount("cache-lz4hc.erofs", &["--compression", "lz4hc"]);
     for c in &chains {
         assert_eq!(
             describe_tree(&mnt2.join("layers/sha256").join(c).join("fs"), true),
@@ -197,8 +172,8 @@ fn busybox_two_layers() -> (common::images::Image, common::images::Image) {
     (base, image_with_config(layers, "amd64", false, run))
 }
 
-/// `boot` of a one-container pod running `image` with `args` in `root`; the run and the
-/// report.
+/// `boot` of a one-container pod running `image` with `args` in `root` (KCI_IMAGE_CACHE
+/// unset); the run and the report.
 fn boot(
     root: &Root,
     reg: &str,
@@ -210,23 +185,45 @@ fn boot(
         "metadata": {"name": "cached", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
         "spec": {"containers": [{"name": "c", "image": image, "args": [args]}]},
     });
-    let spec = root.file("pod.json");
-    fs::write(&spec, pod.to_string()).unwrap();
-    let report = root.file("report.json");
-    let mut cmd = vec![
-        "boot",
-        "--root",
-        root.arg(),
-        "--spec",
-        spec.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ];
-    cmd.extend_from_slice(extra);
-    let r = run(agent(&cmd).env_remove("KCI_IMAGE_CACHE"));
-    let rep = serde_json::from_slice(&fs::read(&report).unwrap_or_default())
-        .unwrap_or(serde_json::Value::Null);
-    (r, rep)
+    assert!(
+        std::env::var_os("KCI_IMAGE_CACHE").is_none(),
+        "the tests give caches by flag"
+    );
+    boot_pod(root, &pod, extra)
+}
+
+/// A registry holding the two-layer `app` as `cache/app:v1` behind a front that counts
+/// requests, and an image cache of it built through that front.
+struct Fleet {
+    e: FaultEnv,
+    front: common::fault::FaultServer,
+    reg: String,
+    image: String,
+    app: common::images::Image,
+    cache_dir: tempfile::TempDir,
+    cache: PathBuf,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let (_, app) = busybox_two_layers();
+        let e = FaultEnv::start(app.clone(), &["cache/app"]);
+        let front = e.front(Vec::new());
+        let reg = front.addr();
+        let image = format!("{reg}/cache/app:v1");
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = cache_dir.path().join("fleet.erofs");
+        build_cache(&reg, &[&image], &cache);
+        Fleet {
+            e,
+            front,
+            reg,
+            image,
+            app,
+            cache_dir,
+            cache,
+        }
+    }
 }
 
 /// `cache build` of `images` through `reg` into `out`, from a root of its own.
@@ -257,6 +254,11 @@ fn blobs_seen(front: &common::fault::FaultServer, from: usize) -> Vec<String> {
         .collect()
 }
 
+/// `runc run` of the pod's container `c` in `root` (deleted again); its stdout.
+fn run_c(root: &Root, name: &str) -> String {
+    Runc::new(root.file("runc-state")).run(&root.file("run/kci/bundles/c"), name)
+}
+
 /// The `from` of each layer of the report's first image.
 fn layer_froms(rep: &serde_json::Value) -> Vec<String> {
     rep["images"][0]["layers"]
@@ -267,28 +269,20 @@ fn layer_froms(rep: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn mounts_at(at: &Path) -> usize {
-    let want = at.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
-        .count()
-}
-
 /// SPEC §12: an instance whose image is in the cache boots without a layer blob or a config
 /// fetched (one HEAD for the tag), its rootfs is the uncached one, runc runs it, a rerun keeps
 /// one mount of the cache, store-check accepts the store, and the cache file is unchanged.
 #[test]
 fn a_cached_image_boots_without_fetching_and_runs_as_the_uncached_one() {
-    let (_, app) = busybox_two_layers();
-    let e = FaultEnv::start(app.clone(), &["cache/app"]);
-    let front = e.front(Vec::new());
-    let reg = front.addr();
-    let image = format!("{reg}/cache/app:v1");
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = cache_dir.path().join("fleet.erofs");
-    build_cache(&reg, &[&image], &cache);
+    let Fleet {
+        e: _e,
+        front,
+        reg,
+        image,
+        cache_dir: _cache_dir,
+        cache,
+        ..
+    } = Fleet::new();
     let hash = common::images::sha256(&fs::read(&cache).unwrap());
     let show = "id -u; cat /home/top /etc/app.conf; ls /home; test -e /etc/group || echo no-group";
 
@@ -299,15 +293,19 @@ fn a_cached_image_boots_without_fetching_and_runs_as_the_uncached_one() {
     let want = describe_tree(&plain.file("run/kci/bundles/c/rootfs"), false);
 
     let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let boot_cached = || {
+        let (r, rep) = boot(
+            &root,
+            &reg,
+            &image,
+            show,
+            &["--image-cache", cache.to_str().unwrap()],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        rep
+    };
     let before = front.seen().len();
-    let (r, rep) = boot(
-        &root,
-        &reg,
-        &image,
-        show,
-        &["--image-cache", cache.to_str().unwrap()],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rep = boot_cached();
     // The registry's authentication challenge (GET /v2/), then the tag's HEAD: nothing else.
     let asked: Vec<String> = front.seen()[before..]
         .iter()
@@ -336,25 +334,13 @@ fn a_cached_image_boots_without_fetching_and_runs_as_the_uncached_one() {
         describe_tree(&root.file("run/kci/bundles/c/rootfs"), false),
         want
     );
-    let mut runc = Runc {
-        state: root.file("runc-state"),
-        ids: Vec::new(),
-    };
     assert_eq!(
-        runc.run(&root.file("run/kci/bundles/c"), "cached"),
+        run_c(&root, "cached"),
         "0\nfrom the top layer\napp=1\ntop\nno-group\n"
     );
-    drop(runc);
 
     // Again: the same mount of the cache is used, not a second one.
-    let (r, rep) = boot(
-        &root,
-        &reg,
-        &image,
-        show,
-        &["--image-cache", cache.to_str().unwrap()],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rep = boot_cached();
     assert_eq!(layer_froms(&rep), vec!["cache", "cache"]);
     let caches: Vec<PathBuf> = fs::read_dir(root.file("run/kci/caches"))
         .unwrap()
@@ -418,12 +404,8 @@ fn an_image_over_a_cached_base_fetches_only_its_own_layer() {
     assert_eq!(fetched, want, "the config and the top layer only");
     assert_eq!(rep["images"][0]["status"], "pulled", "{rep}");
     assert_eq!(layer_froms(&rep), vec!["cache", "registry"]);
-    let mut runc = Runc {
-        state: root.file("runc-state"),
-        ids: Vec::new(),
-    };
     assert_eq!(
-        runc.run(&root.file("run/kci/bundles/c"), "over-base"),
+        run_c(&root, "over-base"),
         "from the top layer\n/bin/busybox\n"
     );
 }
@@ -432,14 +414,15 @@ fn an_image_over_a_cached_base_fetches_only_its_own_layer() {
 /// log and the report; the pod is ready.
 #[test]
 fn an_unreachable_registry_leaves_the_caches_record_of_the_tag() {
-    let (_, app) = busybox_two_layers();
-    let e = FaultEnv::start(app, &["cache/app"]);
-    let front = e.front(Vec::new());
-    let reg = front.addr();
-    let image = format!("{reg}/cache/app:v1");
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = cache_dir.path().join("fleet.erofs");
-    build_cache(&reg, &[&image], &cache);
+    let Fleet {
+        e,
+        front,
+        reg,
+        image,
+        cache_dir: _cache_dir,
+        cache,
+        ..
+    } = Fleet::new();
     drop(front);
     drop(e);
 
@@ -467,14 +450,7 @@ fn an_unreachable_registry_leaves_the_caches_record_of_the_tag() {
     );
     assert_eq!(layer_froms(&rep), vec!["cache", "cache"]);
     assert_eq!(rep["containers"][0]["status"], "ready", "{rep}");
-    let mut runc = Runc {
-        state: root.file("runc-state"),
-        ids: Vec::new(),
-    };
-    assert_eq!(
-        runc.run(&root.file("run/kci/bundles/c"), "offline"),
-        "from the top layer\n"
-    );
+    assert_eq!(run_c(&root, "offline"), "from the top layer\n");
 }
 
 /// A directory holding a cache's tree is used as the image is; one whose layer record or
@@ -482,14 +458,16 @@ fn an_unreachable_registry_leaves_the_caches_record_of_the_tag() {
 /// what is wrong with it.
 #[test]
 fn a_tampered_cache_is_not_used() {
-    let (_, app) = busybox_two_layers();
-    let e = FaultEnv::start(app.clone(), &["cache/app"]);
-    let front = e.front(Vec::new());
-    let reg = front.addr();
-    let image = format!("{reg}/cache/app:v1");
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = cache_dir.path().join("fleet.erofs");
-    build_cache(&reg, &[&image], &cache);
+    let Fleet {
+        e: _e,
+        front,
+        reg,
+        image,
+        app,
+        cache_dir,
+        cache,
+        ..
+    } = Fleet::new();
     // The same tree as a directory (every owner, xattr and whiteout copied).
     let mnt = cache_dir.path().join("mnt");
     let tree = cache_dir.path().join("tree");
@@ -511,23 +489,28 @@ fn a_tampered_cache_is_not_used() {
     assert!(copied.unwrap().status.success());
     let dir_cache = tree.to_str().unwrap();
 
-    let fresh = || Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
-    let root = fresh();
-    let before = front.seen().len();
-    let (r, rep) = boot(
-        &root,
-        &reg,
-        &image,
-        "cat /home/top",
-        &["--image-cache", dir_cache],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A fresh instance booted with the directory: its root, stderr, report, blobs fetched.
+    let boot_fresh = || {
+        let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+        let before = front.seen().len();
+        let (r, rep) = boot(
+            &root,
+            &reg,
+            &image,
+            "cat /home/top",
+            &["--image-cache", dir_cache],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let fetched = blobs_seen(&front, before);
+        (root, r.stderr, rep, fetched)
+    };
+    let (root, _, rep, fetched) = boot_fresh();
     assert_eq!(
         layer_froms(&rep),
         vec!["cache", "cache"],
         "a directory cache is used"
     );
-    assert!(blobs_seen(&front, before).is_empty());
+    assert!(fetched.is_empty());
     assert!(
         root.read("run/kci/bundles/c/mounts.json")
             .contains(dir_cache)
@@ -545,27 +528,13 @@ fn a_tampered_cache_is_not_used() {
     let good = fs::read_to_string(&record).unwrap();
     let diff_id = app.layers[1].diff_id.clone();
     fs::write(&record, good.replace(&diff_id, &app.layers[0].diff_id)).unwrap();
-    let root = fresh();
-    let before = front.seen().len();
-    let (r, rep) = boot(
-        &root,
-        &reg,
-        &image,
-        "cat /home/top",
-        &["--image-cache", dir_cache],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (root, stderr, rep, fetched) = boot_fresh();
     assert!(
-        r.stderr.contains("is not used") && r.stderr.contains("does not match its directory"),
-        "{}",
-        r.stderr
+        stderr.contains("is not used") && stderr.contains("does not match its directory"),
+        "{stderr}"
     );
     assert_eq!(layer_froms(&rep), vec!["registry", "registry"]);
-    assert_eq!(
-        blobs_seen(&front, before).len(),
-        3,
-        "config and both layers pulled"
-    );
+    assert_eq!(fetched.len(), 3, "config and both layers pulled");
     assert!(
         !root
             .read("run/kci/bundles/c/mounts.json")
@@ -592,26 +561,16 @@ fn a_tampered_cache_is_not_used() {
             .trim_start_matches("sha256:"),
     );
     let original = fs::read(&manifest).unwrap();
+    // One byte more inside, the last one less: the same size, another digest.
     let mut changed = original.clone();
     let at = changed.iter().position(|b| *b == b'{').unwrap();
     changed.insert(at + 1, b' ');
     changed.pop();
     fs::write(&manifest, &changed).unwrap();
-    let root = fresh();
-    let (r, rep) = boot(
-        &root,
-        &reg,
-        &image,
-        "cat /home/top",
-        &["--image-cache", dir_cache],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("does not match its digest"),
-        "{}",
-        r.stderr
-    );
+    let (_, stderr, rep, _) = boot_fresh();
+    assert!(stderr.contains("does not match its digest"), "{stderr}");
     assert_eq!(layer_froms(&rep), vec!["registry", "registry"]);
+    assert_eq!(fs::read(&manifest).unwrap(), changed, "never written");
 }
 
 /// A loop device over a file, detached when the test ends.
@@ -641,14 +600,15 @@ impl Drop for LoopDev {
 /// the bundles are mounted, then the bundles; runc runs the container.
 #[test]
 fn the_systemd_path_mounts_the_cache_where_the_bundles_are_mounted() {
-    let (_, app) = busybox_two_layers();
-    let e = FaultEnv::start(app, &["cache/app"]);
-    let front = e.front(Vec::new());
-    let reg = front.addr();
-    let image = format!("{reg}/cache/app:v1");
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = cache_dir.path().join("fleet.erofs");
-    build_cache(&reg, &[&image], &cache);
+    let Fleet {
+        e: _e,
+        front: _front,
+        reg,
+        image,
+        cache_dir: _cache_dir,
+        cache,
+        ..
+    } = Fleet::new();
     let dev = LoopDev::over(&cache);
     let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
     let pod = serde_json::json!({
@@ -680,16 +640,8 @@ fn the_systemd_path_mounts_the_cache_where_the_bundles_are_mounted() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(mounts_at(&attached[0]), 1);
     assert_eq!(mounts_at(&root.file("run/kci/bundles/c/rootfs")), 1);
-    let mut runc = Runc {
-        state: root.file("runc-state"),
-        ids: Vec::new(),
-    };
-    assert_eq!(
-        runc.run(&root.file("run/kci/bundles/c"), "unit"),
-        "from the top layer\n"
-    );
+    assert_eq!(run_c(&root, "unit"), "from the top layer\n");
     // Without the cache, mount-bundles cannot take the bundle's layers for the agent's.
-    drop(runc);
     common::unmount_under(root.path());
     let r = run(&mut agent(&[
         "mount-bundles",

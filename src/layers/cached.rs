@@ -1,7 +1,6 @@
 //! Layers outside the layer store, read-only (image caches, SPEC §12): found by chain ID
 //! and used in place as lower directories, never written, never copied.
 
-use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -32,9 +31,6 @@ impl Found {
         self.dir.join("fs")
     }
 }
-
-/// Read-only layers by chain ID: their directory and record.
-pub(super) type ReadOnly = HashMap<Digest, (PathBuf, LayerJson)>;
 
 impl LayerStore {
     /// Makes a read-only layer (read and checked with [`read_record`]) visible to

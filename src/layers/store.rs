@@ -104,8 +104,9 @@ pub struct LayerStore {
     pub(super) sync: LayerSync,
     /// Whether this handle made sure of the boot's marker already.
     pub(super) marked: std::sync::atomic::AtomicBool,
-    /// Layers of image caches, used in place ([`LayerStore::find`]).
-    pub(super) read_only: super::cached::ReadOnly,
+    /// Layers of image caches by chain ID (their directory and record), used in place
+    /// ([`LayerStore::find`] in `cached.rs`).
+    pub(super) read_only: std::collections::HashMap<Digest, (PathBuf, LayerJson)>,
 }
 
 /// A layer being unpacked: its `fs/` to extract into. Dropped without [`LayerStore::commit`],

@@ -15,6 +15,14 @@ pub struct Runc {
 }
 
 impl Runc {
+    /// No container yet; their state under `state`.
+    pub fn new(state: PathBuf) -> Runc {
+        Runc {
+            state,
+            ids: Vec::new(),
+        }
+    }
+
     /// `runc run` of a bundle in the foreground; its stdout.
     pub fn run(&mut self, bundle: &Path, name: &str) -> String {
         let id = format!("kci-test-{}-{name}", std::process::id());
@@ -93,4 +101,28 @@ pub fn busybox_image_with(config: serde_json::Value) -> super::images::Image {
     );
     layer.diff_id = sha256(&layer_tar);
     image_with_config(vec![layer], "amd64", false, config)
+}
+
+/// `boot` of `pod` (written to the root's `pod.json`) with a report; the run and the report.
+pub fn boot_pod(
+    root: &super::Root,
+    pod: &serde_json::Value,
+    extra: &[&str],
+) -> (super::Run, serde_json::Value) {
+    let spec = root.file("pod.json");
+    fs::write(&spec, pod.to_string()).unwrap();
+    let report = root.file("report.json");
+    let mut args = vec![
+        "boot",
+        "--root",
+        root.arg(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let r = super::run(&mut super::agent(&args));
+    let rep = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    (r, rep)
 }

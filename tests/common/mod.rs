@@ -63,6 +63,16 @@ impl Drop for Root {
     }
 }
 
+/// The lines of `/proc/self/mountinfo` whose mount point is `at`.
+pub fn mounts_at(at: &Path) -> usize {
+    let want = at.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .count()
+}
+
 /// Unmounts (lazily) everything mounted under `dir`, deepest first.
 pub fn unmount_under(dir: &Path) {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
