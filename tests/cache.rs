@@ -551,6 +551,29 @@ fn a_tampered_cache_is_not_used() {
     assert!(r.stdout.contains("bad-cache"), "{}", r.stdout);
     fs::write(&record, &good).unwrap();
 
+    // A layer taken out of the cache: the cache serves the other, the image fetches the
+    // missing one only; store-check says the cache's image lacks a layer.
+    let layer_dir = record.parent().unwrap().to_path_buf();
+    let aside = tree.join("aside");
+    fs::rename(&layer_dir, &aside).unwrap();
+    let (root, _, rep, fetched) = boot_fresh();
+    assert_eq!(layer_froms(&rep), vec!["cache", "registry"]);
+    assert_eq!(fetched, vec![app.layers[1].digest.clone()]);
+    let r = run(&mut agent(&[
+        "store-check",
+        "--root",
+        root.arg(),
+        "--image-cache",
+        dir_cache,
+    ]));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("incomplete-image") && r.stdout.contains("image cache"),
+        "{}",
+        r.stdout
+    );
+    fs::rename(&aside, &layer_dir).unwrap();
+
     // A manifest changed in place (its name kept): not used either.
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(tree.join("images/index.json")).unwrap()).unwrap();

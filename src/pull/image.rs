@@ -98,12 +98,13 @@ pub(super) async fn pull_image(
     };
     // Usable as is: complete, and of the platform.
     let stored_ok = stored.as_ref().filter(|d| complete && of_platform(d));
-    // A cache's image, when layers are unpacked (caches hold unpacked layers).
-    let cached = shared
-        .layers
-        .as_ref()
-        .and_then(|_| shared.caches.image(&name))
-        .filter(|(_, i)| of_platform(&i.desc));
+    // A cache's image, when layers are unpacked (caches hold unpacked layers), of the
+    // platform, with every layer at hand (a cache missing one is used for the others only).
+    let cached = shared.layers.as_ref().and_then(|layers| {
+        shared.caches.image(&name).filter(|(_, i)| {
+            of_platform(&i.desc) && i.chains.iter().all(|c| layers.find(c).is_some())
+        })
+    });
     // Pinned by digest and already complete: nothing to ask the registry.
     if let Some(d) = &req.reference.digest {
         if let Some(s) = stored_ok
