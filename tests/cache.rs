@@ -676,3 +676,50 @@ fn the_systemd_path_mounts_the_cache_where_the_bundles_are_mounted() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("not a layer of"), "{}", r.stderr);
 }
+
+/// The unit's sandbox can write /run/kci, and mount-bundles mounts outside it: a link planted
+/// where a cache is mounted (or as the caches' directory) is never followed. The cache is not
+/// used (said), the image is pulled, nothing is mounted where the link points.
+#[test]
+fn a_planted_link_does_not_move_a_cache_mount() {
+    let Fleet {
+        e: _e,
+        front: _front,
+        reg,
+        image,
+        cache_dir,
+        cache,
+        ..
+    } = Fleet::new();
+    let canon = cache.canonicalize().unwrap();
+    let id = &common::images::sha256(canon.as_os_str().as_encoded_bytes())[7..23];
+    let elsewhere = cache_dir.path().join("elsewhere");
+    for planted in [format!("run/kci/caches/{id}"), "run/kci/caches".to_string()] {
+        let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+        fs::create_dir_all(&elsewhere).unwrap();
+        let link = root.file(&planted);
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let (r, rep) = boot(
+            &root,
+            &reg,
+            &image,
+            "cat /home/top",
+            &["--image-cache", cache.to_str().unwrap()],
+        );
+        assert_eq!(r.code, 0, "{planted}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("is not used") && r.stderr.contains("symbolic link"),
+            "{planted}: {}",
+            r.stderr
+        );
+        assert!(link.is_symlink(), "{planted}: left for the operator to see");
+        assert_eq!(layer_froms(&rep), vec!["registry", "registry"], "{planted}");
+        assert_eq!(mounts_at(&elsewhere), 0, "{planted}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "{planted}: nothing written through the link"
+        );
+    }
+}

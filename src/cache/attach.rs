@@ -8,14 +8,18 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::mount::MountFlags;
 use serde_json::json;
 
-use super::CACHES;
+/// `<root>/run/kci/caches` (SPEC §12, [`super::CACHES`]): the agent's runtime directory
+/// (systemd's `RuntimeDirectory=kci`) and the caches' directory in it, never a link.
+const RUN: &str = "run/kci";
+const DIR: &str = "caches";
+use crate::fsutil;
 use crate::fsutil::atomic::under_root;
 use crate::fsutil::mounts::{is_mounted, unmount};
 use crate::oci::Digest;
@@ -29,25 +33,26 @@ pub(super) fn place(root: &Path, source: &Path) -> Result<PathBuf, String> {
     if !ty.is_dir() && !ty.is_file() && !ty.is_block_device() {
         return Err("it is not an EROFS image file, a block device or a directory".into());
     }
-    let caches = under_root(root, CACHES);
-    std::fs::create_dir_all(&caches)
-        .map_err(|e| format!("cannot create {}: {e}", caches.display()))?;
+    // The agent's own directory: no link in it is followed (the unit's sandbox can write
+    // /run/kci, and mount-bundles mounts outside it: a planted link must not move a mount).
+    let parent = under_root(root, RUN);
+    let caches = parent.join(DIR);
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let caches_fd = fsutil::open_dir(&parent)
+        .and_then(|p| fsutil::open_subdir(p.as_fd(), DIR, true, &caches))
+        .map_err(|e| e.to_string())?;
     // Two runs attaching at once take turns.
-    let _lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(caches.join(".lock"))
+    let _lock = fsutil::open_rw_create(caches_fd.as_fd(), ".lock")
         .and_then(|f| f.lock().map(|_| f))
         .map_err(|e| format!("cannot lock {}: {e}", caches.join(".lock").display()))?;
     let digest = Digest::sha256(canon.as_os_str().as_encoded_bytes());
     let id = &digest.hex()[..16];
-    let (mnt, record) = (caches.join(id), caches.join(format!("{id}.json")));
+    let (mnt, record) = (caches.join(id), format!("{id}.json"));
     let write_record = |identity: &serde_json::Value| {
         let bytes = serde_json::to_vec_pretty(identity).unwrap_or_default();
-        crate::fsutil::atomic::write_file(&record, &record, &bytes)
-            .map(|_| ())
-            .map_err(|e| format!("cannot write {}: {e}", record.display()))
+        fsutil::replace(caches_fd.as_fd(), &record, &bytes, 0o644)
+            .map_err(|e| format!("cannot write {}: {e}", caches.join(&record).display()))
     };
     if ty.is_dir() {
         write_record(&json!({"source": canon.display().to_string(), "kind": "directory"}))?;
@@ -65,17 +70,23 @@ pub(super) fn place(root: &Path, source: &Path) -> Result<PathBuf, String> {
         "mtime_ns": meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
     });
     if is_mounted(&mnt) {
-        let mounted = std::fs::read(&record)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let mounted =
+            fsutil::read_file(caches_fd.as_fd(), &record, 64 << 10, &caches.join(&record))
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
         if mounted.as_ref() == Some(&identity) {
             return Ok(mnt);
         }
         // Another file, or one changed since: what runs on the old mount keeps it.
         unmount(&mnt).map_err(|e| format!("cannot unmount the stale {}: {e}", mnt.display()))?;
     }
-    std::fs::create_dir_all(&mnt).map_err(|e| format!("cannot create {}: {e}", mnt.display()))?;
-    mount_erofs(&canon, &mnt, ty.is_file())?;
+    let target =
+        fsutil::open_subdir(caches_fd.as_fd(), id, true, &mnt).map_err(|e| e.to_string())?;
+    // Mounted on the directory just opened (never through a link put there meanwhile).
+    let on = PathBuf::from(format!("/proc/self/fd/{}", target.as_raw_fd()));
+    mount_erofs(&canon, &on, ty.is_file())
+        .map_err(|e| e.replace(&on.display().to_string(), &mnt.display().to_string()))?;
     write_record(&identity)?;
     Ok(mnt)
 }
@@ -83,7 +94,7 @@ pub(super) fn place(root: &Path, source: &Path) -> Result<PathBuf, String> {
 /// The caches attached under `root` in this boot (their records in `run/kci/caches/`): what
 /// was given, and where its tree is.
 pub fn attached(root: &Path) -> Vec<(PathBuf, PathBuf)> {
-    let caches = under_root(root, CACHES);
+    let caches = under_root(root, RUN).join(DIR);
     let Ok(entries) = std::fs::read_dir(&caches) else {
         return Vec::new();
     };

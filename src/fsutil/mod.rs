@@ -174,6 +174,19 @@ pub fn open_rw(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
     .map_err(errno)
 }
 
+/// Opens (creating, mode 0600) the regular file `name` in `dir` for reading and writing,
+/// never through a symbolic link: a lock file.
+pub fn open_rw_create(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map(File::from)
+    .map_err(errno)
+}
+
 /// A fresh temporary name for `name`: `.NAME.kci-tmp-PID-RANDOM`.
 pub fn temp_name(name: &str) -> String {
     format!(".{name}{TEMP_MARK}{}-{}", std::process::id(), random_hex())

@@ -37,9 +37,11 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Unmounts `path` (lazily: a process still inside keeps its view).
+/// Unmounts `path` (lazily: a process still inside keeps its view; a link there is not
+/// followed).
 pub fn unmount(path: &Path) -> io::Result<()> {
-    rustix::mount::unmount(path, UnmountFlags::DETACH)?;
+    // Never through a link put in place of the mount point.
+    rustix::mount::unmount(path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)?;
     Ok(())
 }
 
