@@ -572,6 +572,13 @@ fn a_tampered_cache_is_not_used() {
         "{}",
         r.stdout
     );
+    // The same layer as a link to its directory elsewhere: a lower directory reached
+    // through a link is not taken; the cache is not used.
+    std::os::unix::fs::symlink(&aside, &layer_dir).unwrap();
+    let (_, stderr, rep, _) = boot_fresh();
+    assert!(stderr.contains("is not a directory"), "{stderr}");
+    assert_eq!(layer_froms(&rep), vec!["registry", "registry"]);
+    fs::remove_file(&layer_dir).unwrap();
     fs::rename(&aside, &layer_dir).unwrap();
 
     // A manifest changed in place (its name kept): not used either.

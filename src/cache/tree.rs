@@ -34,17 +34,27 @@ pub(super) fn open(source: &Path, dir: &Path) -> Result<Cache, String> {
         ));
     }
     let images = open_images(&dir.join("images"))?;
+    // The layers' directories become lower directories as they are: no link on the way.
     let sha256 = dir.join("layers/sha256");
-    let mut layers = Vec::new();
-    let listed = match fsutil::open_dir(&sha256) {
+    let listed = match fsutil::open_subdir(fd.as_fd(), "layers", false, &dir.join("layers"))
+        .and_then(|l| fsutil::open_subdir(l.as_fd(), "sha256", false, &sha256))
+    {
         Ok(d) => {
             fsutil::list(d.as_fd()).map_err(|e| format!("cannot list {}: {e}", sha256.display()))?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("cannot open {}: {e}", sha256.display())),
+        Err(e) => return Err(e.to_string()),
     };
-    for (name, _) in listed {
-        let json = read_record(&sha256.join(&name))
+    let mut layers = Vec::new();
+    for (name, ty) in listed {
+        let at = sha256.join(&name);
+        if ty != rustix::fs::FileType::Directory {
+            return Err(format!(
+                "its layer record does not match its directory: {} is not a directory",
+                at.display()
+            ));
+        }
+        let json = read_record(&at)
             .map_err(|why| format!("its layer record does not match its directory: {why}"))?;
         layers.push(json);
     }
