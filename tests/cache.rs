@@ -436,7 +436,8 @@ fn an_unreachable_registry_leaves_the_caches_record_of_the_tag() {
         &["--image-cache", cache.to_str().unwrap()],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // After the HEAD's retries (4.7 s here against a refused connection).
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
     assert!(
         r.stderr.contains("did not answer") && r.stderr.contains("image cache's record"),
         "{}",
