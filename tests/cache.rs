@@ -731,3 +731,64 @@ fn a_planted_link_does_not_move_a_cache_mount() {
         );
     }
 }
+
+/// `pull` and `prepare` take caches too: `pull` records the image in the store from the cache
+/// (nothing fetched but the tag's HEAD), `prepare` makes the bundle on the cache's layers;
+/// `KCI_IMAGE_CACHE` gives the cache when no flag does, and a flag wins over it.
+#[test]
+fn pull_and_prepare_use_caches_and_the_variable() {
+    let Fleet {
+        e: _e,
+        front,
+        reg,
+        image,
+        cache_dir: _cache_dir,
+        cache,
+        ..
+    } = Fleet::new();
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let store = root.file("var/lib/kci/images");
+    let before = front.seen().len();
+    let p = common::pull_report(
+        &root,
+        &store,
+        &[
+            "--http-registry",
+            &reg,
+            "--image-cache",
+            cache.to_str().unwrap(),
+            &image,
+        ],
+    );
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(layer_froms(&p.report), vec!["cache", "cache"]);
+    assert!(blobs_seen(&front, before).is_empty());
+    assert_eq!(
+        common::store_index(&store)["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        image
+    );
+
+    // prepare, the cache given by the variable (a fresh root: nothing attached before).
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let pod = serde_json::json!({
+        "metadata": {"name": "p", "annotations": {"k8s.ksyun.com/kci-http-registry": reg}},
+        "spec": {"containers": [{"name": "c", "image": image, "args": ["cat /home/top"]}]},
+    });
+    fs::write(root.file("pod.json"), pod.to_string()).unwrap();
+    let prepare = |extra: &[&str]| {
+        let mut args = vec!["prepare", "--root", root.arg(), "--spec"];
+        let spec = root.file("pod.json");
+        args.push(spec.to_str().unwrap());
+        args.extend_from_slice(&["--report", "-"]);
+        args.extend_from_slice(extra);
+        let r = run(agent(&args).env("KCI_IMAGE_CACHE", cache.to_str().unwrap()));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()
+    };
+    let rep = prepare(&[]);
+    assert_eq!(layer_froms(&rep), vec!["cache", "cache"]);
+    assert_eq!(run_c(&root, "prepared"), "from the top layer\n");
+    // A flag naming no usable cache wins over the variable: the layers are fetched.
+    let rep = prepare(&["--image-cache", "/nonexistent.erofs"]);
+    assert_eq!(layer_froms(&rep), vec!["registry", "registry"]);
+}
