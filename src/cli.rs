@@ -387,6 +387,14 @@ pub struct PullTuning {
     /// unpack that follows at once.
     #[arg(long)]
     pub buffered_writes: bool,
+    /// Blobs larger than this are fetched in chunks of this many bytes over parallel Range
+    /// requests, written in place and unpacked as their prefix grows (SPEC §13).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range((1 << 20)..))]
+    pub layer_chunk_size: u64,
+    /// Parallel Range requests for one large blob (1: one stream). All connections of the run
+    /// together stay within --max-concurrent-downloads.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub layer_connections: u16,
     /// Pull the blobs only: no layer is unpacked into the layer store.
     #[arg(long)]
     pub no_unpack: bool,

@@ -506,21 +506,22 @@ fn a_signal_stops_the_pull_cleanly_and_the_next_run_resumes() {
     }
 }
 
-/// `--deadline 2` while a 64 MB layer arrives slowly: the run ends within 3 s of the
-/// deadline with exit 4 and a report naming the deadline; the next run leaves no staging
-/// directory behind.
+/// `--deadline 2` while a 64 MB layer arrives slowly (in chunks over parallel ranges): the run
+/// ends within 3 s of the deadline with exit 4 and a report naming the deadline; the next run
+/// completes and leaves no staging directory or chunk file behind.
 #[test]
 fn a_deadline_ends_the_run_promptly_and_leaves_nothing_half_made() {
     use common::fault::{Fault, Rule};
     let img = image(7, &[64_000_000], "amd64", false);
     let big = img.layers[0].digest.clone();
     let e = FaultEnv::start(img, &["op/deadline"]);
+    // The blob's HEAD and its four 16 MiB chunks, each at 4 MB/s.
     let front = e.front(vec![Rule {
         path_contains: big,
         fault: Fault::Trickle {
-            bytes_per_sec: 16_000_000,
+            bytes_per_sec: 4_000_000,
         },
-        times: 1,
+        times: 5,
     }]);
     let reg = front.addr();
     let image = format!("{reg}/op/deadline:v1");

@@ -8,9 +8,10 @@ use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
+use super::ranged::worth_chunking;
 use super::retry::{Failure, redact};
 use super::session::Session;
-use super::{PullError, Why};
+use super::{Chunking, PullError, Why};
 use crate::layers::store::Staging;
 use crate::layers::stream::StreamUnpack;
 use crate::layers::{LayerTarget, Limits, UnpackError, Unpacked};
@@ -25,6 +26,7 @@ impl Session {
     /// Streams a blob into the store: hashed and written on a blocking thread, capped at the
     /// declared size, resumed with `Range` after a transient failure, verified before it is
     /// renamed into `blobs/`. Returns the bytes received over the network.
+    #[allow(clippy::too_many_arguments)]
     pub async fn fetch_blob(
         &self,
         repo: &str,
@@ -33,6 +35,7 @@ impl Session {
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
         target: Option<&LayerTarget<'_>>,
+        chunking: Chunking,
     ) -> Result<u64, PullError> {
         let mut fresh_start_left = 1; // one full retry after a digest mismatch
         let store_hint = || {
@@ -42,60 +45,51 @@ impl Session {
             ))
         };
         loop {
-            // Dropped uncommitted (an error, a retry, a deadline), the partial file goes.
-            let (file, pending) = store
-                .begin_ingest(&desc.digest, store.direct_for(desc.size))
-                .map_err(|e| {
-                    PullError::Store(Why {
-                        message: e.to_string(),
-                        hint: store_hint(),
-                    })
-                })?;
+            // A large blob in chunks over parallel ranges, where the registry serves them.
+            let ranged = worth_chunking(desc, chunking) && self.serves_ranges(repo, desc).await;
             // The layer unpacks while it downloads, into a staging directory that is
             // committed only once the blob and the diff_id are verified (dropped otherwise).
             let unpack = match target {
-                Some(t) => {
-                    let staging = t.layers.stage().map_err(|e| {
-                        PullError::Store(Why {
-                            message: format!("cannot stage layer {}: {e}", desc.digest),
-                            hint: Some(format!(
-                                "check free space and permissions of {}",
-                                t.layers.root().display()
-                            )),
-                        })
-                    })?;
-                    let sink = StreamUnpack::start(
-                        desc.media_type.clone(),
-                        staging.fs.clone(),
-                        t.max_size,
-                        Limits::default(),
-                    )
-                    .map_err(|e| {
-                        PullError::Layer(Why {
-                            message: format!("cannot start unpacking: {e}"),
-                            hint: None,
-                        })
-                    })?;
-                    Some((staging, sink))
-                }
+                Some(t) => Some(start_unpack(t, desc)?),
                 None => None,
             };
-            match self
-                .fetch_blob_once(repo, desc, file, progress, slots, unpack)
-                .await
-            {
-                Ok((net, unpacked)) => {
-                    pending.commit(&desc.digest).map_err(|e| {
+            let fetched = if ranged {
+                self.fetch_blob_ranged(repo, desc, store, progress, slots, unpack, chunking)
+                    .await
+            } else {
+                // Dropped uncommitted (an error, a retry, a deadline), the partial file goes.
+                let (file, pending) = store
+                    .begin_ingest(&desc.digest, store.direct_for(desc.size))
+                    .map_err(|e| {
                         PullError::Store(Why {
                             message: e.to_string(),
                             hint: store_hint(),
                         })
                     })?;
+                match self
+                    .fetch_blob_once(repo, desc, file, progress, slots, unpack)
+                    .await
+                {
+                    Ok(done) => pending.commit(&desc.digest).map(|_| done).map_err(|e| {
+                        PullError::Store(Why {
+                            message: e.to_string(),
+                            hint: store_hint(),
+                        })
+                    }),
+                    Err(e) => Err(e),
+                }
+            };
+            match fetched {
+                Ok((net, unpacked)) => {
                     if let (Some(t), Some((staging, result))) = (target, unpacked) {
                         t.commit(desc, staging, result)
                             .map_err(|e| super::unpack::layer_error(&desc.digest, &e))?;
                     }
                     return Ok(net);
+                }
+                // The registry answered a range with the whole blob: one stream it is.
+                Err(e) if ranged && self.ranges() == Some(false) => {
+                    tracing::info!(digest = %desc.digest, "{}; fetching it as one stream", e.message());
                 }
                 Err(e) => {
                     if matches!(e, PullError::Mismatch(_)) && fresh_start_left > 0 {
@@ -305,4 +299,33 @@ impl Session {
         }
         Ok((network, unpacked))
     }
+}
+
+/// Starts the streaming unpack of `desc` into a new staging directory of `t`'s layer store.
+fn start_unpack(
+    t: &LayerTarget<'_>,
+    desc: &Descriptor,
+) -> Result<(Staging, StreamUnpack), PullError> {
+    let staging = t.layers.stage().map_err(|e| {
+        PullError::Store(Why {
+            message: format!("cannot stage layer {}: {e}", desc.digest),
+            hint: Some(format!(
+                "check free space and permissions of {}",
+                t.layers.root().display()
+            )),
+        })
+    })?;
+    let sink = StreamUnpack::start(
+        desc.media_type.clone(),
+        staging.fs.clone(),
+        t.max_size,
+        Limits::default(),
+    )
+    .map_err(|e| {
+        PullError::Layer(Why {
+            message: format!("cannot start unpacking: {e}"),
+            hint: None,
+        })
+    })?;
+    Ok((staging, sink))
 }

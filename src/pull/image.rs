@@ -584,6 +584,7 @@ async fn fetch_shared(
                         &prog.done,
                         &shared.downloads,
                         target.as_ref(),
+                        shared.chunking,
                     )
                     .await
                 },

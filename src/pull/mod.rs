@@ -8,6 +8,7 @@ mod conn;
 mod hosts;
 mod image;
 pub mod progress;
+mod ranged;
 pub mod retry;
 pub mod session;
 pub mod speed;
@@ -170,6 +171,17 @@ pub struct PullOptions {
     pub proxies: crate::registry::proxy::Proxies,
     /// The image caches of the run (SPEC §12): their layers are used in place.
     pub caches: Arc<crate::cache::Caches>,
+    /// How large blobs are fetched (SPEC §13).
+    pub chunking: Chunking,
+}
+
+/// Large blobs in chunks over parallel Range requests (SPEC §13).
+#[derive(Debug, Clone, Copy)]
+pub struct Chunking {
+    /// Blobs larger than this are fetched in chunks of this size.
+    pub size: u64,
+    /// Connections for one blob (1: one stream).
+    pub connections: usize,
 }
 
 /// Where and how layers are unpacked.
@@ -236,6 +248,7 @@ struct Shared {
     caches: Arc<crate::cache::Caches>,
     /// Blobs fetched from a registry in this run (the report's `from`).
     fetched: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    chunking: Chunking,
 }
 
 /// Pulls every image of `cfg`; one failure does not stop the others.
@@ -312,6 +325,7 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
         staged: Default::default(),
         caches: opts.caches.clone(),
         fetched: Default::default(),
+        chunking: opts.chunking,
     });
     // All images on this task: their time goes to the network (connection tasks) and to the
     // blob writer threads, so no spawning is needed to overlap them.

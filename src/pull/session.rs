@@ -22,6 +22,8 @@ use crate::registry::transport::Transports;
 pub struct Session {
     pub conn: Conn,
     auth: Auth,
+    /// Whether the host serves blobs in ranges (SPEC §13): 0 not known yet, 1 yes, 2 no.
+    pub(super) ranges: std::sync::atomic::AtomicU8,
 }
 
 impl std::ops::Deref for Session {
@@ -32,6 +34,27 @@ impl std::ops::Deref for Session {
 }
 
 impl Session {
+    /// Whether the host serves blobs in ranges, once known.
+    pub(super) fn ranges(&self) -> Option<bool> {
+        match self.ranges.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Learns whether the host serves blobs in ranges (a refusal is final for the run).
+    pub(super) fn set_ranges(&self, yes: bool) {
+        use std::sync::atomic::Ordering;
+        if yes {
+            let _ = self
+                .ranges
+                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
+        } else {
+            self.ranges.store(2, Ordering::Relaxed);
+        }
+    }
+
     /// A session with one endpoint, over the client its transport calls for.
     pub fn new(
         endpoint: Endpoint,
@@ -41,6 +64,7 @@ impl Session {
         Ok(Session {
             conn: Conn::new(endpoint, transports)?,
             auth: Auth::new(creds),
+            ranges: std::sync::atomic::AtomicU8::new(0),
         })
     }
 

@@ -139,6 +139,10 @@ pub(super) fn pull_and_report(
     let caches = Arc::new(attach_caches(&paths.root, &paths.caches, !tuning.no_unpack));
     let opts = PullOptions {
         caches: caches.clone(),
+        chunking: pull::Chunking {
+            size: tuning.layer_chunk_size,
+            connections: tuning.layer_connections as usize,
+        },
         proxies,
         root: paths.root.clone(),
         store: paths.store.clone(),

@@ -11,6 +11,7 @@
 //! names a file.
 
 mod check;
+mod chunked;
 mod index;
 mod ingest;
 mod partial;
@@ -25,6 +26,7 @@ use crate::oci::manifest::{Descriptor, MAX_MANIFEST};
 use crate::oci::{Algorithm, Digest};
 
 pub use check::{Problem, ProblemKind};
+pub use chunked::Chunked;
 pub use index::{Entry, Index, REF_NAME, RESOLVED, resolved_of};
 pub use ingest::IngestFile;
 use partial::is_resume_name;

@@ -62,14 +62,18 @@ pub fn keep_partials() {
     KEEP_PARTIALS.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Whether `name` in `ingest/` is a kept partial blob: `<hex>.resume` of a sha256 or sha512.
+/// Whether `name` in `ingest/` is a kept partial blob of a sha256 or sha512: `<hex>.resume`
+/// (a stopped stream), or `<hex>.chunks` and `<hex>.chunks.map` (a chunked download).
 pub(super) fn is_resume_name(name: &str) -> bool {
-    name.strip_suffix(RESUME).is_some_and(|hex| {
-        matches!(hex.len(), 64 | 128)
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    [RESUME, super::chunked::CHUNKS, super::chunked::MAP]
+        .iter()
+        .filter_map(|suffix| name.strip_suffix(suffix))
+        .any(|hex| {
+            matches!(hex.len(), 64 | 128)
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 impl Store {

@@ -1,0 +1,300 @@
+//! SPEC §13: a blob larger than `--layer-chunk-size` comes in chunks over parallel `Range`
+//! requests, through a front in front of a real registry that records every request and
+//! misbehaves on demand: the same blob and layer as one stream, a registry that ignores
+//! ranges, a chunk answered with another range, corrupted bytes, `kill -9` mid-fetch.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::fault::{Fault, FaultEnv, FaultServer, Rule, rule};
+use common::images::{image, sha256};
+use common::reference::describe_tree;
+use common::{Root, agent, run};
+
+/// 4 MiB chunks: a 22 MB layer is six of them.
+const CHUNK: u64 = 4 << 20;
+const CHUNK_ARG: &str = "4194304";
+const LAYER: usize = 22_000_000;
+
+/// A registry holding a one-layer image of `LAYER` bytes (incompressible) as `big/app:v1`.
+fn big_image() -> FaultEnv {
+    FaultEnv::start(image(25, &[LAYER], "amd64", false), &["big/app"])
+}
+
+/// `pull` of the image through `front` into a root of its own with `extra` flags.
+fn pull(front: &FaultServer, extra: &[&str]) -> (Root, common::Run) {
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let reg = front.addr();
+    let image = format!("{reg}/big/app:v1");
+    let mut args = vec![
+        "pull",
+        "--root",
+        root.arg(),
+        "--http-registry",
+        &reg,
+        "--layer-chunk-size",
+        CHUNK_ARG,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&image);
+    let r = run(&mut agent(&args));
+    (root, r)
+}
+
+/// The `Range` of every GET of the layer blob seen by `front` (after its first `from`
+/// requests); `None` for a GET without one.
+fn ranges(front: &FaultServer, digest: &str, from: usize) -> Vec<Option<String>> {
+    front
+        .seen()
+        .iter()
+        .skip(from)
+        .filter(|s| s.method == "GET" && s.path.contains(digest))
+        .map(|s| s.range.clone())
+        .collect()
+}
+
+fn blob_path(root: &Root, digest: &str) -> PathBuf {
+    root.file("var/lib/kci/images/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+fn layer_tree(root: &Root) -> (std::collections::BTreeMap<String, String>, Vec<Vec<String>>) {
+    let dir = root.file("var/lib/kci/layers/sha256");
+    let layer = fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    describe_tree(&layer.join("fs"), true)
+}
+
+fn ingest_left(root: &Root) -> Vec<String> {
+    fs::read_dir(root.file("var/lib/kci/images/ingest"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every chunk once, with ranges; the blob and the unpacked layer the same as one stream's.
+#[test]
+fn a_large_blob_comes_in_ranges_and_equals_one_stream() {
+    let e = big_image();
+    let digest = e.img.layers[0].digest.clone();
+    let size = e.img.layers[0].bytes.len() as u64;
+    let front = e.front(Vec::new());
+    let (chunked, r) = pull(&front, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut asked: Vec<String> = ranges(&front, &digest, 0)
+        .into_iter()
+        .map(|r| r.expect("every GET of the blob has a Range"))
+        .collect();
+    asked.sort_by_key(|r| {
+        r.trim_start_matches("bytes=")
+            .split('-')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    });
+    let want: Vec<String> = (0..size.div_ceil(CHUNK))
+        .map(|i| {
+            let start = i * CHUNK;
+            format!("bytes={start}-{}", (start + CHUNK).min(size) - 1)
+        })
+        .collect();
+    assert_eq!(asked, want);
+
+    let before = front.seen().len();
+    let (stream, r) = pull(&front, &["--layer-connections", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ranges(&front, &digest, before), vec![None], "one stream");
+    let bytes = fs::read(blob_path(&chunked, &digest)).unwrap();
+    assert_eq!(sha256(&bytes), digest);
+    assert_eq!(bytes, fs::read(blob_path(&stream, &digest)).unwrap());
+    assert_eq!(layer_tree(&chunked), layer_tree(&stream));
+    assert!(ingest_left(&chunked).is_empty());
+}
+
+/// A front that drops the `Range` of every request: the chunked fetch finds out at its first
+/// chunk and the blob comes as one stream.
+#[test]
+fn a_registry_that_ignores_ranges_is_used_as_one_stream() {
+    let e = big_image();
+    let digest = e.img.layers[0].digest.clone();
+    let front = e.front(vec![rule(&digest, Fault::IgnoreRange, 1000)]);
+    let (root, r) = pull(&front, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("one stream"), "{}", r.stderr);
+    assert_eq!(
+        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
+        digest
+    );
+    assert!(ingest_left(&root).is_empty(), "{:?}", ingest_left(&root));
+}
+
+/// One chunk answered with another Content-Range (a broken cache in between): that chunk is
+/// asked again, no other.
+#[test]
+fn a_chunk_answered_with_another_range_is_retried_alone() {
+    let e = big_image();
+    let digest = e.img.layers[0].digest.clone();
+    // The blob's HEAD, then the first chunk's GET.
+    let front = e.front(vec![rule(
+        &digest,
+        Fault::Header {
+            name: "Content-Range".into(),
+            value: "bytes 0-1/2".into(),
+        },
+        2,
+    )]);
+    let (root, r) = pull(&front, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("Content-Range"), "{}", r.stderr);
+    let asked: Vec<String> = ranges(&front, &digest, 0).into_iter().flatten().collect();
+    let first = asked[0].clone();
+    assert_eq!(
+        asked.iter().filter(|r| **r == first).count(),
+        2,
+        "{asked:?}"
+    );
+    let mut others = asked.clone();
+    others.sort();
+    others.dedup();
+    assert_eq!(
+        others.len(),
+        asked.len() - 1,
+        "only that chunk again: {asked:?}"
+    );
+    assert_eq!(
+        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
+        digest
+    );
+}
+
+/// Flipped bytes in one chunk are found by the blob's digest: the blob is fetched once more
+/// (every chunk), and a registry whose every answer is corrupt fails the image with nothing
+/// stored: no blob, no chunk file, no layer.
+#[test]
+fn corrupted_bytes_are_fetched_again_once_then_nothing_is_stored() {
+    let e = big_image();
+    let digest = e.img.layers[0].digest.clone();
+    let size = e.img.layers[0].bytes.len() as u64;
+    let chunks = size.div_ceil(CHUNK) as usize;
+    let front = e.front(vec![rule(&digest, Fault::Corrupt { offset: 1000 }, 2)]);
+    let (root, r) = pull(&front, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("downloading it again"), "{}", r.stderr);
+    assert_eq!(ranges(&front, &digest, 0).len(), 2 * chunks);
+    assert_eq!(
+        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
+        digest
+    );
+
+    let front = e.front(vec![rule(&digest, Fault::Corrupt { offset: 1000 }, 10_000)]);
+    let (root, r) = pull(&front, &[]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(!blob_path(&root, &digest).exists());
+    assert!(ingest_left(&root).is_empty(), "{:?}", ingest_left(&root));
+    let layers = root.file("var/lib/kci/layers/sha256");
+    assert_eq!(fs::read_dir(&layers).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+/// `kill -9` while the chunks arrive: the next run fetches only the chunks the map does not
+/// list as complete, and the blob is whole.
+#[test]
+fn kill_9_mid_fetch_then_the_next_run_resumes_from_the_disk() {
+    let e = big_image();
+    let digest = e.img.layers[0].digest.clone();
+    let size = e.img.layers[0].bytes.len() as u64;
+    // Each chunk at 2 MB/s: about 2 s per chunk.
+    let front = e.front(vec![Rule {
+        path_contains: digest.clone(),
+        fault: Fault::Trickle {
+            bytes_per_sec: 2_000_000,
+        },
+        times: 1000,
+    }]);
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let reg = front.addr();
+    let image = format!("{reg}/big/app:v1");
+    let args = [
+        "pull",
+        "--root",
+        root.arg(),
+        "--http-registry",
+        &reg,
+        "--layer-chunk-size",
+        CHUNK_ARG,
+        "--layer-connections",
+        "2",
+        &image,
+    ];
+    let mut child = agent(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let map = root.file("var/lib/kci/images/ingest").join(format!(
+        "{}.chunks.map",
+        digest.trim_start_matches("sha256:")
+    ));
+    let listed = |p: &Path| {
+        fs::read_to_string(p)
+            .map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while listed(&map).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done: Vec<u64> = listed(&map).iter().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        done.len() >= 2,
+        "two chunks complete before the kill: {done:?}"
+    );
+    assert!((done.len() as u64) < size.div_ceil(CHUNK), "{done:?}");
+
+    let quick = e.front(Vec::new());
+    let reg2 = quick.addr();
+    let image2 = format!("{reg2}/big/app:v1");
+    let args2 = [
+        "pull",
+        "--root",
+        root.arg(),
+        "--http-registry",
+        &reg2,
+        "--layer-chunk-size",
+        CHUNK_ARG,
+        &image2,
+    ];
+    let r = run(&mut agent(&args2));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("resuming a chunked download"),
+        "{}",
+        r.stderr
+    );
+    let asked: Vec<String> = ranges(&quick, &digest, 0).into_iter().flatten().collect();
+    for i in &done {
+        let start = i * CHUNK;
+        assert!(
+            !asked
+                .iter()
+                .any(|r| r.starts_with(&format!("bytes={start}-"))),
+            "chunk {i} was on disk, yet asked again: {asked:?}"
+        );
+    }
+    assert_eq!(
+        asked.len() as u64,
+        size.div_ceil(CHUNK) - done.len() as u64,
+        "{asked:?}"
+    );
+    assert_eq!(
+        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
+        digest
+    );
+    assert!(ingest_left(&root).is_empty(), "{:?}", ingest_left(&root));
+}
