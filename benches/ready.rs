@@ -25,7 +25,10 @@
 //! Cases: `real` (5 gzip layers), `real-zstd` (the same files, zstd), `throttled` (`real`
 //! through a ~40 MB/s link), `large` (one ~1.8 GB layer), `boot` (a second `boot` of a pod
 //! whose image is present and whose bundle is mounted), `cache` (the first `boot` of a fresh
-//! instance with and without an image cache of the `real` image, SPEC §12). Needs root, containerd, skopeo, umoci,
+//! instance with and without an image cache of the `real` image, SPEC §12), `big` (one
+//! 256 MiB and one 1 GiB layer through a link of 25 MB/s per connection and 130 MB/s in all:
+//! the agent's parallel ranged fetch against `--layer-connections 1` and `skopeo copy`, SPEC
+//! §13). Needs root, containerd, skopeo, umoci,
 //! pigz, zstd and e2fsprogs: `scripts/setup.sh` installs them.
 
 #[path = "../tests/common/mod.rs"]
@@ -38,7 +41,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::images::{Blob, Image, Pusher, block_on, image_with, sha256};
-use common::proxy::Throttle;
+use common::proxy::{ConnThrottle, Throttle};
 use common::registry::{Front, Registry};
 use support::{env_list, env_runs, instance_root, median, timed};
 
@@ -553,6 +556,25 @@ fn skopeo_umoci_tool(reference: &str) -> Tool {
     }
 }
 
+/// `skopeo copy` into an OCI layout: the pull alone, nothing unpacked.
+fn skopeo_tool(reference: &str) -> Tool {
+    let reference = reference.to_string();
+    Tool {
+        name: SKOPEO_COPY,
+        make: Box::new(move |dir: &Path| {
+            let mut cmd = Command::new("skopeo");
+            cmd.args(["copy", "-q", "--src-tls-verify=false"])
+                .arg(format!("docker://{reference}"))
+                .arg(format!("oci:{}/oci:latest", dir.display()));
+            Job {
+                cmd,
+                daemon: None,
+                count: Box::new(|| 0),
+            }
+        }),
+    }
+}
+
 /// Every layer at once, each `DECOMPRESS FILE | tar -x` into its own directory; with `sync`,
 /// then one `syncfs`, for a like-for-like comparison with the agent's durable commit.
 fn tar_tool(img: &RealImage, comp: Comp, sync: bool) -> Tool {
@@ -603,6 +625,9 @@ const LOCAL_ZSTD_TAR: &str = "local zstd -dc \\| tar -x (all layers at once)";
 const LOCAL_TAR_SYNC: &str = "local unpigz \\| tar -x, then syncfs";
 const LOCAL_ZSTD_TAR_SYNC: &str = "local zstd -dc \\| tar -x, then syncfs";
 const UMOCI_LOCAL: &str = "umoci raw unpack (local layout)";
+const AGENT_ONE_STREAM: &str = "kci-pull-agent --layer-connections 1";
+const ONE_STREAM: &[&str] = &["--layer-connections", "1"];
+const SKOPEO_COPY: &str = "skopeo copy (pull only)";
 
 /// One warm-up round, then `runs` rounds in which every tool runs once, the order rotating.
 /// Every tool starts from an empty directory on a settled file system; each tree's file count
@@ -658,7 +683,7 @@ fn compare(
                 tool.name.replace('\\', ""),
                 d.as_secs_f64()
             );
-            if tool.name != AGENT_NO_UNPACK {
+            if tool.name != AGENT_NO_UNPACK && tool.name != SKOPEO_COPY {
                 assert_eq!(
                     n, want_files,
                     "{case}: {} left {n} files, the image has {want_files}",
@@ -1000,6 +1025,58 @@ fn main() {
     if want("cache") {
         let (img, reference) = real_gzip.as_ref().unwrap();
         notes.push(cache_case(&fs, &reg, img, reference, runs));
+    }
+
+    if want("big") {
+        let link = ConnThrottle::start(&reg.addr(), 25_000_000, 130_000_000);
+        for (case, seed, size, rounds) in [
+            ("big-256MiB", 41u64, 256usize << 20, runs.min(3)),
+            ("big-1GiB", 42, 1 << 30, runs.min(2)),
+        ] {
+            let img = image_with(
+                vec![common::images::layer(seed, size, false)],
+                "amd64",
+                false,
+            );
+            let repo = format!("bench/{}", case.to_lowercase());
+            block_on(pusher.image(&repo, "latest", &img));
+            let reference = format!("{}/{repo}:latest", link.addr());
+            let tools = vec![
+                agent_tool(AGENT, &link.addr(), &reference, &[]),
+                agent_tool(AGENT_ONE_STREAM, &link.addr(), &reference, ONE_STREAM),
+                skopeo_tool(&reference),
+            ];
+            compare(
+                &fs,
+                &reg,
+                case,
+                img.blob_bytes(),
+                1,
+                &tools,
+                rounds,
+                &mut rows,
+            );
+            print_rows(&rows, case);
+            let of = |tool: &str| row(&rows, case, tool);
+            if let (Some(a), Some(one), Some(sk)) =
+                (of(AGENT), of(AGENT_ONE_STREAM), of(SKOPEO_COPY))
+            {
+                notes.push(format!(
+                    "{case}: one {:.0} MiB layer through 25 MB/s per connection (130 MB/s in all): \
+                     the agent is ready in {:.2} s, {:.2}x faster than with --layer-connections 1 \
+                     ({:.2} s) and {:.2}x faster than skopeo copy alone ({:.2} s; targets >= 4x \
+                     both); peak RSS {:.0} MiB (target <= 128), one stream {:.0} MiB.",
+                    img.blob_bytes() as f64 / (1 << 20) as f64,
+                    a.secs,
+                    one.secs / a.secs,
+                    one.secs,
+                    sk.secs / a.secs,
+                    sk.secs,
+                    a.rss_mib,
+                    one.rss_mib
+                ));
+            }
+        }
     }
 
     for (case, tar, tar_sync) in [

@@ -136,6 +136,9 @@ impl Prefix {
                     self.file.write_all_at(b, at)?;
                     at += b.len() as u64;
                 }
+                // The disk works while the network delivers: the fsync before the commit has
+                // little left to write.
+                crate::store::start_writeback(&self.file, offset, at - offset);
                 self.got[chunk] = at - self.cuts.range(chunk).0;
                 // In order: hashed and fed from memory, not read back.
                 if offset == self.fed {

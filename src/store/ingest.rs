@@ -366,7 +366,7 @@ impl IngestFile {
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Durability still comes from the fsync at the
 /// end; this only spreads the disk work over the download. Errors are ignored for the same
 /// reason.
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid open descriptor, plain integer arguments.
     unsafe {

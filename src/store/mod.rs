@@ -28,7 +28,7 @@ use crate::oci::{Algorithm, Digest};
 pub use check::{Problem, ProblemKind};
 pub use chunked::Chunked;
 pub use index::{Entry, Index, REF_NAME, RESOLVED, resolved_of};
-pub use ingest::IngestFile;
+pub use ingest::{IngestFile, start_writeback};
 use partial::is_resume_name;
 pub use partial::{Pending, keep_partials};
 

@@ -100,6 +100,55 @@ impl Throttle {
     }
 }
 
+/// A link that caps each connection at `per_conn` bytes a second and all of them together at
+/// `total`, as a CDN or an object store in front of a registry does.
+pub struct ConnThrottle {
+    pub port: u16,
+}
+
+impl ConnThrottle {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(upstream: &str, per_conn: u64, total: u64) -> ConnThrottle {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let link = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        forward(listener, upstream, move |server, client| {
+            let _ = client.set_nodelay(true);
+            let (mut s_read, mut c_write) = (server, client);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut own = std::time::Instant::now();
+            loop {
+                let n = match s_read.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let now = std::time::Instant::now();
+                own = own.max(now) + std::time::Duration::from_secs_f64(n as f64 / per_conn as f64);
+                let shared = {
+                    let mut free_at = link.lock().unwrap();
+                    *free_at = (*free_at).max(now)
+                        + std::time::Duration::from_secs_f64(n as f64 / total as f64);
+                    *free_at
+                };
+                if let Some(wait) = own
+                    .max(shared)
+                    .checked_duration_since(std::time::Instant::now())
+                {
+                    std::thread::sleep(wait);
+                }
+                if c_write.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = c_write.shutdown(Shutdown::Write);
+        });
+        ConnThrottle { port }
+    }
+}
+
 /// Accepts connections on `listener`, connects each to `upstream`, copies what the client
 /// sends to the server on a thread of its own, and runs `respond(server, client)` on another
 /// to carry the server's bytes back.
