@@ -8,7 +8,7 @@ use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
-use super::ranged::worth_chunking;
+use super::ranged::{Start, worth_chunking};
 use super::retry::{Failure, redact};
 use super::session::Session;
 use super::{Chunking, PullError, Why};
@@ -18,6 +18,10 @@ use crate::layers::{LayerTarget, Limits, UnpackError, Unpacked};
 use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
 use crate::store::Store;
+
+/// How long a large blob's stream runs before it is judged: slower than one chunk by then, the
+/// rest comes in chunks over parallel ranges (SPEC §13). A fast link never gets there.
+const SWITCH_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Bytes gathered from the network before they are handed to the blob's writer thread.
 const WRITE_BATCH: usize = 512 << 10;
@@ -44,8 +48,15 @@ impl Session {
                 store.root().display()
             ))
         };
+        let store_error = |e: std::io::Error| {
+            PullError::Store(Why {
+                message: e.to_string(),
+                hint: store_hint(),
+            })
+        };
         loop {
-            // A large blob in chunks over parallel ranges, where the registry serves them.
+            // A large blob, where the registry serves ranges, may go on in chunks: at once if
+            // an earlier run left chunks of it, else when its stream proves slow.
             let ranged = worth_chunking(desc, chunking) && self.serves_ranges(repo, desc).await;
             // The layer unpacks while it downloads, into a staging directory that is
             // committed only once the blob and the diff_id are verified (dropped otherwise).
@@ -53,29 +64,50 @@ impl Session {
                 Some(t) => Some(start_unpack(t, desc)?),
                 None => None,
             };
-            let fetched = if ranged {
-                self.fetch_blob_ranged(repo, desc, store, progress, slots, unpack, chunking)
-                    .await
+            let fetched = if ranged && store.has_chunks(&desc.digest) {
+                self.fetch_blob_ranged(
+                    repo,
+                    desc,
+                    store,
+                    progress,
+                    slots,
+                    Start::Fresh(unpack),
+                    chunking,
+                )
+                .await
             } else {
                 // Dropped uncommitted (an error, a retry, a deadline), the partial file goes.
                 let (file, pending) = store
                     .begin_ingest(&desc.digest, store.direct_for(desc.size))
-                    .map_err(|e| {
-                        PullError::Store(Why {
-                            message: e.to_string(),
-                            hint: store_hint(),
-                        })
-                    })?;
+                    .map_err(store_error)?;
+                let switch = ranged.then_some(Switch {
+                    after: SWITCH_AFTER,
+                    chunk: chunking.size,
+                });
                 match self
-                    .fetch_blob_once(repo, desc, file, progress, slots, unpack)
+                    .fetch_blob_once(repo, desc, file, progress, slots, unpack, switch)
                     .await
                 {
-                    Ok(done) => pending.commit(&desc.digest).map(|_| done).map_err(|e| {
-                        PullError::Store(Why {
-                            message: e.to_string(),
-                            hint: store_hint(),
-                        })
-                    }),
+                    Ok(Streamed::Whole(net, unpacked)) => pending
+                        .commit(&desc.digest)
+                        .map(|_| (net, unpacked))
+                        .map_err(store_error),
+                    Ok(Streamed::Handed(h)) => {
+                        tracing::debug!(digest = %desc.digest, "slow at {} of {} bytes: the rest in chunks", h.at, desc.size);
+                        let chunked = pending
+                            .into_chunked(&desc.digest, desc.size, chunking.size, h.at)
+                            .map_err(store_error)?;
+                        self.fetch_blob_ranged(
+                            repo,
+                            desc,
+                            store,
+                            progress,
+                            slots,
+                            Start::Handed(Box::new((chunked, h))),
+                            chunking,
+                        )
+                        .await
+                    }
                     Err(e) => Err(e),
                 }
             };
@@ -103,6 +135,7 @@ impl Session {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn fetch_blob_once(
         &self,
         repo: &str,
@@ -111,7 +144,8 @@ impl Session {
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
         unpack: Option<(Staging, StreamUnpack)>,
-    ) -> Result<(u64, Option<(Staging, Result<Unpacked, UnpackError>)>), PullError> {
+        switch: Option<Switch>,
+    ) -> Result<Streamed, PullError> {
         let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         // A download slot is held while bytes flow, not while the writer syncs the file:
         // the next download starts during this one's fsync.
@@ -146,10 +180,9 @@ impl Session {
             tracing::info!(digest = %desc.digest, "resuming at {resumed} of {size} bytes (kept by a stopped run)");
             progress.fetch_add(resumed, Ordering::Relaxed);
         }
-        type Written = (
-            (Digest, u64),
-            Option<(Staging, Result<Unpacked, UnpackError>)>,
-        );
+        // Set when the stream hands the rest of the blob over to chunks (SPEC §13).
+        let switched = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handed = switched.clone();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
             // The staging directory belongs to the unpack: declared first, it is dropped
             // (removed) only after the unpack thread ended, whatever ends this job (the
@@ -181,10 +214,20 @@ impl Session {
                     }
                 }
             }
+            if handed.load(Ordering::SeqCst) {
+                let (_file, hasher, at) = f.into_parts()?;
+                return Ok(Written::Handed(Handoff {
+                    hasher,
+                    at,
+                    unpack: staging.zip(sink),
+                    network: 0,
+                }));
+            }
             let written = f.finish()?;
             let unpacked = sink.map(StreamUnpack::finish);
-            Ok((written, staging.zip(unpacked)))
+            Ok(Written::Whole(written, staging.zip(unpacked)))
         });
+        let mut body_started: Option<std::time::Instant> = None;
         let mut received: u64 = resumed;
         let mut network: u64 = 0;
         let writer_gone = || {
@@ -247,6 +290,20 @@ impl Session {
                                 tx.send(Msg::Data(std::mem::take(&mut batch))).await.map_err(|_| writer_gone())?;
                                 batch_len = 0;
                             }
+                            // Slower than a chunk in the first moments: the rest comes in
+                            // chunks over parallel ranges (SPEC §13).
+                            let started = *body_started.get_or_insert_with(std::time::Instant::now);
+                            if let Some(sw) = switch
+                                && started.elapsed() >= sw.after
+                                && received - resumed < sw.chunk
+                                && size - received > sw.chunk
+                            {
+                                if !batch.is_empty() {
+                                    tx.send(Msg::Data(std::mem::take(&mut batch))).await.map_err(|_| writer_gone())?;
+                                }
+                                switched.store(true, Ordering::SeqCst);
+                                return Ok(());
+                            }
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -276,7 +333,10 @@ impl Session {
             })
         })?;
         let ((digest, n), unpacked) = match (streamed, written) {
-            (Ok(()), Ok(v)) => v,
+            (Ok(()), Ok(Written::Whole(w, u))) => (w, u),
+            (Ok(()), Ok(Written::Handed(h))) => {
+                return Ok(Streamed::Handed(Handoff { network, ..h }));
+            }
             (_, Err(io)) => {
                 return Err(PullError::Store(Why {
                     message: format!("cannot write blob {}: {io}", desc.digest),
@@ -297,8 +357,41 @@ impl Session {
                 )),
             }));
         }
-        Ok((network, unpacked))
+        Ok(Streamed::Whole(network, unpacked))
     }
+}
+
+/// A layer's unpack and its outcome, when the blob is whole.
+type Unpack = Option<(Staging, Result<Unpacked, UnpackError>)>;
+
+/// What a one-stream fetch's writer thread ends with.
+enum Written {
+    Whole((Digest, u64), Unpack),
+    Handed(Handoff),
+}
+
+/// How a one-stream fetch ended: the blob whole (bytes received, the unpack), or handed over
+/// to chunks.
+pub(super) enum Streamed {
+    Whole(u64, Unpack),
+    Handed(Handoff),
+}
+
+/// A stream handed over to chunks: the hash of the blob's first `at` bytes (written to its
+/// partial file), the unpack fed with them, the bytes received.
+pub(super) struct Handoff {
+    pub hasher: crate::oci::Hasher,
+    pub at: u64,
+    pub unpack: Option<(Staging, StreamUnpack)>,
+    pub network: u64,
+}
+
+/// When a stream hands the rest of its blob over to chunks: if, `after` its body started, it
+/// has brought less than one `chunk` and more than one is left.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Switch {
+    pub after: std::time::Duration,
+    pub chunk: u64,
 }
 
 /// Starts the streaming unpack of `desc` into a new staging directory of `t`'s layer store.

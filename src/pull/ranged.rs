@@ -157,6 +157,14 @@ impl Prefix {
 
 type Unpack = Option<(Staging, Result<Unpacked, UnpackError>)>;
 
+/// Where a chunked fetch starts.
+pub(super) enum Start<'a> {
+    /// From what an earlier run left (or nothing), with a fresh unpack.
+    Fresh(Option<(Staging, StreamUnpack)>),
+    /// From a stream that proved slow: its file (now the chunked data), its hash and unpack.
+    Handed(Box<(crate::store::Chunked<'a>, super::blob::Handoff)>),
+}
+
 impl Session {
     /// Whether this registry serves `Range` requests for blobs: `Accept-Ranges: bytes` on the
     /// blob's `HEAD` (asked once per host and run; a failed question is asked again later).
@@ -195,7 +203,7 @@ impl Session {
         store: &Store,
         progress: &AtomicU64,
         slots: &tokio::sync::Semaphore,
-        unpack: Option<(Staging, StreamUnpack)>,
+        start: Start<'_>,
         chunking: Chunking,
     ) -> Result<(u64, Unpack), PullError> {
         let store_error = |e: std::io::Error| {
@@ -216,28 +224,49 @@ impl Session {
             .acquire()
             .await
             .map_err(|e| PullError::new(e.to_string()))?;
-        let chunked = store
-            .begin_chunked(&desc.digest, cuts.size, cuts.chunk)
-            .map_err(store_error)?;
-        let pending: Vec<usize> = (0..cuts.count()).filter(|i| !chunked.done[*i]).collect();
-        let got: Vec<u64> = (0..cuts.count())
-            .map(|i| if chunked.done[i] { cuts.len(i) } else { 0 })
+        // What is on disk: the chunks an earlier run completed, or the stream's first bytes.
+        let (chunked, got, fed, hasher, unpack, counted, network) = match start {
+            Start::Fresh(unpack) => {
+                let chunked = store
+                    .begin_chunked(&desc.digest, cuts.size, cuts.chunk)
+                    .map_err(store_error)?;
+                let got: Vec<u64> = (0..cuts.count())
+                    .map(|i| if chunked.done[i] { cuts.len(i) } else { 0 })
+                    .collect();
+                let hasher = desc.digest.algorithm().hasher();
+                (chunked, got, 0, hasher, unpack, 0, 0)
+            }
+            Start::Handed(handed) => {
+                let (chunked, h) = *handed;
+                let got: Vec<u64> = (0..cuts.count())
+                    .map(|i| {
+                        let (s, e) = cuts.range(i);
+                        h.at.clamp(s, e) - s
+                    })
+                    .collect();
+                (chunked, got, h.at, h.hasher, h.unpack, h.at, h.network)
+            }
+        };
+        let pending: Vec<usize> = (0..cuts.count())
+            .filter(|i| got[*i] < cuts.len(*i))
             .collect();
-        let already: u64 = got.iter().sum();
+        // The stream counted its own bytes.
+        let already: u64 = got.iter().sum::<u64>() - counted;
         progress.fetch_add(already, Ordering::Relaxed);
         let (file, map) = chunked.handles().map_err(store_error)?;
         let (staging, sink) = match unpack {
             Some((staging, sink)) => (Some(staging), Some(sink)),
             None => (None, None),
         };
+        let initial = got.clone();
         let mut prefix = Prefix {
             file,
             map,
             cuts,
             got,
             first_open: 0,
-            fed: 0,
-            hasher: desc.digest.algorithm().hasher(),
+            fed,
+            hasher,
             sink,
             buf: vec![0u8; READ_BACK],
         };
@@ -265,7 +294,7 @@ impl Session {
         let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let network = AtomicU64::new(0);
+        let network = AtomicU64::new(network);
         let workers = chunking.connections.min(pending.len()).max(1);
         let run = Chunks {
             session: self,
@@ -274,6 +303,7 @@ impl Session {
             desc,
             cuts,
             pending: &pending,
+            initial: &initial,
             next: &next,
             failed: &failed,
             tx: &tx,
@@ -290,15 +320,20 @@ impl Session {
                 hint: None,
             })
         })?;
-        if let Some(e) = results.into_iter().find_map(Result::err) {
-            // Ranges refused: the blob comes again as one stream, from its start.
-            if self.ranges() == Some(false) {
-                progress.fetch_sub(already + network.load(Ordering::Relaxed), Ordering::Relaxed);
-                chunked.discard();
+        // A writer that failed (a full disk) is the cause of the connections' "writer stopped".
+        let ((digest, n), unpacked) = match (written, results.into_iter().find_map(Result::err)) {
+            (Err(io), _) => return Err(store_error(io)),
+            (Ok(_), Some(e)) => {
+                // Ranges refused: the blob comes again as one stream, from its start.
+                if self.ranges() == Some(false) {
+                    progress
+                        .fetch_sub(already + network.load(Ordering::Relaxed), Ordering::Relaxed);
+                    chunked.discard();
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let ((digest, n), unpacked) = written.map_err(store_error)?;
+            (Ok(w), None) => w,
+        };
         if digest != desc.digest || n != cuts.size {
             chunked.discard();
             return Err(PullError::Mismatch(Why {
@@ -326,6 +361,8 @@ struct Chunks<'a> {
     cuts: Cuts,
     /// The chunks to fetch, in order; `next` indexes it.
     pending: &'a [usize],
+    /// What each chunk has on disk already (from its start).
+    initial: &'a [u64],
     next: &'a AtomicUsize,
     /// Set by a connection that failed: the others take no new chunk.
     failed: &'a AtomicBool,
@@ -376,7 +413,7 @@ impl Chunks<'_> {
                 hint: None,
             }))
         };
-        let mut got: u64 = 0;
+        let mut got: u64 = self.initial[i];
         s.retrying(&format!("blob {digest} bytes {start}-{}", end - 1), async || {
             let from = start + got;
             let mut h = HeaderMap::new();

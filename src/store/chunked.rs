@@ -82,7 +82,52 @@ fn parse_map(text: &str, size: u64, chunk: u64, chunks: usize) -> Option<Vec<boo
     Some(done)
 }
 
+/// Takes up `ingest/<hex>.chunks` holding the blob's first `upto` bytes (a stream that went on
+/// in chunks): sized to the blob, a new map listing the chunks it holds whole.
+pub(super) fn adopt<'a>(
+    store: &'a Store,
+    digest: &Digest,
+    size: u64,
+    chunk: u64,
+    upto: u64,
+) -> io::Result<Chunked<'a>> {
+    let dir = store.ingest_dir()?;
+    let hex = digest.hex().to_string();
+    let (data, map) = (format!("{hex}{CHUNKS}"), format!("{hex}{MAP}"));
+    let file = fsutil::open_rw(dir, &data)
+        .map_err(ctx(&store.root.join("ingest").join(&data), "cannot open"))?;
+    file.set_len(size)?;
+    let _ = fsutil::remove(dir, &map);
+    let mut map_file = fsutil::create_new(dir, &map, FILE_MODE)
+        .and_then(|_| fsutil::open_rw(dir, &map))
+        .map_err(ctx(&store.root.join("ingest").join(&map), "cannot create"))?;
+    writeln!(map_file, "{HEADER} {size} {chunk}")?;
+    let chunks = size.div_ceil(chunk) as usize;
+    let mut done = vec![false; chunks];
+    for (i, d) in done.iter_mut().enumerate() {
+        if ((i as u64 + 1) * chunk).min(size) <= upto {
+            *d = true;
+            writeln!(map_file, "{i}")?;
+        }
+    }
+    Ok(Chunked {
+        store,
+        hex,
+        file,
+        map: map_file,
+        done,
+    })
+}
+
 impl Store {
+    /// Whether an earlier run left chunks of `digest` (its data file and map).
+    pub fn has_chunks(&self, digest: &Digest) -> bool {
+        self.ingest_dir().is_ok_and(|dir| {
+            fsutil::regular_file_size(dir, &format!("{}{MAP}", digest.hex())).is_some()
+                && fsutil::regular_file_size(dir, &format!("{}{CHUNKS}", digest.hex())).is_some()
+        })
+    }
+
     /// The chunked ingest of `digest` (`size` bytes cut in chunks of `chunk`): what an earlier
     /// run left of it (same size and chunking), or a new one sized to the blob.
     pub fn begin_chunked(&self, digest: &Digest, size: u64, chunk: u64) -> io::Result<Chunked<'_>> {

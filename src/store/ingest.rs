@@ -350,6 +350,19 @@ impl IngestFile {
         Ok(())
     }
 
+    /// Writes what is staged and ends direct writes (the file is written through the page
+    /// cache from now on); the file, the hash of what it holds so far, and its length: for a
+    /// download that goes on in chunks written in place (SPEC §13).
+    pub fn into_parts(mut self) -> io::Result<(File, Hasher, u64)> {
+        if let Some(mut d) = self.direct.take() {
+            self.written += d.submit(self.written)? as u64;
+            d.drain()?;
+            d.stop();
+        }
+        set_direct(&self.file, false)?;
+        Ok((self.file, self.hasher, self.written))
+    }
+
     /// Writes what is staged, fsyncs; returns the digest and size of what was written.
     pub fn finish(mut self) -> io::Result<(Digest, u64)> {
         if let Some(mut d) = self.direct.take() {

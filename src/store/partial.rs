@@ -33,6 +33,29 @@ impl Pending<'_> {
     }
 }
 
+impl<'a> Pending<'a> {
+    /// Goes on as a chunked download (SPEC §13): the file (holding the blob's first `upto`
+    /// bytes) becomes `<hex>.chunks`, sized to the blob, with a map listing the chunks of
+    /// `chunk` bytes it already holds whole.
+    pub fn into_chunked(
+        mut self,
+        digest: &crate::oci::Digest,
+        size: u64,
+        chunk: u64,
+        upto: u64,
+    ) -> io::Result<super::Chunked<'a>> {
+        let name = self.name.take().expect("not committed");
+        let s = self.store;
+        let dir = s.ingest_dir()?;
+        let data = format!("{}{}", digest.hex(), super::chunked::CHUNKS);
+        if let Err(e) = fsutil::rename(dir, &name, dir, &data) {
+            s.discard(&name);
+            return Err(e);
+        }
+        super::chunked::adopt(s, digest, size, chunk, upto)
+    }
+}
+
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         let Some(name) = self.name.take() else {
