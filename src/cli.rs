@@ -387,8 +387,9 @@ pub struct PullTuning {
     /// unpack that follows at once.
     #[arg(long)]
     pub buffered_writes: bool,
-    /// Blobs larger than this are fetched in chunks of this many bytes over parallel Range
-    /// requests, written in place and unpacked as their prefix grows (SPEC §13).
+    /// A blob larger than this whose stream brings less than one chunk in its first 250 ms
+    /// goes on in chunks of this many bytes over parallel Range requests, written in place and
+    /// unpacked as its prefix grows (SPEC §13).
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range((1 << 20)..))]
     pub layer_chunk_size: u64,
     /// Parallel Range requests for one large blob (1: one stream). All connections of the run

@@ -19,8 +19,9 @@ use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
 use crate::store::Store;
 
-/// How long a large blob's stream runs before it is judged: slower than one chunk by then, the
-/// rest comes in chunks over parallel ranges (SPEC §13). A fast link never gets there.
+/// How long a large blob's stream waits for the network before it is judged: slower than one
+/// chunk by then, the rest comes in chunks over parallel ranges (SPEC §13). A fast link never
+/// gets there, nor does a stream slowed by its own unpack (that time is not counted).
 const SWITCH_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Bytes gathered from the network before they are handed to the blob's writer thread.
@@ -227,7 +228,7 @@ impl Session {
             let unpacked = sink.map(StreamUnpack::finish);
             Ok(Written::Whole(written, staging.zip(unpacked)))
         });
-        let mut body_started: Option<std::time::Instant> = None;
+        let mut waited: Option<std::time::Duration> = None;
         let mut received: u64 = resumed;
         let mut network: u64 = 0;
         let writer_gone = || {
@@ -273,7 +274,14 @@ impl Session {
                 let mut batch_len = 0usize;
                 let mut speed = self.low_speed();
                 loop {
-                    match speed.chunk(&mut resp).await {
+                    let asked = std::time::Instant::now();
+                    let next = speed.chunk(&mut resp).await;
+                    // Time spent waiting for the network (not for the writer or the unpack,
+                    // whose pace slows the stream too): what judges the link.
+                    if switch.is_some() {
+                        *waited.get_or_insert(std::time::Duration::ZERO) += asked.elapsed();
+                    }
+                    match next {
                         Ok(Some(b)) => {
                             if received + b.len() as u64 > size {
                                 return Err(Failure::Fatal(PullError::WrongContent(Why {
@@ -290,11 +298,10 @@ impl Session {
                                 tx.send(Msg::Data(std::mem::take(&mut batch))).await.map_err(|_| writer_gone())?;
                                 batch_len = 0;
                             }
-                            // Slower than a chunk in the first moments: the rest comes in
-                            // chunks over parallel ranges (SPEC §13).
-                            let started = *body_started.get_or_insert_with(std::time::Instant::now);
+                            // A link slower than a chunk in the first moments: the rest comes
+                            // in chunks over parallel ranges (SPEC §13).
                             if let Some(sw) = switch
-                                && started.elapsed() >= sw.after
+                                && waited.unwrap_or_default() >= sw.after
                                 && received - resumed < sw.chunk
                                 && size - received > sw.chunk
                             {
@@ -386,8 +393,8 @@ pub(super) struct Handoff {
     pub network: u64,
 }
 
-/// When a stream hands the rest of its blob over to chunks: if, `after` its body started, it
-/// has brought less than one `chunk` and more than one is left.
+/// When a stream hands the rest of its blob over to chunks: if, after waiting `after` for the
+/// network, it has brought less than one `chunk` and more than one is left.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Switch {
     pub after: std::time::Duration,

@@ -1,4 +1,5 @@
-//! Large blobs over parallel `Range` requests (SPEC §13): a blob larger than the chunk size is
+//! Large blobs over parallel `Range` requests (SPEC §13): a blob larger than the chunk size
+//! whose stream proves slow (`blob.rs` hands it over), or one an earlier run left in chunks, is
 //! cut in chunks fetched by up to `--layer-connections` workers (each holding a download slot
 //! of the run while it fetches), every chunk written in place at its offset in
 //! `ingest/<hex>.chunks`. One writer thread writes what arrives, records complete chunks in
