@@ -8,7 +8,7 @@ use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
-use super::ranged::{Start, worth_chunking};
+use super::ranged::{Handoff, Start, Switch, worth_chunking};
 use super::retry::{Failure, redact};
 use super::session::Session;
 use super::{Chunking, PullError, Why};
@@ -333,12 +333,7 @@ impl Session {
             .await;
         drop(tx);
         drop(slot);
-        let written = writer.await.map_err(|e| {
-            PullError::Store(Why {
-                message: format!("blob writer failed: {e}"),
-                hint: None,
-            })
-        })?;
+        let written = writer.await.map_err(PullError::writer_failed)?;
         let ((digest, n), unpacked) = match (streamed, written) {
             (Ok(()), Ok(Written::Whole(w, u))) => (w, u),
             (Ok(()), Ok(Written::Handed(h))) => {
@@ -382,23 +377,6 @@ enum Written {
 pub(super) enum Streamed {
     Whole(u64, Unpack),
     Handed(Handoff),
-}
-
-/// A stream handed over to chunks: the hash of the blob's first `at` bytes (written to its
-/// partial file), the unpack fed with them, the bytes received.
-pub(super) struct Handoff {
-    pub hasher: crate::oci::Hasher,
-    pub at: u64,
-    pub unpack: Option<(Staging, StreamUnpack)>,
-    pub network: u64,
-}
-
-/// When a stream hands the rest of its blob over to chunks: if, after waiting `after` for the
-/// network, it has brought less than one `chunk` and more than one is left.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Switch {
-    pub after: std::time::Duration,
-    pub chunk: u64,
 }
 
 /// Starts the streaming unpack of `desc` into a new staging directory of `t`'s layer store.

@@ -94,6 +94,14 @@ impl PullError {
         }
     }
 
+    /// A blob's writer thread that ended in a panic.
+    fn writer_failed(e: tokio::task::JoinError) -> PullError {
+        PullError::Store(Why {
+            message: format!("blob writer failed: {e}"),
+            hint: None,
+        })
+    }
+
     fn why(&self) -> Option<&Why> {
         match self {
             PullError::Registry(w)

@@ -163,7 +163,24 @@ pub(super) enum Start<'a> {
     /// From what an earlier run left (or nothing), with a fresh unpack.
     Fresh(Option<(Staging, StreamUnpack)>),
     /// From a stream that proved slow: its file (now the chunked data), its hash and unpack.
-    Handed(Box<(crate::store::Chunked<'a>, super::blob::Handoff)>),
+    Handed(Box<(crate::store::Chunked<'a>, Handoff)>),
+}
+
+/// A stream handed over to chunks: the hash of the blob's first `at` bytes (written to its
+/// partial file), the unpack fed with them, the bytes received.
+pub(super) struct Handoff {
+    pub hasher: crate::oci::Hasher,
+    pub at: u64,
+    pub unpack: Option<(Staging, StreamUnpack)>,
+    pub network: u64,
+}
+
+/// When a stream hands the rest of its blob over to chunks: if, after waiting `after` for the
+/// network, it has brought less than one `chunk` and more than one is left.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Switch {
+    pub after: std::time::Duration,
+    pub chunk: u64,
 }
 
 impl Session {
@@ -315,12 +332,7 @@ impl Session {
         let results = join_all((0..workers).map(|w| run.worker(w == 0)).collect()).await;
         drop(tx);
         drop(slot);
-        let written = writer.await.map_err(|e| {
-            PullError::Store(Why {
-                message: format!("blob writer failed: {e}"),
-                hint: None,
-            })
-        })?;
+        let written = writer.await.map_err(PullError::writer_failed)?;
         // A writer that failed (a full disk) is the cause of the connections' "writer stopped".
         let ((digest, n), unpacked) = match (written, results.into_iter().find_map(Result::err)) {
             (Err(io), _) => return Err(store_error(io)),

@@ -66,37 +66,9 @@ impl Throttle {
     }
 
     pub fn start(upstream: &str, bytes_per_sec: u64) -> Throttle {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        // The instant the link is free again (bytes already granted, spread at the rate).
-        let link = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-        forward(listener, upstream, move |server, client| {
-            let _ = client.set_nodelay(true);
-            let (mut s_read, mut c_write) = (server, client);
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match s_read.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let due = {
-                    let mut free_at = link.lock().unwrap();
-                    let now = std::time::Instant::now();
-                    let start = (*free_at).max(now);
-                    *free_at =
-                        start + std::time::Duration::from_secs_f64(n as f64 / bytes_per_sec as f64);
-                    *free_at
-                };
-                if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                if c_write.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            let _ = c_write.shutdown(Shutdown::Write);
-        });
-        Throttle { port }
+        Throttle {
+            port: link(upstream, None, bytes_per_sec, 16 * 1024),
+        }
     }
 }
 
@@ -112,41 +84,51 @@ impl ConnThrottle {
     }
 
     pub fn start(upstream: &str, per_conn: u64, total: u64) -> ConnThrottle {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let link = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-        forward(listener, upstream, move |server, client| {
-            let _ = client.set_nodelay(true);
-            let (mut s_read, mut c_write) = (server, client);
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut own = std::time::Instant::now();
-            loop {
-                let n = match s_read.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let now = std::time::Instant::now();
-                own = own.max(now) + std::time::Duration::from_secs_f64(n as f64 / per_conn as f64);
-                let shared = {
-                    let mut free_at = link.lock().unwrap();
-                    *free_at = (*free_at).max(now)
-                        + std::time::Duration::from_secs_f64(n as f64 / total as f64);
-                    *free_at
-                };
-                if let Some(wait) = own
-                    .max(shared)
-                    .checked_duration_since(std::time::Instant::now())
-                {
-                    std::thread::sleep(wait);
-                }
-                if c_write.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            let _ = c_write.shutdown(Shutdown::Write);
-        });
-        ConnThrottle { port }
+        ConnThrottle {
+            port: link(upstream, Some(per_conn), total, 64 * 1024),
+        }
     }
+}
+
+/// A proxy to `upstream` whose bytes towards the clients go at most `per_conn` a second on
+/// each connection and `total` over all of them, read `buf` bytes at a time; its port.
+fn link(upstream: &str, per_conn: Option<u64>, total: u64, buf: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The instant the link is free again (bytes already granted, spread at the rate).
+    let shared = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+    forward(listener, upstream, move |server, client| {
+        let _ = client.set_nodelay(true);
+        let (mut s_read, mut c_write) = (server, client);
+        let mut bytes = vec![0u8; buf];
+        let mut own = std::time::Instant::now();
+        let spread =
+            |n: usize, rate: u64| std::time::Duration::from_secs_f64(n as f64 / rate as f64);
+        loop {
+            let n = match s_read.read(&mut bytes) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let now = std::time::Instant::now();
+            let mut due = {
+                let mut free_at = shared.lock().unwrap();
+                *free_at = (*free_at).max(now) + spread(n, total);
+                *free_at
+            };
+            if let Some(rate) = per_conn {
+                own = own.max(now) + spread(n, rate);
+                due = due.max(own);
+            }
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if c_write.write_all(&bytes[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = c_write.shutdown(Shutdown::Write);
+    });
+    port
 }
 
 /// Accepts connections on `listener`, connects each to `upstream`, copies what the client
