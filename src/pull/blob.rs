@@ -19,9 +19,8 @@ use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
 use crate::store::Store;
 
-/// How long a large blob's stream waits for the network before it is judged: slower than one
-/// chunk by then, the rest comes in chunks over parallel ranges (SPEC §13). A fast link never
-/// gets there, nor does a stream slowed by its own unpack (that time is not counted).
+/// How long a large blob's stream runs before it is judged: slower than one chunk by then, the
+/// rest comes in chunks over parallel ranges (SPEC §13). A fast link never gets there.
 const SWITCH_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Bytes gathered from the network before they are handed to the blob's writer thread.
@@ -228,7 +227,7 @@ impl Session {
             let unpacked = sink.map(StreamUnpack::finish);
             Ok(Written::Whole(written, staging.zip(unpacked)))
         });
-        let mut waited: Option<std::time::Duration> = None;
+        let mut body_started: Option<std::time::Instant> = None;
         let mut received: u64 = resumed;
         let mut network: u64 = 0;
         let writer_gone = || {
@@ -274,14 +273,8 @@ impl Session {
                 let mut batch_len = 0usize;
                 let mut speed = self.low_speed();
                 loop {
-                    let asked = std::time::Instant::now();
-                    let next = speed.chunk(&mut resp).await;
-                    // Time spent waiting for the network (not for the writer or the unpack,
-                    // whose pace slows the stream too): what judges the link.
-                    if switch.is_some() {
-                        *waited.get_or_insert(std::time::Duration::ZERO) += asked.elapsed();
-                    }
-                    match next {
+                    body_started.get_or_insert_with(std::time::Instant::now);
+                    match speed.chunk(&mut resp).await {
                         Ok(Some(b)) => {
                             if received + b.len() as u64 > size {
                                 return Err(Failure::Fatal(PullError::WrongContent(Why {
@@ -301,7 +294,8 @@ impl Session {
                             // A link slower than a chunk in the first moments: the rest comes
                             // in chunks over parallel ranges (SPEC §13).
                             if let Some(sw) = switch
-                                && waited.unwrap_or_default() >= sw.after
+                                && let Some(first) = body_started
+                                && first.elapsed() >= sw.after
                                 && received - resumed < sw.chunk
                                 && size - received > sw.chunk
                             {

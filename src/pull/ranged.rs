@@ -175,8 +175,8 @@ pub(super) struct Handoff {
     pub network: u64,
 }
 
-/// When a stream hands the rest of its blob over to chunks: if, after waiting `after` for the
-/// network, it has brought less than one `chunk` and more than one is left.
+/// When a stream hands the rest of its blob over to chunks: if, `after` its body started, it
+/// has brought less than one `chunk` and more than one is left.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Switch {
     pub after: std::time::Duration,
