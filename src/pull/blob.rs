@@ -42,18 +42,7 @@ impl Session {
         chunking: Chunking,
     ) -> Result<u64, PullError> {
         let mut fresh_start_left = 1; // one full retry after a digest mismatch
-        let store_hint = || {
-            Some(format!(
-                "check free space and permissions of {}",
-                store.root().display()
-            ))
-        };
-        let store_error = |e: std::io::Error| {
-            PullError::Store(Why {
-                message: e.to_string(),
-                hint: store_hint(),
-            })
-        };
+        let store_error = |e: std::io::Error| PullError::disk(e.to_string(), store.root());
         loop {
             // A large blob, where the registry serves ranges, may go on in chunks: at once if
             // an earlier run left chunks of it, else when its stream proves slow.
@@ -379,13 +368,10 @@ fn start_unpack(
     desc: &Descriptor,
 ) -> Result<(Staging, StreamUnpack), PullError> {
     let staging = t.layers.stage().map_err(|e| {
-        PullError::Store(Why {
-            message: format!("cannot stage layer {}: {e}", desc.digest),
-            hint: Some(format!(
-                "check free space and permissions of {}",
-                t.layers.root().display()
-            )),
-        })
+        PullError::disk(
+            format!("cannot stage layer {}: {e}", desc.digest),
+            t.layers.root(),
+        )
     })?;
     let sink = StreamUnpack::start(
         desc.media_type.clone(),

@@ -188,15 +188,8 @@ async fn from_cache(
     if let Some(index) = &image.index {
         docs.push((image.resolved.clone(), index.clone()));
     }
-    let mut desc = image.desc.clone();
-    let mut ann = serde_json::Map::new();
-    ann.insert(REF_NAME.into(), Value::from(name.to_string()));
-    ann.insert(RESOLVED.into(), Value::from(image.resolved.to_string()));
-    desc.annotations = Some(ann);
-    let hint = Some(format!(
-        "check free space and permissions of {}",
-        shared.store.root().display()
-    ));
+    let desc = named(image.desc.clone(), name, &image.resolved);
+    let root = shared.store.root().to_path_buf();
     {
         let _g = shared.index.lock().await;
         let (entry, name) = (desc.clone(), name.to_string());
@@ -218,10 +211,10 @@ async fn from_cache(
         })
         .await?
         .map_err(|e| {
-            PullError::Store(Why {
-                message: format!("cannot store the cached image's manifest and config: {e}"),
-                hint,
-            })
+            PullError::disk(
+                format!("cannot store the cached image's manifest and config: {e}"),
+                &root,
+            )
         })?;
     }
     let layers = unpack_image(shared, &desc.digest).await?;
@@ -231,6 +224,15 @@ async fn from_cache(
         warning,
         ..Outcome::of(Status::Present, desc.digest, layers)
     })
+}
+
+/// `desc` as the store's index names it: the reference, and the digest it resolved to.
+fn named(mut desc: Descriptor, name: &str, resolved: &Digest) -> Descriptor {
+    let mut ann = serde_json::Map::new();
+    ann.insert(REF_NAME.into(), Value::from(name.to_string()));
+    ann.insert(RESOLVED.into(), Value::from(resolved.to_string()));
+    desc.annotations = Some(ann);
+    desc
 }
 
 /// The digest the registry gives for the reference's tag (a HEAD): `None` if it answers
@@ -491,10 +493,7 @@ async fn commit(
     r: Resolved,
     marks: &Marks,
 ) -> Result<(Digest, Option<Unpacking>), PullError> {
-    let hint = Some(format!(
-        "check free space and permissions of {}",
-        shared.store.root().display()
-    ));
+    let root = shared.store.root().to_path_buf();
     let manifests: Vec<(Digest, Vec<u8>)> = std::iter::once((r.desc.digest.clone(), r.manifest))
         .chain(r.index.map(|ib| (r.top_digest.clone(), ib)))
         .collect();
@@ -509,17 +508,8 @@ async fn commit(
             .map_err(|e| format!("cannot sync the store: {e}"))
     })
     .await?
-    .map_err(|message| {
-        PullError::Store(Why {
-            message,
-            hint: hint.clone(),
-        })
-    })?;
-    let mut desc = r.desc;
-    let mut ann = serde_json::Map::new();
-    ann.insert(REF_NAME.into(), Value::from(name.to_string()));
-    ann.insert(RESOLVED.into(), Value::from(r.top_digest.to_string()));
-    desc.annotations = Some(ann);
+    .map_err(|message| PullError::disk(message, &root))?;
+    let desc = named(r.desc, name, &r.top_digest);
     let layers = unpack_image(shared, &desc.digest).await?;
     marks.committed(layers.is_some());
     {
@@ -530,10 +520,7 @@ async fn commit(
         })
         .await?
         .map_err(|e| {
-            PullError::Store(Why {
-                message: format!("cannot update the store's index.json: {e}"),
-                hint,
-            })
+            PullError::disk(format!("cannot update the store's index.json: {e}"), &root)
         })?;
     }
     Ok((desc.digest, layers))

@@ -94,6 +94,17 @@ impl PullError {
         }
     }
 
+    /// The store or the layer store at `dir` could not be written: said with what to check.
+    fn disk(message: impl Into<String>, dir: &std::path::Path) -> PullError {
+        PullError::Store(Why {
+            message: message.into(),
+            hint: Some(format!(
+                "check free space and permissions of {}",
+                dir.display()
+            )),
+        })
+    }
+
     /// A blob's writer thread that ended in a panic.
     fn writer_failed(e: tokio::task::JoinError) -> PullError {
         PullError::Store(Why {

@@ -224,15 +224,8 @@ impl Session {
         start: Start<'_>,
         chunking: Chunking,
     ) -> Result<(u64, Unpack), PullError> {
-        let store_error = |e: std::io::Error| {
-            PullError::Store(Why {
-                message: format!("blob {}: {e}", desc.digest),
-                hint: Some(format!(
-                    "check free space and permissions of {}",
-                    store.root().display()
-                )),
-            })
-        };
+        let store_error =
+            |e: std::io::Error| PullError::disk(format!("blob {}: {e}", desc.digest), store.root());
         let cuts = Cuts {
             size: desc.size,
             chunk: chunking.size,
