@@ -53,17 +53,9 @@ impl Session {
                 Some(t) => Some(start_unpack(t, desc)?),
                 None => None,
             };
-            let fetched = if ranged && store.has_chunks(&desc.digest) {
-                self.fetch_blob_ranged(
-                    repo,
-                    desc,
-                    store,
-                    progress,
-                    slots,
-                    Start::Fresh(unpack),
-                    chunking,
-                )
-                .await
+            // The stream's outcome, or where the chunks start.
+            let next = if ranged && store.has_chunks(&desc.digest) {
+                Err(Start::Fresh(unpack))
             } else {
                 // Dropped uncommitted (an error, a retry, a deadline), the partial file goes.
                 let (file, pending) = store
@@ -77,27 +69,25 @@ impl Session {
                     .fetch_blob_once(repo, desc, file, progress, slots, unpack, switch)
                     .await
                 {
-                    Ok(Streamed::Whole(net, unpacked)) => pending
+                    Ok(Streamed::Whole(net, unpacked)) => Ok(pending
                         .commit(&desc.digest)
                         .map(|_| (net, unpacked))
-                        .map_err(store_error),
+                        .map_err(store_error)),
                     Ok(Streamed::Handed(h)) => {
                         tracing::debug!(digest = %desc.digest, "slow at {} of {} bytes: the rest in chunks", h.at, desc.size);
                         let chunked = pending
                             .into_chunked(&desc.digest, desc.size, chunking.size, h.at)
                             .map_err(store_error)?;
-                        self.fetch_blob_ranged(
-                            repo,
-                            desc,
-                            store,
-                            progress,
-                            slots,
-                            Start::Handed(Box::new((chunked, h))),
-                            chunking,
-                        )
-                        .await
+                        Err(Start::Handed(Box::new((chunked, h))))
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Ok(Err(e)),
+                }
+            };
+            let fetched = match next {
+                Ok(streamed) => streamed,
+                Err(start) => {
+                    self.fetch_blob_ranged(repo, desc, store, progress, slots, start, chunking)
+                        .await
                 }
             };
             match fetched {
