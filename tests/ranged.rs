@@ -334,3 +334,25 @@ fn kill_9_mid_fetch_then_the_next_run_resumes_from_the_disk() {
     );
     assert!(ingest_left(&root).is_empty(), "{:?}", ingest_left(&root));
 }
+
+/// A registry that answers a chunk with more bytes than the range asked: refused as wrong
+/// content, the image fails, nothing of the blob is in the store.
+#[test]
+fn a_chunk_longer_than_its_range_is_refused() {
+    let e = big_image();
+    let digest = e.img.layers[0].digest.clone();
+    let front = e.front(vec![rule(&digest, Fault::Extra { extra: 100 }, 10_000)]);
+    let (root, r) = pull(&front, &[]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("more than the bytes")
+            || r.stderr.contains("larger than its declared size"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        ranges(&front, &digest, 0).iter().any(Option::is_some),
+        "chunks were asked"
+    );
+    assert!(!blob_path(&root, &digest).exists());
+}
