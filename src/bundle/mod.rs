@@ -54,8 +54,7 @@ pub struct Paths {
     pub instance_hosts: PathBuf,
     pub instance_resolv: PathBuf,
     pub mount: bool,
-    /// The trees of the image caches whose layers bundles may use (those attached in this
-    /// boot, by default).
+    /// The trees of the image caches whose layers bundles may use (none by default).
     pub caches: Vec<PathBuf>,
 }
 
@@ -69,10 +68,7 @@ impl Paths {
             instance_hosts: under_root(root, "etc/hosts"),
             instance_resolv: under_root(root, "etc/resolv.conf"),
             mount,
-            caches: crate::cache::attached(root)
-                .into_iter()
-                .map(|(_, dir)| dir)
-                .collect(),
+            caches: Vec::new(),
         }
     }
 }

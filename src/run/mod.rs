@@ -106,7 +106,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 &cli.command,
                 &paths.store,
                 &paths.layers(&view.layers),
-                &crate::bundle::Paths::under(&paths.root, false),
+                &manage_paths(&paths.root),
                 view.output,
             );
         }
@@ -115,7 +115,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
                 &cli.command,
                 &paths.store,
                 &paths.default_layers,
-                &crate::bundle::Paths::under(&paths.root, false),
+                &manage_paths(&paths.root),
                 OutputFormat::Text,
             );
         }
@@ -233,6 +233,18 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         | Command::Prune { .. }
         | Command::Df { .. }
         | Command::Completions { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Where `images`, `rmi`, `prune` and `df` find the bundles, whose layers may be those of the
+/// caches attached in this boot.
+fn manage_paths(root: &Path) -> crate::bundle::Paths {
+    crate::bundle::Paths {
+        caches: crate::cache::attached(root)
+            .into_iter()
+            .map(|(_, dir)| dir)
+            .collect(),
+        ..crate::bundle::Paths::under(root, false)
     }
 }
 
