@@ -24,6 +24,24 @@ fn big_image() -> FaultEnv {
     FaultEnv::start(image(25, &[LAYER], "amd64", false), &["big/app"])
 }
 
+/// Asked `spans` (sorted) are pieces of the blob from `from` to its end: together all of it,
+/// each within one chunk, each starting at a chunk's start, at `from`, or on a MiB boundary
+/// (the second half of a piece a free connection took over).
+fn assert_pieces(spans: &[(u64, u64)], from: u64, size: u64) {
+    assert_eq!(spans[0].0, from, "{spans:?}");
+    let mut covered = from;
+    for &(a, b) in spans {
+        assert!(a <= covered, "a gap before {a}: {spans:?}");
+        covered = covered.max(b + 1);
+        assert_eq!(a / CHUNK, b / CHUNK, "across chunks: {spans:?}");
+        assert!(
+            a % CHUNK == 0 || a == from || a % (1 << 20) == 0,
+            "{a}: {spans:?}"
+        );
+    }
+    assert_eq!(covered, size, "{spans:?}");
+}
+
 /// `pull` of the image through `front` into a root of its own with `extra` flags, over a link
 /// of 10 MB/s per connection (a CDN's cap): slower than a 4 MiB chunk in the stream's first
 /// 250 ms, so the rest comes in chunks.
@@ -32,19 +50,14 @@ fn pull(front: &FaultServer, extra: &[&str]) -> (Root, common::Run) {
     pull_via(&link.addr(), extra)
 }
 
-/// `pull` of `<reg>/big/app:v1` into a root of its own.
+/// `pull` of `<reg>/big/app:v1` into a root of its own (in chunks of `CHUNK` unless `extra` says).
 fn pull_via(reg: &str, extra: &[&str]) -> (Root, common::Run) {
     let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
     let image = format!("{reg}/big/app:v1");
-    let mut args = vec![
-        "pull",
-        "--root",
-        root.arg(),
-        "--http-registry",
-        reg,
-        "--layer-chunk-size",
-        CHUNK_ARG,
-    ];
+    let mut args = vec!["pull", "--root", root.arg(), "--http-registry", reg];
+    if !extra.contains(&"--layer-chunk-size") {
+        args.extend(["--layer-chunk-size", CHUNK_ARG]);
+    }
     args.extend_from_slice(extra);
     args.push(&image);
     let r = run(&mut agent(&args));
@@ -128,16 +141,12 @@ fn a_capped_link_goes_on_in_ranges_and_equals_one_stream() {
         .collect();
     let spans = spans(&asked);
     assert!(spans.len() >= 4, "{spans:?}");
-    // Contiguous to the end, each within one chunk, every chunk after the first whole.
-    for w in spans.windows(2) {
-        assert_eq!(w[0].1 + 1, w[1].0, "{spans:?}");
-        assert_eq!(w[1].0 % CHUNK, 0, "{spans:?}");
-    }
-    assert_eq!(spans.last().unwrap().1, size - 1);
+    let handed = spans[0].0;
     assert!(
-        spans[0].0 > 0 && spans[0].0 < CHUNK,
+        handed > 0 && handed < CHUNK,
         "the stream brought less than a chunk: {spans:?}"
     );
+    assert_pieces(&spans, handed, size);
 
     let before = front.seen().len();
     let (stream, r) = pull(&front, &["--layer-connections", "1"]);
@@ -148,6 +157,41 @@ fn a_capped_link_goes_on_in_ranges_and_equals_one_stream() {
     assert_eq!(bytes, fs::read(blob_path(&stream, &digest)).unwrap());
     assert_eq!(layer_tree(&chunked), layer_tree(&stream));
     assert!(ingest_left(&chunked).is_empty());
+}
+
+/// Chunks of 8 MiB, fewer than the connections: the free connections take the second half of
+/// the pieces in flight instead of waiting, and the blob is the same.
+#[test]
+fn free_connections_take_over_the_end_of_long_pieces() {
+    let e = big_image();
+    let digest = e.img.layers[0].digest.clone();
+    let size = e.img.layers[0].bytes.len() as u64;
+    let front = e.front(Vec::new());
+    let (root, r) = pull(&front, &["--layer-chunk-size", "8388608"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let asked = ranges(&front, &digest, 0);
+    assert_eq!(asked[0], None, "the stream first");
+    let spans = spans(&asked[1..].iter().flatten().cloned().collect::<Vec<_>>());
+    let handed = spans[0].0;
+    let chunk = 8u64 << 20;
+    let mut covered = handed;
+    for &(a, b) in &spans {
+        assert!(a <= covered, "a gap before {a}: {spans:?}");
+        covered = covered.max(b + 1);
+        assert_eq!(a / chunk, b / chunk, "across chunks: {spans:?}");
+    }
+    assert_eq!(covered, size, "{spans:?}");
+    let taken_over: Vec<_> = spans
+        .iter()
+        .filter(|s| s.0 % chunk != 0 && s.0 != handed)
+        .collect();
+    assert!(!taken_over.is_empty(), "no piece was split: {spans:?}");
+    assert!(taken_over.iter().all(|s| s.0 % (1 << 20) == 0), "{spans:?}");
+    assert_eq!(
+        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
+        digest
+    );
+    assert!(ingest_left(&root).is_empty(), "{:?}", ingest_left(&root));
 }
 
 /// A front that drops the `Range` of every request: the chunked fetch finds out at its first
@@ -187,13 +231,24 @@ fn a_chunk_answered_with_another_range_is_retried_alone() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("Content-Range"), "{}", r.stderr);
     let asked: Vec<String> = ranges(&front, &digest, 0).into_iter().flatten().collect();
-    let mut distinct = asked.clone();
-    distinct.sort();
-    distinct.dedup();
+    // Pieces start at distinct offsets: only a retry asks from the same byte again. The
+    // first chunk's answer was the wrong one; it is asked again (up to the same end, or less
+    // if a free connection took the end of it meanwhile), and no other.
+    let spans: Vec<(u64, u64)> = asked
+        .iter()
+        .map(|r| spans(std::slice::from_ref(r))[0])
+        .collect();
+    let (a, b) = spans[0];
+    let again: Vec<_> = spans[1..].iter().filter(|s| s.0 == a).collect();
+    assert_eq!(again.len(), 1, "asked again once: {asked:?}");
+    assert!(again[0].1 <= b, "{asked:?}");
+    let mut starts: Vec<u64> = spans.iter().map(|s| s.0).collect();
+    starts.sort();
+    starts.dedup();
     assert_eq!(
-        distinct.len(),
-        asked.len() - 1,
-        "one chunk asked again, no other: {asked:?}"
+        starts.len(),
+        spans.len() - 1,
+        "no other piece asked again: {asked:?}"
     );
     assert_eq!(
         sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
@@ -313,21 +368,35 @@ fn kill_9_mid_fetch_then_the_next_run_resumes_from_the_disk() {
         "{}",
         r.stderr
     );
-    let asked: Vec<String> = ranges(&quick, &digest, 0).into_iter().flatten().collect();
-    for i in &done {
-        let start = i * CHUNK;
+    // No byte of a chunk on disk is asked again; every byte of the others is.
+    let asked = spans(
+        &ranges(&quick, &digest, 0)
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+    );
+    let on_disk = |at: u64| done.contains(&(at / CHUNK));
+    for &(a, b) in &asked {
+        assert_eq!(a / CHUNK, b / CHUNK, "{asked:?}");
         assert!(
-            !asked
-                .iter()
-                .any(|r| r.starts_with(&format!("bytes={start}-"))),
-            "chunk {i} was on disk, yet asked again: {asked:?}"
+            !on_disk(a),
+            "chunk {} was on disk, yet asked again: {asked:?}",
+            a / CHUNK
         );
     }
-    assert_eq!(
-        asked.len() as u64,
-        size.div_ceil(CHUNK) - done.len() as u64,
-        "{asked:?}"
-    );
+    for i in (0..size.div_ceil(CHUNK)).filter(|i| !done.contains(i)) {
+        let (start, end) = (i * CHUNK, ((i + 1) * CHUNK).min(size));
+        let pieces: Vec<_> = asked.iter().filter(|s| s.0 >= start && s.1 < end).collect();
+        let mut covered = start;
+        for p in &pieces {
+            assert!(p.0 <= covered, "chunk {i}: {asked:?}");
+            covered = covered.max(p.1 + 1);
+        }
+        assert_eq!(
+            covered, end,
+            "chunk {i} was missing, yet not asked: {asked:?}"
+        );
+    }
     assert_eq!(
         sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
         digest

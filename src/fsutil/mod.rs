@@ -162,6 +162,17 @@ pub fn create_new(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<File
     .map_err(errno)
 }
 
+/// Turns `O_DIRECT` on or off on an open file (a flag of the open file, shared by its
+/// duplicated descriptors).
+pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file).map_err(errno)?;
+    let flags = match on {
+        true => flags | OFlags::DIRECT,
+        false => flags - OFlags::DIRECT,
+    };
+    rustix::fs::fcntl_setfl(file, flags).map_err(errno)
+}
+
 /// Opens the regular file `name` in `dir` for reading and writing, never through a link.
 pub fn open_rw(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
     rustix::fs::openat(

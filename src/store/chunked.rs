@@ -12,6 +12,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 
+use super::ingest::set_direct;
+use super::placed::ChunkData;
 use super::{FILE_MODE, Store, ctx};
 use crate::fsutil;
 use crate::oci::Digest;
@@ -32,13 +34,25 @@ pub struct Chunked<'a> {
     map: File,
     /// The chunks the map lists as complete (what an earlier run fetched).
     pub done: Vec<bool>,
+    /// Whether the store writes this blob with `O_DIRECT` ([`Store::direct_for`]).
+    direct: bool,
 }
 
 impl Chunked<'_> {
-    /// Handles of the data file and of the map (at its end: a line written there records a
-    /// complete chunk), for a writer thread of their own.
-    pub fn handles(&self) -> io::Result<(File, File)> {
-        Ok((self.file.try_clone()?, self.map.try_clone()?))
+    /// The data file as a writer thread writes and reads it, and the map (at its end: a line
+    /// written there records a complete chunk).
+    pub fn handles(&self) -> io::Result<(ChunkData, File)> {
+        // Opened again: O_DIRECT is a flag of the open file, not of the descriptor.
+        let direct = match self.direct {
+            true => {
+                let dir = self.store.ingest_dir()?;
+                let f = fsutil::open_rw(dir, &format!("{}{CHUNKS}", self.hex))?;
+                set_direct(&f, true).ok().map(|_| f)
+            }
+            false => None,
+        };
+        let data = ChunkData::new(self.file.try_clone()?, direct);
+        Ok((data, self.map.try_clone()?))
     }
 
     /// Moves the verified data into `blobs/` as `digest` (flushed first) and drops the map.
@@ -116,6 +130,7 @@ pub(super) fn adopt<'a>(
         file,
         map: map_file,
         done,
+        direct: store.direct_for(size),
     })
 }
 
@@ -167,6 +182,7 @@ impl Store {
                 file,
                 map,
                 done,
+                direct: self.direct_for(size),
             });
         }
         // Read back as the prefix grows: opened for reading and writing.
@@ -186,6 +202,7 @@ impl Store {
             file,
             map: map_file,
             done: vec![false; chunks],
+            direct: self.direct_for(size),
         })
     }
 }
@@ -215,8 +232,9 @@ mod tests {
         {
             let c = store.begin_chunked(&digest, 100, 40).unwrap();
             assert_eq!(c.done, vec![false; 3]);
-            let (data, mut map) = c.handles().unwrap();
-            data.write_all_at(&bytes[40..80], 40).unwrap();
+            let (mut data, mut map) = c.handles().unwrap();
+            data.write(1, 40, &[&bytes[40..80]]).unwrap();
+            data.flush(1).unwrap();
             writeln!(map, "1").unwrap();
         }
         drop(store);

@@ -27,18 +27,18 @@ pub struct IngestFile {
     direct: Option<Direct>,
 }
 
-struct Stage {
+pub(super) struct Stage {
     /// `DIRECT_ALIGN` bytes larger than `DIRECT_CHUNK`, so that an aligned window of
     /// `DIRECT_CHUNK` bytes exists inside it.
     buf: Vec<u8>,
     /// Offset of the aligned window in `buf`.
     start: usize,
     /// Bytes staged in the window.
-    fill: usize,
+    pub(super) fill: usize,
 }
 
 impl Stage {
-    fn new() -> Stage {
+    pub(super) fn new() -> Stage {
         let buf = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
         Stage {
@@ -47,7 +47,7 @@ impl Stage {
             fill: 0,
         }
     }
-    fn window(&mut self) -> &mut [u8] {
+    pub(super) fn window(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + DIRECT_CHUNK]
     }
 }
@@ -192,28 +192,9 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// Size of one direct write; also the smallest blob written directly.
 pub(super) const DIRECT_CHUNK: usize = 1 << 20;
 /// Alignment of direct writes (memory, offset and length): covers 512-byte and 4 KiB sectors.
-const DIRECT_ALIGN: usize = 4096;
+pub(super) const DIRECT_ALIGN: usize = 4096;
 
-/// Turns `O_DIRECT` on or off on an open file.
-fn set_direct(file: &File, on: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a valid descriptor with integer arguments.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let flags = if on {
-        flags | libc::O_DIRECT
-    } else {
-        flags & !libc::O_DIRECT
-    };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+pub(super) use crate::fsutil::set_direct;
 
 impl IngestFile {
     /// Hashes with `alg` what is written to `file` (new and empty). `direct`: write with

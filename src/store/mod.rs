@@ -15,6 +15,7 @@ mod chunked;
 mod index;
 mod ingest;
 mod partial;
+mod placed;
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
@@ -31,6 +32,7 @@ pub use index::{Entry, Index, REF_NAME, RESOLVED, resolved_of};
 pub use ingest::{IngestFile, start_writeback};
 use partial::is_resume_name;
 pub use partial::{Pending, keep_partials};
+pub use placed::ChunkData;
 
 /// Largest `index.json` read.
 const MAX_INDEX: u64 = 64 << 20;

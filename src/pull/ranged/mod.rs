@@ -1,20 +1,23 @@
 //! Large blobs over parallel `Range` requests (SPEC §13): a blob larger than the chunk size
 //! whose stream proves slow (`blob.rs` hands it over), or one an earlier run left in chunks, is
-//! cut in chunks fetched by up to `--layer-connections` workers (each holding a download slot
-//! of the run while it fetches), every chunk written in place at its offset in
-//! `ingest/<hex>.chunks`. One writer thread writes what arrives, records complete chunks in
-//! the map (a later run fetches only the others), and hashes and feeds the unpack in order as
-//! the contiguous prefix grows: bytes that arrive in order go straight from memory, the rest
-//! is read back from the file once the chunks before it are complete. Memory stays bounded
+//! cut in chunks fetched by up to `--layer-connections` connections (each holding a download
+//! slot of the run while it fetches), every chunk written in place at its offset in
+//! `ingest/<hex>.chunks`; once every chunk is started, a free connection takes the second half
+//! of the piece with the most left (`board.rs`). One writer thread (`prefix.rs`) writes what
+//! arrives, records complete chunks in the map (a later run fetches only the others), and
+//! hashes and feeds the unpack in order as the contiguous prefix grows. Memory stays bounded
 //! by the batches in flight, whatever the blob's size; the digest of the whole blob is
 //! verified before it is committed.
 //!
-//! Each chunk is retried and resumed on its own (its own `Range`), under the run's retry,
+//! Each piece is retried and resumed on its own (its own `Range`), under the run's retry,
 //! low-speed and deadline rules. A registry that does not say `Accept-Ranges: bytes`, or that
 //! answers a chunk's `Range` with the whole blob, is used as one stream.
 
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+mod board;
+mod prefix;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use reqwest::header::{ACCEPT_RANGES, CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
@@ -29,132 +32,13 @@ use crate::layers::stream::StreamUnpack;
 use crate::layers::{UnpackError, Unpacked};
 use crate::oci::manifest::Descriptor;
 use crate::store::Store;
+use board::{Board, Piece};
+use prefix::{Cuts, Msg, Prefix};
 
 /// Bytes gathered from one connection before they go to the writer thread.
 const WRITE_BATCH: usize = 512 << 10;
 /// Batches queued for the writer thread (over all connections of the blob): 8 MiB.
 const QUEUE: usize = 16;
-/// Read back from the file at a time, when a later chunk joins the prefix.
-const READ_BACK: usize = 1 << 20;
-
-/// What the connections tell the writer thread.
-enum Msg {
-    /// Bytes of chunk `chunk` at `offset` of the blob (in order within the chunk).
-    Data {
-        chunk: usize,
-        offset: u64,
-        batch: Vec<Bytes>,
-    },
-    /// Chunk `chunk` is complete.
-    Done(usize),
-}
-
-/// The blob's chunks: `size` bytes cut every `chunk` bytes.
-#[derive(Clone, Copy)]
-struct Cuts {
-    size: u64,
-    chunk: u64,
-}
-
-impl Cuts {
-    fn count(self) -> usize {
-        self.size.div_ceil(self.chunk) as usize
-    }
-    /// The bytes `start..end` of chunk `i`.
-    fn range(self, i: usize) -> (u64, u64) {
-        let start = i as u64 * self.chunk;
-        (start, (start + self.chunk).min(self.size))
-    }
-    fn len(self, i: usize) -> u64 {
-        let (s, e) = self.range(i);
-        e - s
-    }
-}
-
-/// The writer thread's side: the file, what each chunk has on disk, the hash and the unpack
-/// of the contiguous prefix.
-struct Prefix {
-    file: std::fs::File,
-    map: std::fs::File,
-    cuts: Cuts,
-    /// Bytes on disk from each chunk's start.
-    got: Vec<u64>,
-    /// The first chunk not complete.
-    first_open: usize,
-    /// Bytes hashed and fed so far (a prefix of the blob).
-    fed: u64,
-    hasher: crate::oci::digest::Hasher,
-    sink: Option<StreamUnpack>,
-    buf: Vec<u8>,
-}
-
-impl Prefix {
-    /// Where the contiguous prefix on disk ends.
-    fn end(&mut self) -> u64 {
-        while self.first_open < self.got.len()
-            && self.got[self.first_open] == self.cuts.len(self.first_open)
-        {
-            self.first_open += 1;
-        }
-        match self.first_open {
-            i if i == self.got.len() => self.cuts.size,
-            i => self.cuts.range(i).0 + self.got[i],
-        }
-    }
-
-    fn take(&mut self, batch: &[Bytes]) {
-        for b in batch {
-            self.hasher.update(b);
-        }
-        if let Some(s) = self.sink.as_mut() {
-            s.feed(batch);
-        }
-    }
-
-    /// Hashes and feeds what the file holds up to the prefix's end.
-    fn catch_up(&mut self) -> std::io::Result<()> {
-        let end = self.end();
-        while self.fed < end {
-            let n = ((end - self.fed) as usize).min(READ_BACK);
-            let mut buf = std::mem::take(&mut self.buf);
-            self.file.read_exact_at(&mut buf[..n], self.fed)?;
-            self.take(&[Bytes::copy_from_slice(&buf[..n])]);
-            self.buf = buf;
-            self.fed += n as u64;
-        }
-        Ok(())
-    }
-
-    fn handle(&mut self, m: Msg) -> std::io::Result<()> {
-        match m {
-            Msg::Data {
-                chunk,
-                offset,
-                batch,
-            } => {
-                let mut at = offset;
-                for b in &batch {
-                    self.file.write_all_at(b, at)?;
-                    at += b.len() as u64;
-                }
-                // The disk works while the network delivers: the fsync before the commit has
-                // little left to write.
-                crate::store::start_writeback(&self.file, offset, at - offset);
-                self.got[chunk] = at - self.cuts.range(chunk).0;
-                // In order: hashed and fed from memory, not read back.
-                if offset == self.fed {
-                    self.take(&batch);
-                    self.fed = at;
-                }
-                self.catch_up()
-            }
-            Msg::Done(i) => {
-                use std::io::Write;
-                writeln!(self.map, "{i}")
-            }
-        }
-    }
-}
 
 type Unpack = Option<(Staging, Result<Unpacked, UnpackError>)>;
 
@@ -258,9 +142,6 @@ impl Session {
                 (chunked, got, h.at, h.hasher, h.unpack, h.at, h.network)
             }
         };
-        let pending: Vec<usize> = (0..cuts.count())
-            .filter(|i| got[*i] < cuts.len(*i))
-            .collect();
         // The stream counted its own bytes.
         let already: u64 = got.iter().sum::<u64>() - counted;
         progress.fetch_add(already, Ordering::Relaxed);
@@ -269,18 +150,14 @@ impl Session {
             Some((staging, sink)) => (Some(staging), Some(sink)),
             None => (None, None),
         };
-        let initial = got.clone();
-        let mut prefix = Prefix {
-            file,
-            map,
-            cuts,
-            got,
-            first_open: 0,
-            fed,
-            hasher,
-            sink,
-            buf: vec![0u8; READ_BACK],
-        };
+        let todo: Vec<(usize, u64, u64)> = (0..cuts.count())
+            .filter(|i| got[*i] < cuts.len(*i))
+            .map(|i| {
+                let (s, e) = cuts.range(i);
+                (i, s + got[i], e)
+            })
+            .collect();
+        let mut prefix = Prefix::new(file, map, cuts, &got, fed, hasher, sink);
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let writer = tokio::task::spawn_blocking(move || {
             // The staging directory belongs to the unpack: dropped only after it ended.
@@ -292,7 +169,13 @@ impl Session {
                 Ok(())
             });
             let end = prefix.end();
-            let complete = result.is_ok() && prefix.fed == end && end == prefix.cuts.size;
+            tracing::debug!(
+                "chunked blob: {} of {} bytes hashed and fed; {}",
+                prefix.fed,
+                cuts.size,
+                prefix.spent()
+            );
+            let complete = result.is_ok() && prefix.fed == end && end == cuts.size;
             let unpacked = prefix.sink.take().map(|s| match complete {
                 true => s.finish(),
                 // Dropped: its thread is stopped and joined before the staging goes.
@@ -303,26 +186,25 @@ impl Session {
             result.map(|_| ((prefix.hasher.finish(), prefix.fed), staging.zip(unpacked)))
         });
         let url = self.url(&format!("/{repo}/blobs/{}", desc.digest));
-        let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let network = AtomicU64::new(network);
-        let workers = chunking.connections.min(pending.len()).max(1);
+        // As many connections as allowed: once the chunks are all started, they share the
+        // rest of the pieces in flight.
+        let connections = chunking.connections.max(1);
         let run = Chunks {
             session: self,
             repo,
             url: &url,
             desc,
-            cuts,
-            pending: &pending,
-            initial: &initial,
-            next: &next,
+            board: Mutex::new(Board::new(todo, connections)),
             failed: &failed,
             tx: &tx,
             progress,
             network: &network,
             slots,
         };
-        let results = join_all((0..workers).map(|w| run.worker(w == 0)).collect()).await;
+        let results = join_all((0..connections).map(|c| run.worker(c)).collect()).await;
+        tracing::debug!(digest = %desc.digest, "every piece fetched");
         drop(tx);
         drop(slot);
         let written = writer.await.map_err(PullError::writer_failed)?;
@@ -364,13 +246,8 @@ struct Chunks<'a> {
     repo: &'a str,
     url: &'a Url,
     desc: &'a Descriptor,
-    cuts: Cuts,
-    /// The chunks to fetch, in order; `next` indexes it.
-    pending: &'a [usize],
-    /// What each chunk has on disk already (from its start).
-    initial: &'a [u64],
-    next: &'a AtomicUsize,
-    /// Set by a connection that failed: the others take no new chunk.
+    board: Mutex<Board>,
+    /// Set by a connection that failed: the others take no new piece.
     failed: &'a AtomicBool,
     tx: &'a mpsc::Sender<Msg>,
     progress: &'a AtomicU64,
@@ -379,49 +256,64 @@ struct Chunks<'a> {
 }
 
 impl Chunks<'_> {
-    /// One connection: takes the next chunk in order until none is left. The first uses the
-    /// blob's own slot, the others one of the run's each while they fetch.
-    async fn worker(&self, first: bool) -> Result<(), PullError> {
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        // A connection that panicked while holding it leaves a board still consistent.
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connection `c`: takes the next piece until none is left. The first uses the blob's own
+    /// download slot, the others one of the run's each while they fetch.
+    async fn worker(&self, c: usize) -> Result<(), PullError> {
         loop {
-            if self.failed.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            let k = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(&i) = self.pending.get(k) else {
-                return Ok(());
-            };
-            let _slot = match first {
-                true => None,
-                false => Some(
+            let _slot = match c {
+                0 => None,
+                _ => Some(
                     self.slots
                         .acquire()
                         .await
                         .map_err(|e| PullError::new(e.to_string()))?,
                 ),
             };
-            if let Err(e) = self.fetch(i).await {
+            if self.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let Some(piece) = self.board().take(c) else {
+                return Ok(());
+            };
+            let fetched = self.fetch(c, piece).await;
+            self.board().finish(c);
+            // What the piece staged goes to the file, complete or not.
+            let told = self.tx.send(Msg::Done(piece.key)).await;
+            if let Err(e) = fetched {
                 self.failed.store(true, Ordering::Relaxed);
                 return Err(e);
             }
+            told.map_err(|_| PullError::new("the blob writer stopped"))?;
         }
     }
 
-    /// Chunk `i`, resumed on its own after a transient failure.
-    async fn fetch(&self, i: usize) -> Result<(), PullError> {
+    /// The bytes of `piece` (up to where another connection may cut it), resumed on their own
+    /// after a transient failure.
+    async fn fetch(&self, c: usize, piece: Piece) -> Result<(), PullError> {
         let s = self.session;
-        let (start, end) = self.cuts.range(i);
-        let len = end - start;
-        let size = self.cuts.size;
+        let size = self.desc.size;
         let digest = &self.desc.digest;
+        let (chunk, key) = (piece.chunk, piece.key);
         let gone = || {
             Failure::Fatal(PullError::Registry(Why {
                 message: "the blob writer stopped".into(),
                 hint: None,
             }))
         };
-        let mut got: u64 = self.initial[i];
-        s.retrying(&format!("blob {digest} bytes {start}-{}", end - 1), async || {
-            let from = start + got;
+        let label = format!("blob {digest} bytes {}-{}", piece.at, piece.end - 1);
+        s.retrying(&label, async || {
+            // Where the piece stands now: resumed after what arrived, ending where it was cut.
+            let Some(Piece { at: from, end, .. }) = self.board().piece(c) else {
+                return Ok(());
+            };
+            if from >= end {
+                return Ok(());
+            }
             let mut h = HeaderMap::new();
             h.insert(RANGE, HeaderValue::from_str(&format!("bytes={from}-{}", end - 1)).expect("ascii"));
             let mut resp = s.get(Method::GET, self.repo, self.url.clone(), h).await?;
@@ -445,52 +337,62 @@ impl Chunks<'_> {
                 _ => return Err(s.failure_of(resp, &format!("GET {} (bytes {from}-{})", redact(self.url), end - 1)).await),
             }
             let mut batch: Vec<Bytes> = Vec::new();
-            let (mut batch_len, mut at) = (0usize, from);
+            // `sent`: where the batch starts; `got`: bytes of this answer.
+            let (mut batch_len, mut sent, mut got) = (0usize, from, 0u64);
             let mut speed = s.low_speed();
+            let send = async |batch: Vec<Bytes>, offset: u64| {
+                self.tx.send(Msg::Data { chunk, key, offset, batch }).await.map_err(|_| gone())
+            };
             loop {
                 match speed.chunk(&mut resp).await {
                     Ok(Some(b)) => {
-                        if got + b.len() as u64 > len {
+                        got += b.len() as u64;
+                        if got > end - from {
                             return Err(Failure::Fatal(PullError::WrongContent(Why {
-                                message: format!("blob {digest}: the registry sent more than the bytes {start}-{} asked for", end - 1),
+                                message: format!("blob {digest}: the registry sent more than the bytes {from}-{} asked for", end - 1),
                                 hint: Some("the registry serves content that does not match the manifest".into()),
                             })));
                         }
-                        got += b.len() as u64;
-                        self.progress.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        self.network.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        batch_len += b.len();
-                        batch.push(b);
-                        if batch_len >= WRITE_BATCH {
-                            let offset = at;
-                            at += batch_len as u64;
+                        // Bytes past where another connection cut the piece are not ours.
+                        let own = self.board().advance(c, b.len() as u64) as usize;
+                        let cut = own < b.len();
+                        if own > 0 {
+                            self.progress.fetch_add(own as u64, Ordering::Relaxed);
+                            self.network.fetch_add(own as u64, Ordering::Relaxed);
+                            batch_len += own;
+                            batch.push(b.slice(..own));
+                        }
+                        let left = self.board().piece(c).is_some_and(|p| p.at < p.end);
+                        if batch_len >= WRITE_BATCH || cut || !left {
+                            let n = batch_len as u64;
+                            if n > 0 {
+                                send(std::mem::take(&mut batch), sent).await?;
+                            }
+                            sent += n;
                             batch_len = 0;
-                            self.tx.send(Msg::Data { chunk: i, offset, batch: std::mem::take(&mut batch) }).await.map_err(|_| gone())?;
+                        }
+                        if !left {
+                            // The piece is complete (the rest of the answer, if any, belongs to
+                            // another connection: dropped with the connection).
+                            return Ok(());
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        // What arrived is valid: kept, the chunk resumes after it.
+                        // What arrived is valid: kept, the piece resumes after it.
                         if !batch.is_empty() {
-                            self.tx.send(Msg::Data { chunk: i, offset: at, batch }).await.map_err(|_| gone())?;
+                            send(batch, sent).await?;
                         }
-                        return Err(e.into_failure(&format!("chunk interrupted at {} of bytes {start}-{}", start + got, end - 1)));
+                        return Err(e.into_failure(&format!("piece interrupted at {} of bytes {from}-{}", from + got, end - 1)));
                     }
                 }
             }
             if !batch.is_empty() {
-                self.tx.send(Msg::Data { chunk: i, offset: at, batch }).await.map_err(|_| gone())?;
+                send(batch, sent).await?;
             }
-            if got < len {
-                return Err(Failure::Retry { message: format!("chunk body ended at {} of bytes {start}-{}", start + got, end - 1), after: None });
-            }
-            Ok(())
+            Err(Failure::Retry { message: format!("piece body ended at {} of bytes {from}-{}", from + got, end - 1), after: None })
         })
-        .await?;
-        self.tx
-            .send(Msg::Done(i))
-            .await
-            .map_err(|_| PullError::new("the blob writer stopped"))
+        .await
     }
 }
 
