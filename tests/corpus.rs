@@ -129,6 +129,13 @@ fn base() -> Vec<Entry> {
     ]
 }
 
+/// `n` bytes that differ from block to block (`seed` makes files differ).
+fn big(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 12) as u8 ^ seed)
+        .collect()
+}
+
 fn corpus() -> Vec<Case> {
     let long = format!("long/{}/{}", "n".repeat(150), "m".repeat(150));
     let cap: &[u8] = &[
@@ -173,6 +180,24 @@ fn corpus() -> Vec<Case> {
             ]],
         ),
         case("unlisted-parents-2500", vec![site, site_upper]),
+        // Files large enough to be written with O_DIRECT (8 MiB and more): with a buffered
+        // tail or none, setuid and owned (attributes set after the data), with an xattr, a
+        // hardlink to one, and one replaced by the layer above.
+        case(
+            "large-files",
+            vec![
+                vec![
+                    dir("models"),
+                    file("models/weights", &big(9 << 20, 1)).xattr("user.model", b"v1"),
+                    hardlink("models/weights.link", "models/weights"),
+                    file("models/exact", &big(8 << 20, 2))
+                        .owner(1000, 1000)
+                        .mode(0o4750),
+                    file("models/replaced", &big((8 << 20) + 1, 3)),
+                ],
+                vec![file("models/replaced", &big((10 << 20) + 4097, 4)).mode(0o600)],
+            ],
+        ),
         case(
             "whiteout-then-directory",
             vec![base(), vec![whiteout("w"), dir("w"), file("w/new", b"n")]],

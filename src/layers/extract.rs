@@ -226,7 +226,7 @@ fn apply<R: Read>(
     };
     match h.kind {
         Kind::Dir => directory(root, &e),
-        Kind::File => file(root, &e, archive),
+        Kind::File => file(root, &e, archive, limits),
         Kind::Symlink => symlink(root, &e, limits),
         Kind::HardLink => hardlink(root, parent, leaf, h, name, limits, archive.position()),
         Kind::Char | Kind::Block | Kind::Fifo => special(root, &e),
@@ -321,6 +321,7 @@ fn file<R: Read>(
     root: &mut Root,
     e: &Entry<'_>,
     archive: &mut Archive<R>,
+    limits: &Limits,
 ) -> Result<(), ExtractError> {
     let (dir, parent_setgid) = root.entry_dir(e.parent).map_err(e.walk_err())?;
     // A file that is ours (our uid and gid, no setgid parent) with plain permissions
@@ -356,7 +357,7 @@ fn file<R: Read>(
     let buf = &mut root.buf;
     let mut data = archive.data();
     let written = match &e.h.sparse {
-        None => write_contents(&mut data, &file, buf),
+        None => write_contents(&mut data, &file, e.h.size, limits.direct_io, buf),
         Some(s) => write_sparse(&mut data, &file, s, buf),
     };
     written.map_err(|source| ExtractError::Io {

@@ -204,7 +204,7 @@ impl LayerTarget<'_> {
             &staging.fs,
             self.lowers.clone(),
             self.max_size,
-            &Limits::default(),
+            &self.layers.limits(),
             Some(&self.plan.diff_id),
         );
         self.commit(desc, staging, result)

@@ -8,9 +8,13 @@ use rustix::io::Errno;
 
 use super::settle::Assumed;
 
-/// Limits of one layer (SPEC §8); the uncompressed size is also enforced by the reader.
+/// Limits of one layer (SPEC §8); the uncompressed size is also enforced by the reader. And
+/// how its files are written.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Large files are written with `O_DIRECT` where the file system allows it (`files.rs`);
+    /// off with `--buffered-writes`.
+    pub direct_io: bool,
     pub max_entries: u64,
     /// Longest entry name or link target, in bytes.
     pub max_path: usize,
@@ -23,6 +27,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            direct_io: true,
             max_entries: 1_000_000,
             max_path: 4096,
             max_xattrs: 64 << 10,

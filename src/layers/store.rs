@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::Limits;
 use super::unflushed::{self, boot_id, drop_unflushed};
 use crate::fsutil;
 use crate::oci::Digest;
@@ -102,6 +103,8 @@ pub struct LayerStore {
     pub(super) _lock: File,
     pub(super) root_fd: OwnedFd,
     pub(super) sync: LayerSync,
+    /// Whether large files are written with `O_DIRECT` ([`LayerStore::limits`]).
+    direct_io: bool,
     /// Whether this handle made sure of the boot's marker already.
     pub(super) marked: std::sync::atomic::AtomicBool,
     /// Layers of image caches by chain ID (their directory and record), used in place
@@ -185,6 +188,7 @@ impl LayerStore {
             _lock: lock,
             root_fd,
             sync: LayerSync::default(),
+            direct_io: true,
             marked: Default::default(),
             read_only: Default::default(),
         }
@@ -213,6 +217,19 @@ impl LayerStore {
         let sha256 = fsutil::open_subdir(root_fd.as_fd(), "sha256", false, &root.join("sha256"))?;
         let ingest = fsutil::open_subdir(root_fd.as_fd(), "ingest", false, &root.join("ingest"))?;
         Ok(Some(LayerStore::with(root, root_fd, sha256, ingest, lock)))
+    }
+
+    /// Whether large files are written around the page cache (`--buffered-writes` turns it off).
+    pub fn set_direct_io(&mut self, on: bool) {
+        self.direct_io = on;
+    }
+
+    /// What an extraction into this store allows and how it writes.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            direct_io: self.direct_io,
+            ..Limits::default()
+        }
     }
 
     /// When layers' files are flushed to disk (deferred by default).

@@ -14,7 +14,7 @@ use super::session::Session;
 use super::{Chunking, PullError, Why};
 use crate::layers::store::Staging;
 use crate::layers::stream::StreamUnpack;
-use crate::layers::{LayerTarget, Limits, UnpackError, Unpacked};
+use crate::layers::{LayerTarget, UnpackError, Unpacked};
 use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
 use crate::store::Store;
@@ -367,7 +367,7 @@ fn start_unpack(
         desc.media_type.clone(),
         staging.fs.clone(),
         t.max_size,
-        Limits::default(),
+        t.layers.limits(),
     )
     .map_err(|e| {
         PullError::Layer(Why {

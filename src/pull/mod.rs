@@ -295,6 +295,7 @@ pub async fn pull_all(cfg: &Config, auth: &AuthFile, opts: &PullOptions) -> Vec<
             move || {
                 LayerStore::open(&u.layers).map(|mut l| {
                     l.set_sync(u.sync);
+                    l.set_direct_io(direct_io);
                     caches.lend_layers(&mut l);
                     l
                 })
