@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 pub fn timed(cmd: &mut Command) -> (Duration, u64) {
     let mut wrapped = Command::new("/usr/bin/time");
     wrapped
-        .args(["-f", "KCI_MAXRSS_KIB=%M"])
+        .args(["-f", "KCI_CPU=%Us user %Ss system\nKCI_MAXRSS_KIB=%M"])
         .arg(cmd.get_program())
         .args(cmd.get_args())
         .stdout(Stdio::null())
@@ -32,6 +32,16 @@ pub fn timed(cmd: &mut Command) -> (Duration, u64) {
         .expect("/usr/bin/time is missing: run scripts/setup.sh");
     let elapsed = start.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // KCI_BENCH_LOG=FILE: every run's command, time and standard error, to read afterwards.
+    if let Some(log) = std::env::var_os("KCI_BENCH_LOG") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("KCI_BENCH_LOG is not writable");
+        let _ = writeln!(f, "### {cmd:?}: {:.3} s\n{stderr}", elapsed.as_secs_f64());
+    }
     assert!(out.status.success(), "{cmd:?} failed: {stderr}");
     let rss = stderr
         .lines()
