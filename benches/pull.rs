@@ -7,7 +7,8 @@
 //!   KCI_BENCH_RUNS=9 cargo bench --bench pull
 //!
 //!   KCI_BENCH_BUFFERED=1 cargo bench --bench pull # also the agent with --buffered-writes
-//!   KCI_BENCH_BASELINE=/path/to/older/kci-pull-agent cargo bench --bench pull # and that build
+//!   KCI_BENCH_BASELINE=/path/to/older/kci-pull-agent cargo bench --bench pull # and that build,
+//!                                                   # with and without unpacking
 //!
 //! Every case also times `curl -Z` into `/dev/null` (no hash, no disk: the floor a puller is read
 //! against) and charges each pull with the CPU the registry spent serving it.
@@ -92,7 +93,17 @@ fn agent_cmd_of(bin: &str, t: &Target, store: &Path) -> Command {
 /// The agent as it runs by default: every layer unpacked while it downloads (into a fresh
 /// layer store each run), to see how much of the unpack hides under the download.
 fn agent_unpack_cmd(t: &Target, store: &Path) -> Command {
-    let mut c = Command::new(common::bin());
+    agent_unpack_cmd_of(&common::bin(), t, store)
+}
+
+/// The baseline build (`KCI_BENCH_BASELINE`) unpacking as well.
+fn baseline_unpack_cmd(t: &Target, store: &Path) -> Command {
+    let bin = std::env::var("KCI_BENCH_BASELINE").expect("set when this tool is listed");
+    agent_unpack_cmd_of(&bin, t, store)
+}
+
+fn agent_unpack_cmd_of(bin: &str, t: &Target, store: &Path) -> Command {
+    let mut c = Command::new(bin);
     let list = if t.tls {
         "--insecure-registry"
     } else {
@@ -212,6 +223,7 @@ fn throughput_case(name: &str, reg: &Registry, t: &Target, runs: usize, rows: &m
             "kci-pull-agent, baseline build (KCI_BENCH_BASELINE)",
             baseline_cmd,
         ));
+        tools.push(("agent + unpack, baseline build", baseline_unpack_cmd));
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
     let mut rss: Vec<u64> = vec![0; tools.len()];

@@ -382,9 +382,9 @@ pub struct PullTuning {
     /// a deadline error and the report is still written (default: no deadline).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub deadline: Option<u64>,
-    /// Write blobs through the page cache instead of with O_DIRECT. Direct writes are faster
-    /// where guest memory is costly (microVMs); buffered writes leave the blobs cached for an
-    /// unpack that follows at once.
+    /// Write blobs, and layer files of 8 MiB or more, through the page cache instead of with
+    /// O_DIRECT. Direct writes are faster where guest memory is costly (microVMs); buffered
+    /// writes leave the data cached for a reader that follows at once.
     #[arg(long)]
     pub buffered_writes: bool,
     /// A blob larger than this whose stream brings less than one chunk in its first 250 ms
