@@ -19,8 +19,8 @@
 //!   KCI_BENCH_CASES=real,boot KCI_BENCH_RUNS=7 cargo bench --bench ready
 //!   KCI_BENCH_BASELINE=/path/to/older/kci-pull-agent KCI_BENCH_CASES=real cargo bench --bench ready
 //!
-//! With `KCI_BENCH_BASELINE`, the `real` cases also run that build of the agent in the same
-//! alternating rounds: a change is measured against its baseline in one run.
+//! With `KCI_BENCH_BASELINE`, the `real` and `throttled` cases also run that build of the agent
+//! in the same alternating rounds: a change is measured against its baseline in one run.
 //!
 //! Cases: `real` (5 gzip layers), `real-zstd` (the same files, zstd), `throttled` (`real`
 //! through a ~40 MB/s link), `large` (one ~1.8 GB layer), `boot` (a second `boot` of a pod
@@ -888,10 +888,19 @@ fn main() {
         let (img, _) = real_gzip.as_ref().unwrap();
         let link = Throttle::start(&reg.addr(), 40_000_000);
         let reference = format!("{}/bench/real:latest", link.addr());
-        let tools = vec![
+        let mut tools = vec![
             agent_tool(AGENT, &link.addr(), &reference, &[]),
             agent_tool(AGENT_NO_UNPACK, &link.addr(), &reference, NO_UNPACK),
         ];
+        if let Ok(bin) = std::env::var("KCI_BENCH_BASELINE") {
+            tools.push(agent_tool_of(
+                bin,
+                AGENT_BASELINE,
+                &link.addr(),
+                &reference,
+                &[],
+            ));
+        }
         compare(
             &fs,
             &reg,
