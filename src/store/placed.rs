@@ -30,7 +30,9 @@ pub struct ChunkData {
 }
 
 impl ChunkData {
-    pub(super) fn new(file: File, direct: Option<File>) -> ChunkData {
+    /// `file` opened for reading and writing; `direct`: the same file opened again with
+    /// `O_DIRECT` (`None`: through the page cache only).
+    pub fn new(file: File, direct: Option<File>) -> ChunkData {
         ChunkData {
             file,
             direct,

@@ -227,3 +227,121 @@ impl Prefix {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// Pieces of every chunk (some chunks cut in two, as a free connection does) arrive in
+    /// batches of odd sizes, interleaved in a different order per seed, after a stream that
+    /// handed over inside chunk 0: the prefix hashes the whole blob exactly once, in order,
+    /// and lists every chunk in the map once.
+    #[test]
+    fn pieces_in_any_order_hash_the_blob_once_in_order() {
+        let size: u64 = 5 * 1024 * 1024 + 777;
+        let cuts = Cuts {
+            size,
+            chunk: 1024 * 1024 + 4096 + 5,
+        };
+        let blob: Vec<u8> = (0..size).map(|i| (i * 13 + i / 1021) as u8).collect();
+        let handed = 123_457u64;
+        for seed in 1..=6u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+            let rw = |name: &str| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(dir.path().join(name))
+                    .unwrap()
+            };
+            let file = rw("data");
+            file.set_len(size).unwrap();
+            file.write_all_at(&blob[..handed as usize], 0).unwrap();
+            let direct = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.path().join("data"))
+                .ok()
+                .filter(|f| crate::fsutil::set_direct(f, seed % 2 == 0).is_ok());
+            let mut hasher = crate::oci::Algorithm::Sha256.hasher();
+            hasher.update(&blob[..handed as usize]);
+            let initial: Vec<u64> = (0..cuts.count())
+                .map(|i| {
+                    let (s, e) = cuts.range(i);
+                    handed.clamp(s, e) - s
+                })
+                .collect();
+            let mut prefix = Prefix::new(
+                ChunkData::new(file, direct),
+                rw("map"),
+                cuts,
+                &initial,
+                handed,
+                hasher,
+                None,
+            );
+            // The pieces: (chunk, key, next byte, end); every other chunk cut in two.
+            let mut pieces: Vec<(usize, usize, u64, u64)> = Vec::new();
+            for (i, got) in initial.iter().enumerate() {
+                let (s, e) = cuts.range(i);
+                let from = s + got;
+                let mid = from + (e - from) / 2;
+                if i % 2 == 1 && mid > from {
+                    pieces.push((i, pieces.len(), from, mid));
+                    pieces.push((i, pieces.len(), mid, e));
+                } else {
+                    pieces.push((i, pieces.len(), from, e));
+                }
+            }
+            while !pieces.is_empty() {
+                let p = next(pieces.len() as u64) as usize;
+                let (chunk, key, at, end) = pieces[p];
+                let n = (next(300_000) + 1).min(end - at);
+                let bytes = Bytes::copy_from_slice(&blob[at as usize..(at + n) as usize]);
+                let (a, b) = (
+                    bytes.slice(..bytes.len() / 2),
+                    bytes.slice(bytes.len() / 2..),
+                );
+                prefix
+                    .handle(Msg::Data {
+                        chunk,
+                        key,
+                        offset: at,
+                        batch: vec![a, b],
+                    })
+                    .unwrap();
+                pieces[p].2 += n;
+                if pieces[p].2 == end {
+                    prefix.handle(Msg::Done(key)).unwrap();
+                    pieces.swap_remove(p);
+                }
+            }
+            assert_eq!(prefix.end(), size, "seed {seed}");
+            assert_eq!(prefix.fed, size, "seed {seed}");
+            let Prefix { hasher, .. } = prefix;
+            assert_eq!(
+                hasher.finish(),
+                crate::oci::Digest::sha256(&blob),
+                "seed {seed}"
+            );
+            let mut listed: Vec<usize> = std::fs::read_to_string(dir.path().join("map"))
+                .unwrap()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect();
+            listed.sort();
+            assert_eq!(listed, (0..cuts.count()).collect::<Vec<_>>(), "seed {seed}");
+            assert!(std::fs::read(dir.path().join("data")).unwrap() == blob);
+        }
+    }
+}
