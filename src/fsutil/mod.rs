@@ -162,6 +162,9 @@ pub fn create_new(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<File
     .map_err(errno)
 }
 
+/// Alignment of direct I/O (memory, offset and length): covers 512-byte and 4 KiB sectors.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Turns `O_DIRECT` on or off on an open file (a flag of the open file, shared by its
 /// duplicated descriptors).
 pub fn set_direct(file: &File, on: bool) -> io::Result<()> {

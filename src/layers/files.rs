@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read};
 
 use super::tar::Sparse;
+use crate::fsutil::DIRECT_ALIGN;
 
 /// The largest piece of a file written at once (a write that ends inside a block makes the
 /// kernel zero the rest of it first).
@@ -15,8 +16,6 @@ pub(super) const WRITE_CHUNK: usize = 1 << 20;
 /// than the disk (docs/performance.md), and a model's weights need not stay in the page cache
 /// after they are unpacked. Smaller files, and every file's last partial piece, go through it.
 pub(super) const DIRECT_MIN: u64 = 8 << 20;
-/// Alignment of direct writes (memory, offset and length): covers 512-byte and 4 KiB sectors.
-const DIRECT_ALIGN: usize = 4096;
 
 /// Copies a file's contents (`size` bytes) from `from` into `file` in chunks of `WRITE_CHUNK`
 /// bytes: each `write` but the last covers whole blocks; with `direct`, a large file's whole

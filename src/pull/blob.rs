@@ -8,13 +8,13 @@ use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
-use super::ranged::{Handoff, Start, Switch, worth_chunking};
+use super::ranged::{Handoff, Start, Switch, Unpack, worth_chunking};
 use super::retry::{Failure, redact};
 use super::session::Session;
 use super::{Chunking, PullError, Why};
+use crate::layers::LayerTarget;
 use crate::layers::store::Staging;
 use crate::layers::stream::StreamUnpack;
-use crate::layers::{LayerTarget, UnpackError, Unpacked};
 use crate::oci::Digest;
 use crate::oci::manifest::Descriptor;
 use crate::store::Store;
@@ -194,7 +194,7 @@ impl Session {
                 }
             }
             if handed.load(Ordering::SeqCst) {
-                let (_file, hasher, at) = f.into_parts()?;
+                let (hasher, at) = f.into_parts()?;
                 return Ok(Written::Handed(Handoff {
                     hasher,
                     at,
@@ -335,9 +335,6 @@ impl Session {
         Ok(Streamed::Whole(network, unpacked))
     }
 }
-
-/// A layer's unpack and its outcome, when the blob is whole.
-type Unpack = Option<(Staging, Result<Unpacked, UnpackError>)>;
 
 /// What a one-stream fetch's writer thread ends with.
 enum Written {

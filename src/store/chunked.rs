@@ -12,7 +12,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 
-use super::ingest::set_direct;
 use super::placed::ChunkData;
 use super::{FILE_MODE, Store, ctx};
 use crate::fsutil;
@@ -47,7 +46,7 @@ impl Chunked<'_> {
             true => {
                 let dir = self.store.ingest_dir()?;
                 let f = fsutil::open_rw(dir, &format!("{}{CHUNKS}", self.hex))?;
-                set_direct(&f, true).ok().map(|_| f)
+                fsutil::set_direct(&f, true).ok().map(|_| f)
             }
             false => None,
         };

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, ErrorKind, Seek, Write};
 use std::sync::mpsc;
 
+use crate::fsutil::{DIRECT_ALIGN, set_direct};
 use crate::oci::{Algorithm, Digest, Hasher};
 
 /// Receives a blob's bytes on a blocking thread: hashes and writes them, so the network task
@@ -191,10 +192,6 @@ fn write_stage(file: &File, stage: &mut Stage, offset: u64, direct: &mut bool) -
 const WRITEBACK_STEP: u64 = 8 << 20;
 /// Size of one direct write; also the smallest blob written directly.
 pub(super) const DIRECT_CHUNK: usize = 1 << 20;
-/// Alignment of direct writes (memory, offset and length): covers 512-byte and 4 KiB sectors.
-pub(super) const DIRECT_ALIGN: usize = 4096;
-
-pub(super) use crate::fsutil::set_direct;
 
 impl IngestFile {
     /// Hashes with `alg` what is written to `file` (new and empty). `direct`: write with
@@ -331,17 +328,15 @@ impl IngestFile {
         Ok(())
     }
 
-    /// Writes what is staged and ends direct writes (the file is written through the page
-    /// cache from now on); the file, the hash of what it holds so far, and its length: for a
-    /// download that goes on in chunks written in place (SPEC §13).
-    pub fn into_parts(mut self) -> io::Result<(File, Hasher, u64)> {
+    /// Writes what is staged and closes the file; the hash of what it holds and its length:
+    /// for a download that goes on in chunks (SPEC §13), which opens the file again.
+    pub fn into_parts(mut self) -> io::Result<(Hasher, u64)> {
         if let Some(mut d) = self.direct.take() {
             self.written += d.submit(self.written)? as u64;
             d.drain()?;
             d.stop();
         }
-        set_direct(&self.file, false)?;
-        Ok((self.file, self.hasher, self.written))
+        Ok((self.hasher, self.written))
     }
 
     /// Writes what is staged, fsyncs; returns the digest and size of what was written.
@@ -360,7 +355,7 @@ impl IngestFile {
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Durability still comes from the fsync at the
 /// end; this only spreads the disk work over the download. Errors are ignored for the same
 /// reason.
-pub fn start_writeback(file: &File, offset: u64, len: u64) {
+pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid open descriptor, plain integer arguments.
     unsafe {

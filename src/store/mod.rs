@@ -29,7 +29,7 @@ use crate::oci::{Algorithm, Digest};
 pub use check::{Problem, ProblemKind};
 pub use chunked::Chunked;
 pub use index::{Entry, Index, REF_NAME, RESOLVED, resolved_of};
-pub use ingest::{IngestFile, start_writeback};
+pub use ingest::IngestFile;
 use partial::is_resume_name;
 pub use partial::{Pending, keep_partials};
 pub use placed::ChunkData;

@@ -12,7 +12,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::ingest::{DIRECT_ALIGN, DIRECT_CHUNK, Stage, start_writeback};
+use super::ingest::{DIRECT_CHUNK, Stage, start_writeback};
+use crate::fsutil::DIRECT_ALIGN;
 
 /// The chunked data file's writer side: positional writes of many chunks at once, each with
 /// its own staging buffer.
@@ -40,11 +41,6 @@ impl ChunkData {
             spare: Vec::new(),
             read: Stage::new(),
         }
-    }
-
-    /// Whether writes and reads still go around the page cache.
-    pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
     }
 
     /// Writes `data`, bytes of chunk `chunk` that start at `offset` of the blob (following
@@ -197,7 +193,7 @@ mod tests {
                 .write(true)
                 .open(&path)
                 .unwrap();
-            super::super::ingest::set_direct(&f, true).ok().map(|_| f)
+            crate::fsutil::set_direct(&f, true).ok().map(|_| f)
         });
         ChunkData::new(file, d)
     }

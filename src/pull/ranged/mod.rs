@@ -40,7 +40,8 @@ const WRITE_BATCH: usize = 512 << 10;
 /// Batches queued for the writer thread (over all connections of the blob): 8 MiB.
 const QUEUE: usize = 16;
 
-type Unpack = Option<(Staging, Result<Unpacked, UnpackError>)>;
+/// A layer's unpack and its outcome, when the blob is whole.
+pub(super) type Unpack = Option<(Staging, Result<Unpacked, UnpackError>)>;
 
 /// Where a chunked fetch starts.
 pub(super) enum Start<'a> {
