@@ -24,10 +24,10 @@ fn big_image() -> FaultEnv {
     FaultEnv::start(image(25, &[LAYER], "amd64", false), &["big/app"])
 }
 
-/// Asked `spans` (sorted) are pieces of the blob from `from` to its end: together all of it,
+/// Asked `spans` (sorted) are pieces of the blob's bytes `from..to`: together all of them,
 /// each within one chunk of `chunk` bytes, each starting at a chunk's start, at `from`, or on
 /// a MiB boundary (the second half of a piece a free connection took over).
-fn assert_pieces(spans: &[(u64, u64)], from: u64, size: u64, chunk: u64) {
+fn assert_pieces(spans: &[(u64, u64)], from: u64, to: u64, chunk: u64) {
     assert_eq!(spans[0].0, from, "{spans:?}");
     let mut covered = from;
     for &(a, b) in spans {
@@ -39,7 +39,7 @@ fn assert_pieces(spans: &[(u64, u64)], from: u64, size: u64, chunk: u64) {
             "{a}: {spans:?}"
         );
     }
-    assert_eq!(covered, size, "{spans:?}");
+    assert_eq!(covered, to, "{spans:?}");
 }
 
 /// `pull` of the image through `front` into a root of its own with `extra` flags, over a link
@@ -98,6 +98,12 @@ fn layer_tree(root: &Root) -> (std::collections::BTreeMap<String, String>, Vec<V
     let dir = root.file("var/lib/kci/layers/sha256");
     let layer = fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
     describe_tree(&layer.join("fs"), true)
+}
+
+/// The blob is in `blobs/` with its digest, and nothing of it is left in `ingest/`.
+fn assert_stored(root: &Root, digest: &str) {
+    assert_eq!(sha256(&fs::read(blob_path(root, digest)).unwrap()), digest);
+    assert!(ingest_left(root).is_empty(), "{:?}", ingest_left(root));
 }
 
 fn ingest_left(root: &Root) -> Vec<String> {
@@ -180,11 +186,7 @@ fn free_connections_take_over_the_end_of_long_pieces() {
         spans.iter().any(|s| s.0 % chunk != 0 && s.0 != handed),
         "no piece was split: {spans:?}"
     );
-    assert_eq!(
-        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
-        digest
-    );
-    assert!(ingest_left(&root).is_empty(), "{:?}", ingest_left(&root));
+    assert_stored(&root, &digest);
 }
 
 /// A front that drops the `Range` of every request: the chunked fetch finds out at its first
@@ -197,11 +199,7 @@ fn a_registry_that_ignores_ranges_is_used_as_one_stream() {
     let (root, r) = pull(&front, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("one stream"), "{}", r.stderr);
-    assert_eq!(
-        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
-        digest
-    );
-    assert!(ingest_left(&root).is_empty(), "{:?}", ingest_left(&root));
+    assert_stored(&root, &digest);
 }
 
 /// One chunk answered with another Content-Range (a broken cache in between): that chunk is
@@ -243,10 +241,7 @@ fn a_chunk_answered_with_another_range_is_retried_alone() {
         spans.len() - 1,
         "no other piece asked again: {asked:?}"
     );
-    assert_eq!(
-        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
-        digest
-    );
+    assert_stored(&root, &digest);
 }
 
 /// Flipped bytes in one chunk are found by the blob's digest: the blob is fetched once more
@@ -270,10 +265,7 @@ fn corrupted_bytes_are_fetched_again_once_then_nothing_is_stored() {
         "two streams: {asked:?}"
     );
     assert!(asked.len() > chunks, "{asked:?}");
-    assert_eq!(
-        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
-        digest
-    );
+    assert_stored(&root, &digest);
 
     let front = e.front(vec![rule(&digest, Fault::Corrupt { offset: 1000 }, 10_000)]);
     let (root, r) = pull(&front, &[]);
@@ -379,22 +371,19 @@ fn kill_9_mid_fetch_then_the_next_run_resumes_from_the_disk() {
     }
     for i in (0..size.div_ceil(CHUNK)).filter(|i| !done.contains(i)) {
         let (start, end) = (i * CHUNK, ((i + 1) * CHUNK).min(size));
-        let pieces: Vec<_> = asked.iter().filter(|s| s.0 >= start && s.1 < end).collect();
-        let mut covered = start;
-        for p in &pieces {
-            assert!(p.0 <= covered, "chunk {i}: {asked:?}");
-            covered = covered.max(p.1 + 1);
-        }
-        assert_eq!(
-            covered, end,
+        // Each missing chunk asked whole, in pieces (asked is sorted).
+        let pieces: Vec<_> = asked
+            .iter()
+            .copied()
+            .filter(|s| s.0 >= start && s.1 < end)
+            .collect();
+        assert!(
+            !pieces.is_empty(),
             "chunk {i} was missing, yet not asked: {asked:?}"
         );
+        assert_pieces(&pieces, start, end, CHUNK);
     }
-    assert_eq!(
-        sha256(&fs::read(blob_path(&root, &digest)).unwrap()),
-        digest
-    );
-    assert!(ingest_left(&root).is_empty(), "{:?}", ingest_left(&root));
+    assert_stored(&root, &digest);
 }
 
 /// A registry that answers a chunk with more bytes than the range asked: refused as wrong
