@@ -276,6 +276,60 @@ fn corrupted_bytes_are_fetched_again_once_then_nothing_is_stored() {
     assert_eq!(fs::read_dir(&layers).map(|d| d.count()).unwrap_or(0), 0);
 }
 
+/// SPEC §9, a hostile store: links planted where the chunked fetch keeps its data and its map
+/// (`ingest/<hex>.chunks`, `.chunks.map`), pointing at files outside, one of them a map that
+/// lists every chunk as done and the other of the blob's size. Neither is followed: the files
+/// outside are unchanged, the blob is fetched and right, nothing is left in `ingest/`.
+#[test]
+fn links_planted_as_chunk_files_are_not_followed() {
+    let e = big_image();
+    let digest = e.img.layers[0].digest.clone();
+    let size = e.img.layers[0].bytes.len() as u64;
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let front = e.front(Vec::new());
+    let link = ConnThrottle::start(&front.addr(), 10_000_000, 1_000_000_000_000);
+    let reg = link.addr();
+    let root = Root::new("127.0.0.1\tlocalhost\n", "nameserver 127.0.0.1\n");
+    let outside = tempfile::tempdir().unwrap();
+    let victim_data = outside.path().join("data");
+    let victim_map = outside.path().join("map");
+    fs::write(&victim_data, vec![0u8; size as usize]).unwrap();
+    let chunks = size.div_ceil(CHUNK);
+    let map: String = std::iter::once(format!("kci-chunks 1 {size} {CHUNK}\n"))
+        .chain((0..chunks).map(|i| format!("{i}\n")))
+        .collect();
+    fs::write(&victim_map, &map).unwrap();
+    let ingest = root.file("var/lib/kci/images/ingest");
+    fs::create_dir_all(&ingest).unwrap();
+    std::os::unix::fs::symlink(&victim_data, ingest.join(format!("{hex}.chunks"))).unwrap();
+    std::os::unix::fs::symlink(&victim_map, ingest.join(format!("{hex}.chunks.map"))).unwrap();
+    let image = format!("{reg}/big/app:v1");
+    let r = run(&mut agent(&[
+        "pull",
+        "--root",
+        root.arg(),
+        "--http-registry",
+        &reg,
+        "--layer-chunk-size",
+        CHUNK_ARG,
+        &image,
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Neither link was taken for kept chunks (they would be resumed, then found wrong).
+    assert!(!r.stderr.contains("resuming"), "{}", r.stderr);
+    assert!(!r.stderr.contains("downloading it again"), "{}", r.stderr);
+    assert!(
+        ranges(&front, &digest, 0).iter().any(Option::is_some),
+        "the fetch went on in chunks"
+    );
+    assert!(
+        fs::read(&victim_data).unwrap() == vec![0u8; size as usize],
+        "the data file outside was written"
+    );
+    assert_eq!(fs::read_to_string(&victim_map).unwrap(), map);
+    assert_stored(&root, &digest);
+}
+
 /// `kill -9` while the chunks arrive: the next run fetches only the chunks the map does not
 /// list as complete, and the blob is whole.
 #[test]
